@@ -1,0 +1,30 @@
+# Two user-facing commands: `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch comes first and pinned (the CPU build); the rest resolves around it.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install --quiet --disable-pip-version-check uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/srcore models
+	for s in 2 3 4; do $(BIN)/srcore eval --model bicubic --dataset embedded --scale $$s || exit 1; done
+	$(BIN)/srcore profile --model dvmsr --scale 4 --input 64x64
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q --timeout=900
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,215 @@
+"""``srcore`` command line: models, evaluation, profiling, upscaling."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from srcore.errors import SrcoreError
+
+app = typer.Typer(help="Lightweight single-image super-resolution: models, data, training, evaluation.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+console = Console(stderr=True)
+out = Console()
+
+PROFILE_ALL = ("bicubic", "dvmsr", "dvmsr_teacher", "mair_t", "mair_s", "srconvnet", "ibmdn", "rlfn")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _emit_json(payload: dict, target: Optional[str]) -> None:
+    if target is None:
+        return
+    text = json.dumps(payload, indent=2)
+    if target == "-":
+        out.print_json(text)
+    else:
+        from srcore.data.image_io import atomic_write_bytes
+
+        atomic_write_bytes(target, (text + "\n").encode())
+        console.print(f"wrote {target}")
+
+
+def _resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        _fail("--device cuda requested but no CUDA device is available")
+    if device not in ("cpu", "cuda"):
+        _fail(f"--device must be cpu, cuda or auto, got {device!r}")
+    return device
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=False)])
+
+
+@app.command("models")
+def models_cmd(scale: Annotated[int, typer.Option(help="Scale to count parameters at.")] = 4) -> None:
+    """List every model preset with its parameter count."""
+    from srcore.metrics.efficiency import count_params
+    from srcore.models import build, list_presets
+
+    table = Table(title=f"srcore models (x{scale})")
+    for col in ("name", "arch", "params", "description"):
+        table.add_column(col, justify="right" if col == "params" else "left")
+    for p in list_presets():
+        table.add_row(p.name, p.arch, f"{count_params(build(p.name, scale)):,}", p.description)
+    out.print(table)
+
+
+def _load(model: str, scale: int, weights: Optional[str], weights_key: Optional[str]):
+    from srcore.models import build, load_model
+
+    if weights is None:
+        if model != "bicubic":
+            console.print(f"[yellow]warning:[/] no --weights given: {model} runs with random initialisation")
+        return build(model, scale)
+    if weights.startswith("models:/"):
+        from srcore.tracking.registry import load_registered_model
+
+        return load_registered_model(weights)
+    return load_model(weights, name=model, scale=scale, key=weights_key)
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[str, typer.Option(help="Model preset (see `srcore models`).")] = "bicubic",
+    dataset: Annotated[list[str], typer.Option(help="Benchmark name; repeat for several. 'embedded' needs no files.")] = ["Set5"],  # noqa: B006
+    scale: Annotated[int, typer.Option(help="Upscaling factor (2, 3 or 4).")] = 4,
+    weights: Annotated[Optional[str], typer.Option(help="Checkpoint: srcore, official or BasicSR .pth, or models:/name@alias.")] = None,
+    weights_key: Annotated[Optional[str], typer.Option(help="BasicSR key to read (params_ema or params).")] = None,
+    data_root: Annotated[Optional[Path], typer.Option(help="Folder holding <Name>/HR/*.png (default $SRCORE_DATA or ./data/benchmarks).")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    tile: Annotated[Optional[int], typer.Option(help="Process the LR image in tiles of this size (bounded memory).")] = None,
+    json_out: Annotated[Optional[str], typer.Option("--json", help="Write results as JSON to FILE, or - for stdout.")] = None,
+    save_images: Annotated[Optional[Path], typer.Option(help="Write the SR images under this folder.")] = None,
+) -> None:
+    """Evaluate a model on benchmarks: PSNR-Y / SSIM-Y (border = scale) per dataset."""
+    from srcore.evaluation import evaluate_dataset, total_images
+
+    try:
+        dev = _resolve_device(device)
+        net = _load(model, scale, weights, weights_key).to(dev)
+        if net.scale != scale:
+            _fail(f"the weights are for x{net.scale}, but --scale is {scale}")
+        results = {}
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as progress:
+            task = progress.add_task(f"{model} x{scale}", total=total_images(dataset, data_root) or None)
+            for name in dataset:
+                progress.update(task, description=f"{model} x{scale} {name}")
+                results[name] = evaluate_dataset(net, name, scale, data_root, dev, tile, save_images,
+                                                  on_image=lambda _n: progress.advance(task))
+    except SrcoreError as exc:
+        _fail(str(exc))
+    table = Table(title=f"{model} x{scale}" + (f" ({weights})" if weights else ""))
+    for col in ("dataset", "images", "PSNR-Y", "SSIM-Y"):
+        table.add_column(col, justify="left" if col == "dataset" else "right")
+    for name, r in results.items():
+        table.add_row(name, str(r.images), f"{r.psnr_y:.2f}", f"{r.ssim_y:.4f}")
+    out.print(table) if json_out != "-" else console.print(table)
+    _emit_json({"model": model, "scale": scale, "weights": weights,
+                "results": {k: v.summary() for k, v in results.items()}}, json_out)
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+        if h < 1 or w < 1:
+            raise ValueError
+    except ValueError:
+        _fail(f"--input must look like 256x256, got {text!r}")
+    return h, w
+
+
+@app.command("profile")
+def profile_cmd(
+    model: Annotated[Optional[str], typer.Option(help="Model preset.")] = None,
+    all_models: Annotated[bool, typer.Option("--all", help="Profile every zoo model.")] = False,
+    scale: Annotated[int, typer.Option(help="Upscaling factor.")] = 4,
+    input_size: Annotated[str, typer.Option("--input", help="LR input HxW.")] = "256x256",
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    repeats: Annotated[int, typer.Option(help="Timed repeats (median reported).")] = 5,
+    weights: Annotated[Optional[str], typer.Option(help="Optional checkpoint (its config decides the model).")] = None,
+    json_out: Annotated[Optional[str], typer.Option("--json", help="Write JSON to FILE, or - for stdout.")] = None,
+) -> None:
+    """Parameters, FLOPs (fvcore convention, scan counted), activations, latency, peak memory."""
+    from srcore.metrics.efficiency import profile_model
+    from srcore.models import build, load_model
+
+    if not all_models and model is None:
+        _fail("give --model NAME or --all")
+    h, w = _parse_size(input_size)
+    dev = _resolve_device(device)
+    names = list(PROFILE_ALL) if all_models else [model]
+    rows = []
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console,
+                      transient=True) as progress:
+            task = progress.add_task("profiling", total=len(names))
+            for name in names:
+                progress.update(task, description=f"profiling {name}")
+                net = load_model(weights, name=name, scale=scale) if weights else build(name, scale)
+                rows.append(profile_model(net, name, scale, h, w, dev, repeats=repeats).as_dict())
+                progress.advance(task)
+    except SrcoreError as exc:
+        _fail(str(exc))
+    table = Table(title=f"efficiency x{scale}, input 1x3x{h}x{w}, {dev}")
+    cols = [("model", "model"), ("params", "params"), ("flops_g", "GFLOPs"),
+            ("flops_fvcore_plain_g", "GFLOPs (plain fvcore)"), ("activations_m", "acts (M)"),
+            ("latency_ms", "latency (ms)"), ("peak_mem_mb", "peak mem (MB)")]
+    for _, title in cols:
+        table.add_column(title, justify="left" if title == "model" else "right")
+    for r in rows:
+        table.add_row(r["model"], f"{r['params']:,}", f"{r['flops_g']:.2f}", f"{r['flops_fvcore_plain_g']:.2f}",
+                      f"{r['activations_m']:.2f}", f"{r['latency_ms']:.1f}", f"{r['peak_mem_mb']:.0f}")
+    out.print(table) if json_out != "-" else console.print(table)
+    _emit_json(rows[0] if len(rows) == 1 else {"rows": rows}, json_out)
+
+
+@app.command("upscale")
+def upscale_cmd(
+    image: Annotated[Path, typer.Argument(help="LR image to super-resolve.")],
+    output: Annotated[Path, typer.Argument(help="Where to write the SR PNG.")],
+    model: Annotated[str, typer.Option(help="Model preset.")] = "bicubic",
+    scale: Annotated[int, typer.Option(help="Upscaling factor.")] = 4,
+    weights: Annotated[Optional[str], typer.Option(help="Checkpoint path or models:/name@alias.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    tile: Annotated[Optional[int], typer.Option(help="Tile size for large images.")] = None,
+) -> None:
+    """Super-resolve one image."""
+    from srcore.data.image_io import read_rgb, write_png
+    from srcore.inference import upscale_image
+
+    try:
+        dev = _resolve_device(device)
+        net = _load(model, scale, weights, None).to(dev).eval()
+        write_png(output, upscale_image(net, read_rgb(image), dev, tile=tile))
+    except SrcoreError as exc:
+        _fail(str(exc))
+    console.print(f"wrote {output}")
+
+
+def run() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

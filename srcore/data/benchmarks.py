@@ -1,0 +1,145 @@
+"""Benchmark datasets (Set5, Set14, ...) as HR/LR uint8 pairs, with an on-disk LR cache.
+
+Layout: ``<root>/<Name>/HR/*.png``. The root comes from the caller (``--data-root``), else the
+``SRCORE_DATA`` environment variable, else ``./data/benchmarks``. LR images are made with the
+project's MATLAB-compatible imresize and cached per (dataset, scale) under a key derived from the
+HR bytes, so an edited HR set never gets stale LR. The ``embedded`` dataset is built from images
+that scikit-image ships and needs no files at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from srcore.data.image_io import decode_rgb, modcrop, write_png, read_rgb
+from srcore.data.imresize import imresize_np
+from srcore.errors import DataError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["BenchmarkImage", "DATASETS", "EMBEDDED_IMAGES", "resolve_root", "load_benchmark", "embedded_hr",
+           "degrade"]
+
+DATASETS = ("Set5", "Set14", "B100", "Urban100", "Manga109", "DIV2K-val")
+EMBEDDED_IMAGES = ("astronaut", "chelsea", "coffee", "rocket")
+EMBEDDED = "embedded"
+_IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
+# Bumped whenever the LR generation changes, so caches built by an older version are ignored.
+_LR_VERSION = "matlab-bicubic-v1"
+
+
+@dataclass(frozen=True)
+class BenchmarkImage:
+    """One evaluation pair: modcropped HR and its bicubic LR, both HxWx3 uint8."""
+
+    name: str
+    hr: np.ndarray
+    lr: np.ndarray
+
+
+def resolve_root(data_root: str | os.PathLike | None = None) -> Path:
+    """The benchmark root: explicit argument, then ``SRCORE_DATA``, then ``./data/benchmarks``."""
+    if data_root is not None:
+        return Path(data_root)
+    env = os.environ.get("SRCORE_DATA")
+    return Path(env) if env else Path("data/benchmarks")
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("SRCORE_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "srcore"
+
+
+def degrade(hr: np.ndarray, scale: int) -> np.ndarray:
+    """Bicubic LR of an HR uint8 image that is already a multiple of ``scale``."""
+    return imresize_np(hr, scale=1.0 / scale)
+
+
+def embedded_hr() -> list[tuple[str, np.ndarray]]:
+    """The embedded benchmark's HR images (colour images shipped inside scikit-image)."""
+    from skimage import data as skdata
+
+    return [(name, np.ascontiguousarray(getattr(skdata, name)()[..., :3])) for name in EMBEDDED_IMAGES]
+
+
+def _hr_files(root: Path, name: str) -> list[Path]:
+    folder = root / name / "HR"
+    if not folder.is_dir():
+        raise DataError(
+            f"dataset {name}: folder {folder} not found; expected <root>/{name}/HR/*.png "
+            "(pass --data-root or set SRCORE_DATA)")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise DataError(f"dataset {name}: no images in {folder}; expected PNG files there")
+    return files
+
+
+def _cached_lr(cache_dir: Path, dataset: str, scale: int, stem: str, hr: np.ndarray, key: str,
+               make: Callable[[], np.ndarray]) -> np.ndarray:
+    path = cache_dir / dataset / f"x{scale}" / f"{stem}.{key[:20]}.png"
+    if path.is_file():
+        try:
+            lr = read_rgb(path)
+            if lr.shape == (hr.shape[0] // scale, hr.shape[1] // scale, 3):
+                return lr
+        except DataError:
+            log.warning("ignoring unreadable cache entry %s", path)
+    lr = make()
+    write_png(path, lr)
+    return lr
+
+
+def iter_benchmark(name: str, scale: int, data_root: str | os.PathLike | None = None,
+                   cache_dir: str | os.PathLike | None = None) -> Iterator[BenchmarkImage]:
+    """Yield the benchmark's images one by one (HR modcropped, LR bicubic, cached)."""
+    if scale < 1:
+        raise DataError(f"scale must be a positive integer, got {scale}")
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if name == EMBEDDED:
+        sources = [(stem, None, img) for stem, img in embedded_hr()]
+    else:
+        known = {d.lower(): d for d in DATASETS}
+        root = resolve_root(data_root)
+        canonical = known.get(name.lower(), name)
+        if canonical not in DATASETS and not (root / name / "HR").is_dir():
+            raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS + (EMBEDDED,))} "
+                            f"or put a folder {root / name / 'HR'}")
+        sources = [(p.stem, p, None) for p in _hr_files(root, canonical)]
+    for stem, path, img in sources:
+        if path is not None:
+            raw = path.read_bytes()
+            img = decode_rgb(raw, str(path))
+        else:
+            raw = img.tobytes() + repr(img.shape).encode()
+        hr = modcrop(img, scale)
+        if min(hr.shape[:2]) < scale:
+            raise DataError(f"{path or stem}: image {img.shape[1]}x{img.shape[0]} is smaller than scale {scale}")
+        key = hashlib.sha256(raw + f"|{scale}|{_LR_VERSION}".encode()).hexdigest()
+        lr = _cached_lr(cache, name, scale, stem, hr, key, lambda: degrade(hr, scale))
+        yield BenchmarkImage(stem, hr, lr)
+
+
+def load_benchmark(name: str, scale: int, data_root: str | os.PathLike | None = None,
+                   cache_dir: str | os.PathLike | None = None) -> list[BenchmarkImage]:
+    """All images of a benchmark (see :func:`iter_benchmark`)."""
+    return list(iter_benchmark(name, scale, data_root, cache_dir))
+
+
+def count_images(name: str, data_root: str | os.PathLike | None = None) -> int:
+    """Number of images in a dataset without decoding them (for progress bars)."""
+    if name == EMBEDDED:
+        return len(EMBEDDED_IMAGES)
+    known = {d.lower(): d for d in DATASETS}
+    root = resolve_root(data_root)
+    canonical = known.get(name.lower(), name)
+    folder = root / canonical / "HR"
+    if not folder.is_dir():
+        return 0
+    return sum(1 for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)

@@ -1,0 +1,1 @@
+"""Compiled kernels behind ``srcore.ops`` (CPU via numba; CUDA back-ends are optional)."""

@@ -1,0 +1,206 @@
+"""Model efficiency: parameters, FLOPs, activations, latency and peak memory.
+
+FLOPs follow fvcore's convention (one multiply-add = one FLOP). They are counted with
+``torch.utils.flop_counter.FlopCounterMode`` (which counts a multiply-add as two, hence the
+halving), extended with fvcore's formulas for the ops it also counts (normalisations,
+upsampling, adaptive pooling) and with the selective scan at 9*B*L*D*N. ``fvcore_plain``
+additionally leaves out what fvcore cannot see in the official implementations: modules that
+declare ``fvcore_visible`` (fused kernels) only count those children.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from srcore.ops.selective_scan import scan_flops
+
+__all__ = ["EfficiencyReport", "count_params", "count_flops", "count_activations", "measure_latency",
+           "measure_peak_memory", "profile_model"]
+
+aten = torch.ops.aten
+
+
+def _numel(shape) -> int:
+    return math.prod(shape)
+
+
+# Formulas receive argument shapes (FlopCounterMode's convention) and return 2x fvcore FLOPs.
+def _norm_affine(x_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * 5 * _numel(x_shape)
+
+
+def _batch_norm(x_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * _numel(x_shape)
+
+
+def _upsample_bilinear(x_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * 4 * _numel(out_shape)
+
+
+def _adaptive_pool(x_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * _numel(x_shape)
+
+
+def _scan(u_shape, delta_shape, a_shape, *args, out_shape=None, **kwargs) -> int:
+    b, d, length = u_shape
+    return 2 * scan_flops(b, length, d, a_shape[1])
+
+
+def _fvcore_mapping() -> dict:
+    mapping = {
+        aten.native_layer_norm: _norm_affine,
+        aten.native_group_norm: _norm_affine,
+        aten._native_batch_norm_legit_no_training: _batch_norm,
+        aten.upsample_bilinear2d: _upsample_bilinear,
+        aten._adaptive_avg_pool2d: _adaptive_pool,
+    }
+    scan_op = getattr(torch.ops.srcore, "selective_scan_cpu", None)
+    if scan_op is not None:
+        mapping[scan_op] = _scan
+    return mapping
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _total(counts: dict) -> int:
+    return sum(counts.values()) if counts else 0
+
+
+@torch.no_grad()
+def count_flops(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    """(FLOPs with everything counted, FLOPs as plain fvcore sees the official model)."""
+    with FlopCounterMode(display=False, depth=None, custom_mapping=_fvcore_mapping()) as counter:
+        model(x)
+    per_module = counter.get_flop_counts()
+    full = _total(per_module.get("Global", {}))
+    root = type(model).__name__
+    opaque = 0
+    for name, mod in model.named_modules():
+        visible = getattr(mod, "fvcore_visible", None)
+        if visible is None:
+            continue
+        key = f"{root}.{name}" if name else root
+        inside = _total(per_module.get(key, {}))
+        shown = sum(_total(per_module.get(f"{key}.{child}", {})) for child in visible)
+        opaque += inside - shown
+    return full // 2, (full - opaque) // 2
+
+
+class _ConvOutputs(TorchDispatchMode):
+    """Sums the elements of every convolution output (the NTIRE 'activations' count)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func._overloadpacket in (aten.convolution, aten.cudnn_convolution, aten.mkldnn_convolution):
+            self.total += out.numel()
+        return out
+
+
+@torch.no_grad()
+def count_activations(model: nn.Module, x: torch.Tensor) -> int:
+    with _ConvOutputs() as counter:
+        model(x)
+    return counter.total
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def measure_latency(model: nn.Module, x: torch.Tensor, warmup: int = 2, repeats: int = 5) -> float:
+    """Median wall time of ``repeats`` forward passes after ``warmup`` ones, in milliseconds."""
+    for _ in range(warmup):
+        model(x)
+    _sync(x.device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model(x)
+        _sync(x.device)
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def _rss_bytes() -> int:
+    with open(f"/proc/{os.getpid()}/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@torch.no_grad()
+def measure_peak_memory(model: nn.Module, x: torch.Tensor) -> float:
+    """Peak extra memory of one forward pass in MB: CUDA max allocated, or sampled process RSS on CPU."""
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+        torch.cuda.reset_peak_memory_stats(x.device)
+        base = torch.cuda.memory_allocated(x.device)
+        model(x)
+        torch.cuda.synchronize(x.device)
+        return (torch.cuda.max_memory_allocated(x.device) - base) / 2**20
+    if not os.path.exists(f"/proc/{os.getpid()}/statm"):
+        return float("nan")
+    base = _rss_bytes()
+    peak = [base]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.001)
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        model(x)
+    finally:
+        done.set()
+        t.join()
+    return max(0, peak[0] - base) / 2**20
+
+
+@dataclass
+class EfficiencyReport:
+    model: str
+    scale: int
+    input: str
+    params: int
+    flops_g: float
+    flops_fvcore_plain_g: float
+    activations_m: float
+    latency_ms: float
+    peak_mem_mb: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def profile_model(model: nn.Module, name: str, scale: int, height: int = 256, width: int = 256,
+                  device: torch.device | str = "cpu", repeats: int = 5, warmup: int = 2) -> EfficiencyReport:
+    """All efficiency numbers for ``model`` at a 1x3xHxW input."""
+    device = torch.device(device)
+    model = model.to(device).eval()
+    x = torch.rand(1, 3, height, width, device=device)
+    flops, plain = count_flops(model, x)
+    return EfficiencyReport(
+        model=name, scale=scale, input=f"{height}x{width}", params=count_params(model),
+        flops_g=flops / 1e9, flops_fvcore_plain_g=plain / 1e9,
+        activations_m=count_activations(model, x) / 1e6,
+        latency_ms=measure_latency(model, x, warmup=warmup, repeats=repeats),
+        peak_mem_mb=measure_peak_memory(model, x))

@@ -1,0 +1,56 @@
+"""What every model in the zoo shares: a typed config, a scale, features for distillation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from pydantic import BaseModel, ConfigDict, field_validator
+from torch import nn
+
+__all__ = ["ModelConfig", "SRModel", "Features", "DIV2K_MEAN"]
+
+# RGB mean of DIV2K, subtracted by the SwinIR-family shells (DVMSR, MaIR).
+DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
+
+
+class ModelConfig(BaseModel):
+    """Base of every model config: validated, immutable, serialisable into checkpoints."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    scale: int = 4
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_supported(cls, v: int) -> int:
+        if v not in (2, 3, 4):
+            raise ValueError(f"scale {v} is not supported; use 2, 3 or 4")
+        return v
+
+
+@dataclass
+class Features:
+    """Intermediate maps for distillation: ``blocks`` after each body stage, ``deep`` before the upsampler."""
+
+    deep: torch.Tensor
+    blocks: list[torch.Tensor] = field(default_factory=list)
+
+
+class SRModel(nn.Module):
+    """An SR network: RGB NCHW float in [0, 1] in, ``scale`` times larger out."""
+
+    arch: str = ""
+    config: ModelConfig
+
+    @property
+    def scale(self) -> int:
+        return self.config.scale
+
+    def forward_features(self, x: torch.Tensor) -> Features:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def reconstruct(self, features: Features, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.reconstruct(self.forward_features(x), x)

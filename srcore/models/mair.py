@@ -1,0 +1,135 @@
+"""MaIR (Li et al., CVPR 2025): Mamba with nested S-shaped scans and sequence shuffle attention.
+
+Same shell as DVMSR; each residual-group block (RMB) runs a VMM over four NSS sequences, each
+with its own projections and SSM parameters, merged by SSA. Official key names are kept except
+the final norm (``norm`` officially, ``norm_f`` in our shell), which the converter renames.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from srcore.models.layers import DropPath
+from srcore.models.shell import ShellConfig, TokenShell
+from srcore.ops import selective_scan
+from srcore.ops.nss import nss_indices
+
+__all__ = ["MaIR", "MaIRConfig", "TINY", "SMALL", "convert_official"]
+
+TINY = {"embed_dim": 60, "depths": (6, 6, 6, 6), "d_state": 1, "ssm_ratio": 1.1, "mlp_ratio": 1.6, "scan_len": 8}
+SMALL = {"embed_dim": 60, "depths": (6, 6, 6, 6), "d_state": 16, "ssm_ratio": 1.4, "mlp_ratio": 1.6, "scan_len": 4}
+_SEQS = 4
+
+
+class MaIRConfig(ShellConfig):
+    d_state: int = 16
+    ssm_ratio: float = 1.4
+    mlp_ratio: float = 1.6
+    scan_len: int = 4
+
+
+class SSA(nn.Module):
+    """Sequence shuffle attention over the four un-permuted sequence outputs."""
+
+    def __init__(self, d_inner: int) -> None:
+        super().__init__()
+        self.gating = nn.Sequential(nn.AdaptiveAvgPool2d(1),
+                                    nn.Conv2d(_SEQS * d_inner, _SEQS * d_inner, 1, groups=d_inner),
+                                    nn.Sigmoid())
+
+    def forward(self, ys: torch.Tensor) -> torch.Tensor:
+        """ys: (B, 4, D, H, W) -> (B, D, H, W)."""
+        b, k, d, h, w = ys.shape
+        shuffled = ys.transpose(1, 2).reshape(b, d * k, h, w)  # the 4 copies of a channel adjacent
+        weights = self.gating(shuffled).view(b, d, k, 1, 1).transpose(1, 2)  # un-shuffle
+        return (ys * weights).sum(dim=1)
+
+
+class VMM(nn.Module):
+    """Visual Mamba module with NSS: in_proj -> dwconv+SiLU -> 4 scans -> SSA -> LN -> gate -> out_proj."""
+
+    def __init__(self, dim: int, cfg: MaIRConfig, shift: bool) -> None:
+        super().__init__()
+        self.d_inner = d = int(cfg.ssm_ratio * dim)
+        self.d_state = n = cfg.d_state
+        self.dt_rank = r = math.ceil(dim / 16)
+        self.stripe, self.shift = cfg.scan_len, shift
+        self.in_proj = nn.Linear(dim, 2 * d, bias=False)
+        self.conv2d = nn.Conv2d(d, d, 3, padding=1, groups=d)
+        self.x_proj_weight = nn.Parameter(torch.randn(_SEQS, r + 2 * n, d) * d**-0.5)
+        self.dt_projs_weight = nn.Parameter(torch.empty(_SEQS, d, r).uniform_(-(r**-0.5), r**-0.5))
+        dt = torch.exp(torch.rand(_SEQS, d) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
+        self.dt_projs_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        self.A_logs = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(_SEQS * d, 1))
+        self.Ds = nn.Parameter(torch.ones(_SEQS * d))
+        self.gating = SSA(d)
+        self.out_norm = nn.LayerNorm(d)
+        self.out_proj = nn.Linear(d, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H, W, C)."""
+        b, h, w, _ = x.shape
+        length = h * w
+        u, z = self.in_proj(x).chunk(2, dim=-1)
+        u = F.silu(self.conv2d(u.permute(0, 3, 1, 2))).flatten(2)  # (B, D, L) row-major
+        order, inverse = nss_indices(h, w, self.stripe, self.shift, u.device)
+        xs = u[:, :, order].transpose(1, 2)  # (B, 4, D, L)
+        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
+        dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
+        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
+        ys = selective_scan(xs.reshape(b, -1, length), dts.reshape(b, -1, length),
+                            -torch.exp(self.A_logs.float()), bs, cs, D=self.Ds.float(),
+                            delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True)
+        ys = ys.view(b, _SEQS, self.d_inner, length)
+        ys = torch.stack([ys[:, k, :, inverse[k]] for k in range(_SEQS)], dim=1)
+        y = self.gating(ys.view(b, _SEQS, self.d_inner, h, w))
+        y = self.out_norm(y.permute(0, 2, 3, 1)) * F.silu(z)
+        return self.out_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class RMB(nn.Module):
+    """Residual Mamba block with learnable per-channel skip scales."""
+
+    def __init__(self, dim: int, cfg: MaIRConfig, shift: bool, drop_path: float) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim)
+        self.self_attention = VMM(dim, cfg, shift)
+        self.drop_path = DropPath(drop_path)
+        self.skip_scale = nn.Parameter(torch.ones(dim))
+        self.ln_2 = nn.LayerNorm(dim)
+        self.conv_blk = MLP(dim, int(dim * cfg.mlp_ratio))
+        self.skip_scale2 = nn.Parameter(torch.ones(dim))
+
+    def forward(self, tokens: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        b, _, c = tokens.shape
+        x = tokens.view(b, hw[0], hw[1], c)
+        x = x * self.skip_scale + self.drop_path(self.self_attention(self.ln_1(x)))
+        x = x * self.skip_scale2 + self.conv_blk(self.ln_2(x))
+        return x.view(b, -1, c)
+
+
+class MaIR(TokenShell):
+    arch = "mair"
+
+    def __init__(self, config: MaIRConfig | None = None) -> None:
+        cfg = config or MaIRConfig()
+        super().__init__(cfg, lambda dim, _g, bi, dp: RMB(dim, cfg, shift=bi % 2 == 1, drop_path=dp))
+
+
+def convert_official(state_dict: dict) -> dict:
+    """Official MaIR keys -> ours: the final ``norm.*`` is ``norm_f.*`` in the shared shell."""
+    return {("norm_f." + k[5:] if k.startswith("norm.") else k): v for k, v in state_dict.items()}

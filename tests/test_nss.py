@@ -1,0 +1,58 @@
+import numpy as np
+import pytest
+
+from srcore.ops.nss import nss_indices, nss_orders, stripe_scan, stripe_widths
+
+SIZES = [(20, 28), (7, 9), (16, 16), (5, 3), (1, 11)]
+
+
+@pytest.mark.parametrize("h,w", SIZES)
+@pytest.mark.parametrize("stripe", [4, 8])
+@pytest.mark.parametrize("shift", [False, True])
+def test_each_order_is_a_permutation_with_inverse(h, w, stripe, shift):
+    order, inverse = nss_indices(h, w, stripe, shift)
+    assert order.shape == (4, h * w)
+    feature = np.random.default_rng(0).normal(size=h * w)
+    for k in range(4):
+        assert sorted(order[k].tolist()) == list(range(h * w))
+        seq = feature[order[k].numpy()]
+        np.testing.assert_array_equal(seq[inverse[k].numpy()], feature)
+
+
+@pytest.mark.parametrize("h,w", SIZES)
+@pytest.mark.parametrize("shift", [False, True])
+def test_seq0_steps_are_four_neighbours_inside_a_stripe(h, w, shift):
+    stripe = 4
+    order = stripe_scan(h, w, stripe, shift)
+    widths = stripe_widths(w, stripe, shift)
+    bounds = np.cumsum([0] + widths)
+    stripe_of_col = np.searchsorted(bounds, np.arange(w), side="right") - 1
+    for a, b in zip(order[:-1], order[1:]):
+        (ya, xa), (yb, xb) = divmod(int(a), w), divmod(int(b), w)
+        if stripe_of_col[xa] == stripe_of_col[xb]:
+            assert abs(ya - yb) + abs(xa - xb) == 1
+
+
+def test_stripe_walk_directions_and_remainder():
+    order = stripe_scan(3, 10, 4)  # stripes of width 4, 4 and a remainder of 2
+    grid = np.arange(30).reshape(3, 10)
+    assert order[:4].tolist() == grid[0, :4].tolist()  # first row left to right
+    assert order[4:8].tolist() == grid[1, 3::-1].tolist()  # next row right to left
+    assert order[12] == grid[2, 4]  # stripe 1 starts at the bottom
+    assert sorted(order[24:].tolist()) == sorted(grid[:, 8:].ravel().tolist())
+
+
+def test_shifted_first_stripe_is_half_width():
+    assert stripe_widths(28, 8, shift=True) == [4, 8, 8, 8]
+    assert stripe_widths(28, 8, shift=False) == [8, 8, 8, 4]
+    order = stripe_scan(4, 28, 8, shift=True)
+    assert sorted(order[:16].tolist()) == sorted(np.arange(112).reshape(4, 28)[:, :4].ravel().tolist())
+
+
+def test_sequences_are_rotations_and_transposes():
+    h, w = 6, 10
+    o = nss_orders(h, w, 4)
+    grid = np.arange(h * w).reshape(h, w)
+    assert o[1].tolist() == grid[::-1, ::-1].ravel()[stripe_scan(h, w, 4)].tolist()
+    assert o[2].tolist() == grid.T.ravel()[stripe_scan(w, h, 4)].tolist()
+    assert not np.array_equal(o[1], o[0][::-1])

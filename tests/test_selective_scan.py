@@ -1,0 +1,106 @@
+import pytest
+import torch
+from torch.autograd import gradcheck
+
+from srcore.ops import available_backends, selective_scan
+
+FAST = [b for b in available_backends("cpu") if b != "reference"]
+
+
+def _inputs(bsz=2, dim=8, state=4, length=50, groups=1, dtype=torch.float64, a_scale=3.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(bsz, dim, length, generator=g, dtype=dtype)
+    delta = torch.randn(bsz, dim, length, generator=g, dtype=dtype)
+    A = -torch.rand(dim, state, generator=g, dtype=dtype) * a_scale
+    B = torch.randn(bsz, groups, state, length, generator=g, dtype=dtype)
+    C = torch.randn(bsz, groups, state, length, generator=g, dtype=dtype)
+    D = torch.randn(dim, generator=g, dtype=dtype)
+    z = torch.randn(bsz, dim, length, generator=g, dtype=dtype)
+    bias = torch.randn(dim, generator=g, dtype=dtype)
+    return u, delta, A, B, C, D, z, bias
+
+
+def _run(args, backend, **kw):
+    u, delta, A, B, C, D, z, bias = args
+    return selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=bias, delta_softplus=True, backend=backend, **kw)
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("groups", [1, 2])
+def test_values_match_reference(backend, groups):
+    args = _inputs(groups=groups)
+    y_ref, h_ref = _run(args, "reference", return_last_state=True)
+    y, h = _run(args, backend, return_last_state=True)
+    assert torch.allclose(y, y_ref, rtol=1e-10, atol=1e-10)
+    assert torch.allclose(h, h_ref, rtol=1e-10, atol=1e-10)
+
+
+def test_three_dim_b_c_and_plain_call():
+    u, delta, A, B, C, *_ = _inputs()
+    y_ref = selective_scan(u, delta, A, B[:, 0], C[:, 0], backend="reference")
+    for b in FAST:
+        assert torch.allclose(selective_scan(u, delta, A, B[:, 0], C[:, 0], backend=b), y_ref, atol=1e-10)
+
+
+@pytest.mark.parametrize("a_scale", [1.0, 50.0])
+def test_float32_long_sequence_is_exact_to_rounding(a_scale):
+    # L = 16384 in float32 against the float64 reference, including large delta*A.
+    args64 = _inputs(bsz=1, dim=4, state=16, length=16384, a_scale=a_scale, seed=3)
+    y64 = _run(args64, "reference")
+    y32 = _run(tuple(t.float() for t in args64), "cpu")
+    rel = ((y32.double() - y64).abs().max() / y64.abs().max()).item()
+    assert rel <= 1e-5
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_gradients_gradcheck(backend):
+    args = [t.clone().requires_grad_() for t in _inputs(bsz=1, dim=4, state=3, length=37, groups=2)]
+    assert gradcheck(lambda *t: _run(t, backend), args)
+
+
+def test_gradients_match_reference_float32():
+    base = _inputs(bsz=2, dim=6, state=5, length=300, dtype=torch.float32, seed=5)
+    grads = {}
+    for b in ("reference", "cpu"):
+        args = [t.clone().requires_grad_() for t in base]
+        y, h = _run(args, b, return_last_state=True)
+        (y.square().mean() + h.sum()).backward()
+        grads[b] = [a.grad for a in args]
+    for g_ref, g in zip(grads["reference"], grads["cpu"]):
+        assert torch.allclose(g, g_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_cpu_chunking_boundaries_are_seamless(monkeypatch):
+    import importlib
+
+    ss = importlib.import_module("srcore.ops.selective_scan")
+
+    args = _inputs(bsz=1, dim=3, state=2, length=100)
+    full = _run(args, "cpu")
+    monkeypatch.setattr(ss, "_CHUNK_ELEMENTS", 3 * 2 * 16)  # force 16-step chunks
+    assert torch.allclose(_run(args, "cpu"), full, atol=1e-12)
+
+
+def test_bad_arguments():
+    u, delta, A, B, C, *_ = _inputs()
+    with pytest.raises(ValueError, match="unknown selective-scan backend"):
+        selective_scan(u, delta, A, B, C, backend="magic")
+    with pytest.raises(ValueError, match="A must be"):
+        selective_scan(u, delta, A[:3], B, C)
+    with pytest.raises(ValueError, match=r"\(B, D, L\)"):
+        selective_scan(u, delta[..., :5], A, B, C)
+    if "cuda" not in available_backends("cpu"):
+        with pytest.raises(ValueError, match="mamba-ssm"):
+            selective_scan(u, delta, A, B, C, backend="cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_backends_match_reference():
+    args = _inputs(bsz=2, dim=16, state=8, length=512, dtype=torch.float32)
+    y_ref = _run(args, "reference")
+    cuda_args = tuple(t.cuda() for t in args)
+    for b in available_backends("cuda"):
+        if b in ("cpu",):
+            continue
+        y = _run(cuda_args, b).cpu()
+        assert ((y - y_ref).abs().max() / y_ref.abs().max()) < 1e-4, b
