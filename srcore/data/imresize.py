@@ -28,13 +28,9 @@ def _cubic(x: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=256)
-def resize_weights(in_len: int, out_len: int, scale: float, antialias: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """MATLAB ``contributions``: (out_len, taps) zero-based source indices and float64 weights.
-
-    Mirrors MATLAB exactly: 1-based output coordinates mapped back with a half-pixel offset,
-    a kernel widened by 1/scale when antialiasing a downscale, weights normalised per row,
-    symmetric index mirroring, and removal of all-zero tap columns.
-    """
+def _contributions(in_len: int, out_len: int, scale: float, antialias: bool) -> tuple[np.ndarray, np.ndarray]:
+    """MATLAB ``contributions`` before mirroring: (out_len, taps) source indices (zero-based, may
+    fall outside [0, in_len)) and float64 weights normalised per row."""
     kernel_width = 4.0
     if scale < 1 and antialias:
         kernel_width /= scale
@@ -49,26 +45,104 @@ def resize_weights(in_len: int, out_len: int, scale: float, antialias: bool = Tr
     else:
         weights = _cubic(dist)
     weights = weights / weights.sum(axis=1, keepdims=True)
-    # Symmetric boundary: 1..n, n..1 repeated.
-    mirror = np.concatenate([np.arange(in_len), np.arange(in_len - 1, -1, -1)])
-    idx = mirror[np.mod(indices.astype(np.int64) - 1, 2 * in_len)]
     keep = np.any(weights != 0, axis=0)
-    return np.ascontiguousarray(idx[:, keep]), np.ascontiguousarray(weights[:, keep])
+    return indices[:, keep].astype(np.int64) - 1, weights[:, keep]
+
+
+def resize_weights(in_len: int, out_len: int, scale: float, antialias: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """MATLAB's (out_len, taps) zero-based source indices, mirrored symmetrically into
+    [0, in_len), and their float64 weights."""
+    raw, weights = _contributions(in_len, out_len, scale, antialias)
+    mirror = np.concatenate([np.arange(in_len), np.arange(in_len - 1, -1, -1)])
+    return mirror[np.mod(raw, 2 * in_len)], weights
+
+
+@lru_cache(maxsize=256)
+def _phase_plan(in_len: int, out_len: int, scale: float, antialias: bool):
+    """For integer up/down factors the weights repeat with a period of ``p`` output pixels and
+    the sources advance by a fixed stride, so each (phase, tap) is one strided slice of the
+    symmetrically padded input. Returns (pad_lo, pad_hi, period, stride, [(phase, starts,
+    weights)]), or None when the scale has no such structure."""
+    raw, weights = _contributions(in_len, out_len, scale, antialias)
+    if scale >= 1 and abs(scale - round(scale)) < 1e-12:
+        period, stride = int(round(scale)), 1
+    elif scale < 1 and abs(1 / scale - round(1 / scale)) < 1e-9:
+        period, stride = 1, int(round(1 / scale))
+    else:
+        return None
+    pad_lo = max(0, -int(raw.min()))
+    pad_hi = max(0, int(raw.max()) - (in_len - 1))
+    # Padding must come from the image itself: symmetric padding wider than the image wraps.
+    if pad_lo > in_len or pad_hi > in_len:
+        return None
+    phases = []
+    for r in range(min(period, out_len)):
+        rows = np.arange(r, out_len, period)
+        steps = raw[rows] - raw[r]
+        if not (np.all(steps == (np.arange(len(rows)) * stride)[:, None])
+                and np.allclose(weights[rows], weights[r], rtol=0, atol=1e-12)):
+            return None
+        phases.append((r, (raw[r] + pad_lo).tolist(), weights[r].tolist()))
+    return pad_lo, pad_hi, period, stride, phases
+
+
+def _pad_symmetric(x: torch.Tensor, dim: int, lo: int, hi: int) -> torch.Tensor:
+    n = x.shape[dim]
+    parts = []
+    if lo:
+        parts.append(x.narrow(dim, 0, lo).flip(dim))
+    parts.append(x)
+    if hi:
+        parts.append(x.narrow(dim, n - hi, hi).flip(dim))
+    return torch.cat(parts, dim) if len(parts) > 1 else x
 
 
 def _resize_dim(x: torch.Tensor, dim: int, out_len: int, scale: float, antialias: bool) -> torch.Tensor:
-    idx_np, w_np = resize_weights(x.shape[dim], out_len, scale, antialias)
+    in_len = x.shape[dim]
+    plan = _phase_plan(in_len, out_len, scale, antialias)
+    shape = list(x.shape)
+    shape[dim] = out_len
+    if plan is not None:
+        pad_lo, pad_hi, period, stride, phases = plan
+        xp = _pad_symmetric(x, dim, pad_lo, pad_hi)
+        out = x.new_empty(shape)
+        lead = (slice(None),) * dim
+        for r, starts, weights in phases:
+            n = len(range(r, out_len, period))
+            dst = out[lead + (slice(r, None, period),)]
+            for k, (s0, wk) in enumerate(zip(starts, weights)):
+                src = xp[lead + (slice(s0, s0 + stride * (n - 1) + 1, stride),)]
+                if k == 0:
+                    torch.mul(src, wk, out=dst) if dst.is_contiguous() else dst.copy_(src * wk)
+                else:
+                    dst.add_(src, alpha=wk)
+        return out
+    # General scales: one gather per tap keeps memory at the output size.
+    idx_np, w_np = resize_weights(in_len, out_len, scale, antialias)
     idx = torch.from_numpy(idx_np).to(x.device)
     w = torch.from_numpy(w_np).to(device=x.device, dtype=x.dtype)
-    shape = [1] * x.ndim
-    shape[dim] = out_len
+    wshape = [1] * x.ndim
+    wshape[dim] = out_len
     out = None
-    # One gather per tap keeps memory at the output size (a dense matrix or a full
-    # (out, taps, ...) gather would cost 4/scale times more for antialiased downscales).
     for k in range(idx.shape[1]):
-        term = x.index_select(dim, idx[:, k]) * w[:, k].view(shape)
+        term = x.index_select(dim, idx[:, k]) * w[:, k].view(wshape)
         out = term if out is None else out.add_(term)
     return out
+
+
+def _resize_axis_np(x: np.ndarray, axis: int, out_len: int, scale: float, antialias: bool,
+                    out_dtype: type = np.float64) -> np.ndarray:
+    """CPU pass through the compiled kernel: view ``x`` as (A, L, B) around ``axis``."""
+    from srcore.kernels.resize_cpu import resize_axis1
+
+    x = np.ascontiguousarray(x)
+    shape = x.shape
+    a = int(np.prod(shape[:axis], dtype=np.int64))
+    b = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    idx, w = resize_weights(shape[axis], out_len, scale, antialias)
+    out = np.empty((a, out_len, b), dtype=out_dtype)
+    resize_axis1(x.reshape(a, shape[axis], b), idx, w, out, out_dtype == np.uint8)
+    return out.reshape(shape[:axis] + (out_len,) + shape[axis + 1:])
 
 
 def _output_size(in_hw: tuple[int, int], scale: float | tuple[float, float] | None,
@@ -105,6 +179,12 @@ def imresize(x: torch.Tensor, scale: float | tuple[float, float] | None = None,
     in_hw = (x.shape[-2], x.shape[-1])
     out_hw, scales = _output_size(in_hw, scale, size)
     order = (0, 1) if scales[0] <= scales[1] else (1, 0)
+    if x.device.type == "cpu" and not (x.requires_grad and torch.is_grad_enabled()):
+        arr = x.detach().numpy() if x.is_contiguous() else x.detach().contiguous().numpy()
+        np_dtype = np.float64 if x.dtype == torch.float64 else np.float32
+        for axis in order:
+            arr = _resize_axis_np(arr, x.ndim - 2 + axis, out_hw[axis], scales[axis], antialias, np_dtype)
+        return torch.from_numpy(arr)
     for axis in order:
         dim = x.ndim - 2 + axis
         x = _resize_dim(x, dim, out_hw[axis], scales[axis], antialias)
@@ -120,13 +200,14 @@ def imresize_np(img: np.ndarray, scale: float | None = None, size: tuple[int, in
     """
     if img.ndim not in (2, 3):
         raise ValueError(f"imresize_np expects HxW or HxWxC, got shape {img.shape}")
-    is_uint8 = img.dtype == np.uint8
-    t = torch.from_numpy(np.ascontiguousarray(img))
-    t = t.double() if is_uint8 or img.dtype == np.float64 else t.float()
-    chw = t.permute(2, 0, 1) if img.ndim == 3 else t
-    out = imresize(chw, scale=scale, size=size, antialias=antialias)
-    out = out.permute(1, 2, 0) if img.ndim == 3 else out
-    if is_uint8:
-        # MATLAB's uint8 conversion rounds halves away from zero.
-        return (out + 0.5).floor_().clamp_(0, 255).to(torch.uint8).numpy()
-    return out.numpy().astype(img.dtype, copy=False)
+    if img.dtype != np.uint8 and not np.issubdtype(img.dtype, np.floating):
+        raise TypeError(f"imresize_np expects uint8 or float images, got {img.dtype}")
+    out_hw, scales = _output_size(img.shape[:2], scale, size)
+    work = np.float32 if img.dtype == np.float32 else np.float64
+    order = (0, 1) if scales[0] <= scales[1] else (1, 0)
+    arr = img
+    for n, axis in enumerate(order):
+        # uint8 images are rounded (MATLAB's conversion) as the last pass stores them.
+        dtype = np.uint8 if img.dtype == np.uint8 and n == 1 else work
+        arr = _resize_axis_np(arr, axis, out_hw[axis], scales[axis], antialias, dtype)
+    return arr.astype(img.dtype, copy=False)
