@@ -24,11 +24,12 @@ def _png_bit_depth(data: bytes) -> int | None:
     return None
 
 
-def decode_rgb(data: bytes, name: str = "<bytes>") -> np.ndarray:
+def decode_rgb(data: bytes, name: str = "<bytes>", convert: bool = True) -> np.ndarray:
     """Decode image bytes to an HxWx3 uint8 RGB array.
 
-    Grayscale and palette images are expanded to RGB and alpha is dropped; 16-bit images are
-    refused because silently truncating them to 8 bits would change every metric.
+    Grayscale and palette images are expanded to RGB and alpha is dropped (with ``convert``;
+    without it they are refused, as training data should be RGB already); 16-bit images are
+    always refused because silently truncating them to 8 bits would change every metric.
     """
     depth = _png_bit_depth(data)
     if depth is not None and depth > 8:
@@ -37,6 +38,8 @@ def decode_rgb(data: bytes, name: str = "<bytes>") -> np.ndarray:
         with Image.open(io.BytesIO(data)) as im:
             if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 raise DataError(f"{name}: {im.mode} (16/32-bit) images are not supported; convert to 8-bit RGB")
+            if not convert and im.mode != "RGB":
+                raise DataError(f"{name}: {im.mode} image, expected 8-bit RGB; convert it or remove it")
             if im.mode == "RGBA" or im.mode == "LA" or (im.mode == "P" and "transparency" in im.info):
                 im = im.convert("RGBA").convert("RGB")
             elif im.mode != "RGB":
@@ -73,6 +76,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are ordinary shared files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

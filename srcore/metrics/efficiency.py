@@ -15,6 +15,7 @@ import os
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -25,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from srcore.ops.selective_scan import scan_flops
 
 __all__ = ["EfficiencyReport", "count_params", "count_flops", "count_activations", "measure_latency",
-           "measure_peak_memory", "profile_model"]
+           "measure_peak_memory", "peak_rss_mb", "profile_model"]
 
 aten = torch.ops.aten
 
@@ -144,16 +145,8 @@ def _rss_bytes() -> int:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-@torch.no_grad()
-def measure_peak_memory(model: nn.Module, x: torch.Tensor) -> float:
-    """Peak extra memory of one forward pass in MB: CUDA max allocated, or sampled process RSS on CPU."""
-    if x.device.type == "cuda":
-        torch.cuda.synchronize(x.device)
-        torch.cuda.reset_peak_memory_stats(x.device)
-        base = torch.cuda.memory_allocated(x.device)
-        model(x)
-        torch.cuda.synchronize(x.device)
-        return (torch.cuda.max_memory_allocated(x.device) - base) / 2**20
+def peak_rss_mb(fn: Callable[[], object]) -> float:
+    """Peak growth of the process RSS (MB) while ``fn`` runs, sampled every millisecond."""
     if not os.path.exists(f"/proc/{os.getpid()}/statm"):
         return float("nan")
     base = _rss_bytes()
@@ -168,11 +161,24 @@ def measure_peak_memory(model: nn.Module, x: torch.Tensor) -> float:
     t = threading.Thread(target=sample, daemon=True)
     t.start()
     try:
-        model(x)
+        fn()
     finally:
         done.set()
         t.join()
     return max(0, peak[0] - base) / 2**20
+
+
+@torch.no_grad()
+def measure_peak_memory(model: nn.Module, x: torch.Tensor) -> float:
+    """Peak extra memory of one forward pass in MB: CUDA max allocated, or sampled process RSS on CPU."""
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+        torch.cuda.reset_peak_memory_stats(x.device)
+        base = torch.cuda.memory_allocated(x.device)
+        model(x)
+        torch.cuda.synchronize(x.device)
+        return (torch.cuda.max_memory_allocated(x.device) - base) / 2**20
+    return peak_rss_mb(lambda: model(x))
 
 
 @dataclass

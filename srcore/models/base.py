@@ -54,3 +54,10 @@ class SRModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.reconstruct(self.forward_features(x), x)
+
+    def set_scan_backend(self, backend: str | None) -> "SRModel":
+        """Force a selective-scan back-end in every Mamba block (None: by device)."""
+        for m in self.modules():
+            if hasattr(m, "scan_backend"):
+                m.scan_backend = backend
+        return self

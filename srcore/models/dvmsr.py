@@ -48,6 +48,7 @@ class MambaMixer(nn.Module):
         self.A_log = nn.Parameter(torch.log(a))
         self.D = nn.Parameter(torch.ones(self.d_inner))
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+        self.scan_backend: str | None = None  # None: chosen by device (see srcore.ops.selective_scan)
         self._init_dt()
 
     def _init_dt(self, dt_min: float = 1e-3, dt_max: float = 0.1) -> None:
@@ -69,7 +70,8 @@ class MambaMixer(nn.Module):
         dt, b, c = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)
         y = selective_scan(u, delta, -torch.exp(self.A_log.float()), b.transpose(1, 2), c.transpose(1, 2),
-                           D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
+                           D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+                           backend=self.scan_backend)
         return self.out_proj(y.transpose(1, 2))
 
 

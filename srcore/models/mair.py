@@ -69,6 +69,7 @@ class VMM(nn.Module):
         self.gating = SSA(d)
         self.out_norm = nn.LayerNorm(d)
         self.out_proj = nn.Linear(d, dim, bias=False)
+        self.scan_backend: str | None = None  # None: chosen by device (see srcore.ops.selective_scan)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C)."""
@@ -83,7 +84,8 @@ class VMM(nn.Module):
         dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
         ys = selective_scan(xs.reshape(b, -1, length), dts.reshape(b, -1, length),
                             -torch.exp(self.A_logs.float()), bs, cs, D=self.Ds.float(),
-                            delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True)
+                            delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True,
+                            backend=self.scan_backend)
         ys = ys.view(b, _SEQS, self.d_inner, length)
         ys = torch.stack([ys[:, k, :, inverse[k]] for k in range(_SEQS)], dim=1)
         y = self.gating(ys.view(b, _SEQS, self.d_inner, h, w))

@@ -63,14 +63,17 @@ def _scan_reference(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: to
     """Sequential recurrence; B, C are (B, G, N, L). Returns y (B, D, L) and h_L (B, D, N)."""
     bsz, dim, length = u.shape
     groups = B.shape[1]
-    Bx = B.repeat_interleave(dim // groups, dim=1)  # (B, D, N, L)
-    Cx = C.repeat_interleave(dim // groups, dim=1)
+    # unbind once: indexing step t inside the loop would make autograd scatter a full-size
+    # gradient per step (quadratic in L).
+    us, deltas = u.unbind(-1), delta.unbind(-1)
+    Bs = B.repeat_interleave(dim // groups, dim=1).unbind(-1)  # L x (B, D, N)
+    Cs = C.repeat_interleave(dim // groups, dim=1).unbind(-1)
     h = u.new_zeros(bsz, dim, A.shape[1])
     ys = []
     for t in range(length):
-        dt = delta[:, :, t, None]
-        h = torch.exp(dt * A) * h + dt * Bx[..., t] * u[:, :, t, None]
-        ys.append((h * Cx[..., t]).sum(-1))
+        dt = deltas[t][..., None]
+        h = torch.exp(dt * A) * h + dt * Bs[t] * us[t][..., None]
+        ys.append((h * Cs[t]).sum(-1))
     return torch.stack(ys, dim=-1), h
 
 

@@ -1,0 +1,160 @@
+"""Streaming training batches from Parquet shards, for torch DataLoader/DDP and for Ray Data.
+
+Work is split in units of one Parquet row group. Each epoch the units are shuffled with a
+seed shared by all ranks and dealt round-robin to ranks, then to DataLoader workers, so no
+sample is read twice per epoch. Every rank stops after the same number of samples
+(``samples_per_rank``, computed from the shard metadata alone), so DDP ranks never wait on
+each other at the end of an epoch. A shuffle buffer mixes samples across row groups, and each
+sample gets a random aligned crop (LR ``patch_size``, HR ``patch_size * scale``), flips and a
+90-degree rotation.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from srcore.data.shards import decode_patch, shard_encoding
+from srcore.errors import DataError
+
+__all__ = ["shard_files", "ShardPairs", "augment_pair", "random_crop_pair", "samples_per_rank"]
+
+
+def shard_files(root: str | os.PathLike, scale: int) -> list[Path]:
+    """The shards of one scale under a prepared folder (``<root>/x{scale}/*.parquet``)."""
+    folder = Path(root) / f"x{scale}"
+    files = sorted(folder.glob("*.parquet"))
+    if not files:
+        raise DataError(f"no shards in {folder}; run `srcore data prepare` (with scale {scale}) first")
+    return files
+
+
+@dataclass(frozen=True)
+class _Unit:
+    file: str
+    group: int
+    rows: int
+
+
+def _units(files: Sequence[Path]) -> list[_Unit]:
+    units = []
+    for f in files:
+        meta = pq.ParquetFile(f).metadata
+        units += [_Unit(str(f), g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
+    return units
+
+
+def _deal(units: list[_Unit], epoch: int, seed: int, rank: int, world: int) -> list[_Unit]:
+    order = list(range(len(units)))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return [units[i] for i in order[rank::world]]
+
+
+def samples_per_rank(units: list[_Unit], epoch: int, seed: int, world: int) -> int:
+    """The same number for every rank: the smallest rank's share of this epoch's units."""
+    return min(sum(u.rows for u in _deal(units, epoch, seed, r, world)) for r in range(world))
+
+
+def random_crop_pair(hr: np.ndarray, lr: np.ndarray, patch: int, scale: int, rng: np.random.Generator
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Aligned random crop: LR ``patch`` x ``patch`` and the HR window ``scale`` times larger."""
+    h, w = lr.shape[:2]
+    if h < patch or w < patch:
+        raise DataError(f"patch_size {patch} is larger than the stored LR sub-images ({h}x{w}); "
+                        "lower loader.patch_size or prepare larger crops")
+    y, x = int(rng.integers(0, h - patch + 1)), int(rng.integers(0, w - patch + 1))
+    return (hr[y * scale:(y + patch) * scale, x * scale:(x + patch) * scale], lr[y:y + patch, x:x + patch])
+
+
+def augment_pair(hr: np.ndarray, lr: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random horizontal/vertical flips and transpose (the 8 dihedral transforms)."""
+    if rng.random() < 0.5:
+        hr, lr = hr[:, ::-1], lr[:, ::-1]
+    if rng.random() < 0.5:
+        hr, lr = hr[::-1], lr[::-1]
+    if rng.random() < 0.5:
+        hr, lr = hr.transpose(1, 0, 2), lr.transpose(1, 0, 2)
+    return hr, lr
+
+
+def to_chw(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255)
+
+
+class ShardPairs(IterableDataset):
+    """(lr, hr) float tensors in [0, 1] from shards, sharded across ranks and workers."""
+
+    def __init__(self, files: Sequence[str | os.PathLike], scale: int, patch_size: int, rank: int = 0,
+                 world_size: int = 1, seed: int = 0, shuffle_buffer: int = 256, augment: bool = True) -> None:
+        super().__init__()
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world size {world_size}")
+        self.files = [Path(f) for f in files]
+        self.units = _units(self.files)
+        self.scale, self.patch, self.rank, self.world = scale, patch_size, rank, world_size
+        self.seed, self.buffer, self.augment = seed, shuffle_buffer, augment
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle for ``epoch`` (call on every rank before iterating, like DistributedSampler)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return samples_per_rank(self.units, self.epoch, self.seed, self.world)
+
+    def _rows(self, units: list[_Unit]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for u in units:
+            encoding = shard_encoding(u.file)
+            table = pq.ParquetFile(u.file).read_row_group(u.group, columns=["hr", "hr_h", "hr_w", "lr", "lr_h", "lr_w"])
+            for row in table.to_pylist():
+                yield (decode_patch(row["hr"], row["hr_h"], row["hr_w"], encoding),
+                       decode_patch(row["lr"], row["lr_h"], row["lr_w"], encoding))
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = get_worker_info()
+        wid, nworkers = (info.id, info.num_workers) if info else (0, 1)
+        mine = _deal(self.units, self.epoch, self.seed, self.rank, self.world)
+        quota = samples_per_rank(self.units, self.epoch, self.seed, self.world)
+        # Workers split this rank's units; their quotas add up to the rank's quota exactly.
+        units = mine[wid::nworkers]
+        quotas = [sum(u.rows for u in mine[w::nworkers]) for w in range(nworkers)]
+        excess = sum(quotas) - quota
+        for w in reversed(range(nworkers)):
+            cut = min(excess, quotas[w])
+            quotas[w] -= cut
+            excess -= cut
+        quota = quotas[wid]
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, wid])
+        buffer: list[tuple[np.ndarray, np.ndarray]] = []
+        emitted = 0
+
+        def emit(pair):
+            hr, lr = random_crop_pair(pair[0], pair[1], self.patch, self.scale, rng)
+            if self.augment:
+                hr, lr = augment_pair(hr, lr, rng)
+            return to_chw(lr), to_chw(hr)
+
+        for pair in self._rows(units):
+            if emitted >= quota:
+                return
+            if len(buffer) < self.buffer:
+                buffer.append(pair)
+                continue
+            i = int(rng.integers(len(buffer)))
+            out, buffer[i] = buffer[i], pair
+            emitted += 1
+            yield emit(out)
+        rng.shuffle(buffer)  # type: ignore[arg-type]
+        for pair in buffer:
+            if emitted >= quota:
+                return
+            emitted += 1
+            yield emit(pair)

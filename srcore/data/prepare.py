@@ -1,0 +1,241 @@
+"""``srcore data prepare``: raw HR folder -> ``<out>/x{s}/shard-*.parquet`` + ``manifest.json``.
+
+Images are taken in sorted order and grouped into shards of ``images_per_shard`` images, so a
+shard's content depends only on its own images and the parameters: its fingerprint. A rerun
+skips every shard whose fingerprint and file are already recorded (resume after an interrupt,
+or after changing one image: only that image's shard is rebuilt). Workers decode and cut
+images in parallel; the parent writes shards in order, each atomically, and rewrites the
+manifest after each shard. Output bytes do not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from srcore import __version__
+from srcore.config import PrepareParams
+from srcore.data.image_io import atomic_write_bytes, decode_rgb
+from srcore.data.patches import crop_starts, extract_pairs
+from srcore.data.shards import encode_rows, file_sha256, write_shard
+from srcore.errors import DataError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PrepareSummary", "prepare", "MANIFEST", "FORMAT_VERSION", "dvc_hash_of"]
+
+MANIFEST = "manifest.json"
+# Bump when the bytes written for the same input and parameters change.
+FORMAT_VERSION = 1
+_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
+
+
+@dataclass
+class PrepareSummary:
+    out: Path
+    images: int
+    rows: dict[int, int]
+    built_shards: int
+    reused_shards: int
+    bad: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Job:
+    path: str
+    scales: tuple[int, ...]
+    crop: int
+    step: int
+    thresh: int
+    encoding: str
+
+
+def _process(job: _Job) -> tuple[str, dict[int, list[dict]] | None, str | None]:
+    """Worker: one image -> rows per scale, or a reason it was rejected."""
+    name = Path(job.path).stem
+    try:
+        data = Path(job.path).read_bytes()
+        img = decode_rgb(data, job.path, convert=False)
+    except DataError as exc:
+        return name, None, str(exc)
+    h, w = img.shape[:2]
+    if not crop_starts(h, job.crop, job.step, job.thresh) or not crop_starts(w, job.crop, job.step, job.thresh):
+        return name, None, f"{job.path}: {w}x{h} is smaller than one {job.crop}x{job.crop} sub-image"
+    pairs = extract_pairs(img, job.scales, job.crop, job.step, job.thresh)
+    return name, {s: encode_rows(name, s, p, job.encoding) for s, p in pairs.items()}, None
+
+
+def _init_worker() -> None:
+    # One compute thread per process: the pool already uses every core.
+    import numba
+    import torch
+
+    numba.set_num_threads(1)
+    torch.set_num_threads(1)
+
+
+def _list_inputs(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise DataError(f"input folder {folder} not found; create it (srcore data sample) or pass --input")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise DataError(f"input folder {folder} is empty; put HR images there")
+    return files
+
+
+def _fingerprint(params: PrepareParams, scale: int, names_and_hashes: list[tuple[str, str]]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"format": FORMAT_VERSION, "scale": scale, "crop": params.crop_size, "step": params.step,
+                         "thresh": params.thresh_size, "encoding": params.encoding,
+                         "rows_per_group": params.rows_per_group,
+                         # the HR modcrop multiple (lcm of the scales) decides the crop grid
+                         "modcrop": int(np.lcm.reduce(np.array(params.scales)))},
+                        sort_keys=True).encode())
+    for name, digest in names_and_hashes:
+        h.update(f"{name}:{digest};".encode())
+    return h.hexdigest()
+
+
+def dvc_hash_of(folder: Path, dvc_file: Path = Path("data.dvc")) -> str | None:
+    """The DVC md5 that ``data.dvc`` records for ``folder`` (or one of its parents), if any."""
+    if not dvc_file.is_file():
+        return None
+    try:
+        spec = yaml.safe_load(dvc_file.read_text()) or {}
+    except yaml.YAMLError:
+        return None
+    for out in spec.get("outs", []):
+        tracked = (dvc_file.parent / out.get("path", "")).resolve()
+        if folder.resolve() == tracked or tracked in folder.resolve().parents:
+            return out.get("md5")
+    return None
+
+
+def _load_manifest(out: Path) -> dict:
+    try:
+        return json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_manifest(out: Path, manifest: dict) -> None:
+    atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _iter_results(jobs: list[_Job], workers: int) -> Iterator[tuple[str, dict | None, str | None]]:
+    if workers <= 1 or len(jobs) <= 1:
+        yield from map(_process, jobs)
+        return
+    # spawn: forking a parent that already runs numba/torch threads is not safe.
+    with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
+        yield from pool.imap(_process, jobs)
+
+
+def prepare(params: PrepareParams, on_progress: Callable[[int], None] | None = None,
+            on_total: Callable[[int], None] | None = None) -> PrepareSummary:
+    """Build (or update) the shards described by ``params``; see the module docstring."""
+    src, out = Path(params.input), Path(params.out)
+    files = _list_inputs(src)
+    hashes = [(p.stem, file_sha256(p)) for p in files]
+    n_per = params.images_per_shard
+    groups = [list(range(i, min(i + n_per, len(files)))) for i in range(0, len(files), n_per)]
+    old = _load_manifest(out)
+    old_shards = {(int(s), e["file"]): e for s, v in old.get("scales", {}).items() for e in v.get("shards", [])}
+    workers = params.workers or os.cpu_count() or 1
+    bad: list[dict] = []
+    built = reused = 0
+    manifest = {
+        "format": FORMAT_VERSION, "code_version": __version__,
+        "input": {"path": str(src), "dvc_md5": dvc_hash_of(src),
+                  "sha256": hashlib.sha256("".join(f"{n}:{d};" for n, d in hashes).encode()).hexdigest(),
+                  "images": len(files)},
+        "params": params.model_dump(mode="json"),
+        "scales": {str(s): {"rows": 0, "shards": []} for s in params.scales},
+        "bad": bad,
+    }
+    todo: list[tuple[int, dict[int, dict]]] = []
+    for k, group in enumerate(groups):
+        plan = {}
+        for s in params.scales:
+            name = f"x{s}/shard-{k:05d}.parquet"
+            fp = _fingerprint(params, s, [hashes[i] for i in group])
+            prev = old_shards.get((s, name))
+            if prev and prev.get("fingerprint") == fp and (out / name).is_file() \
+                    and (out / name).stat().st_size == prev.get("bytes"):
+                manifest["scales"][str(s)]["shards"].append(prev)
+                bad.extend(b for b in old.get("bad", []) if b.get("shard") == k and b not in bad)
+                reused += 1
+            else:
+                plan[s] = {"file": name, "fingerprint": fp}
+        if plan:
+            todo.append((k, plan))
+    if on_total:
+        on_total(sum(len(groups[k]) for k, _ in todo))
+
+    jobs = [_Job(str(files[i]), tuple(sorted(plan)), params.crop_size, params.step, params.thresh_size,
+                 params.encoding) for k, plan in todo for i in groups[k]]
+    results = _iter_results(jobs, min(workers, max(1, len(jobs))))
+    try:
+        for k, plan in todo:
+            rows: dict[int, list[dict]] = {s: [] for s in plan}
+            images: dict[int, list[str]] = {s: [] for s in plan}
+            for _ in groups[k]:
+                name, per_scale, reason = next(results)
+                if on_progress:
+                    on_progress(1)
+                if reason is not None:
+                    if params.on_bad == "fail":
+                        raise DataError(f"{reason} (--on-bad fail; use --on-bad skip to leave it out)")
+                    log.warning("skipping %s", reason)
+                    bad.append({"file": name, "reason": reason, "shard": k})
+                    continue
+                for s in plan:
+                    rows[s].extend(per_scale[s])
+                    images[s].append(name)
+            for s, entry in plan.items():
+                path = out / entry["file"]
+                write_shard(path, rows[s], params.encoding, params.rows_per_group)
+                entry.update(sha256=file_sha256(path), rows=len(rows[s]), images=images[s],
+                             bytes=path.stat().st_size)
+                manifest["scales"][str(s)]["shards"].append(entry)
+                built += 1
+                _write_manifest(out, _finalised(manifest))  # each finished shard survives an interrupt
+    finally:
+        close = getattr(results, "close", None)
+        if close:
+            close()
+    manifest = _finalised(manifest)
+    _write_manifest(out, manifest)
+    _remove_stale(out, manifest)
+    return PrepareSummary(out, len(files), {int(s): v["rows"] for s, v in manifest["scales"].items()},
+                          built, reused, bad)
+
+
+def _finalised(manifest: dict) -> dict:
+    for v in manifest["scales"].values():
+        v["shards"].sort(key=lambda e: e["file"])
+        v["rows"] = sum(e["rows"] for e in v["shards"])
+    return manifest
+
+
+def _remove_stale(out: Path, manifest: dict) -> None:
+    """Delete shard files that the manifest no longer lists (removed scales, fewer images)."""
+    keep = {e["file"] for v in manifest["scales"].values() for e in v["shards"]}
+    for path in out.glob("x*/*.parquet"):
+        rel = path.relative_to(out).as_posix()
+        if rel not in keep:
+            path.unlink()
+    for tmp in out.glob("x*/.*.tmp"):
+        tmp.unlink()
+    for folder in out.glob("x*"):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
