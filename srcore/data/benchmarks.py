@@ -69,9 +69,31 @@ def embedded_hr() -> list[tuple[str, np.ndarray]]:
     return [(name, np.ascontiguousarray(getattr(skdata, name)()[..., :3])) for name in EMBEDDED_IMAGES]
 
 
-def _hr_files(root: Path, name: str) -> list[Path]:
-    folder = root / name / "HR"
+SAMPLE_VAL = "sample-val"
+
+
+def sample_dir() -> Path:
+    """Where ``srcore data sample`` writes by default (``$SRCORE_SAMPLE`` overrides)."""
+    return Path(os.environ.get("SRCORE_SAMPLE", "data/raw/sample"))
+
+
+def dataset_folder(name: str, data_root: str | os.PathLike | None = None) -> Path:
+    """The HR folder of a named dataset (unknown names are looked up as ``<root>/<name>/HR``)."""
+    if name == SAMPLE_VAL:
+        return sample_dir() / "val" / "HR"
+    root = resolve_root(data_root)
+    canonical = {d.lower(): d for d in DATASETS}.get(name.lower(), name)
+    folder = root / canonical / "HR"
+    if canonical not in DATASETS and not folder.is_dir():
+        raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS + (EMBEDDED, SAMPLE_VAL))} "
+                        f"or put a folder {folder}")
+    return folder
+
+
+def _hr_files(folder: Path, name: str) -> list[Path]:
     if not folder.is_dir():
+        if name == SAMPLE_VAL:
+            raise DataError(f"dataset {name}: {folder} not found; run `srcore data sample` first")
         raise DataError(
             f"dataset {name}: folder {folder} not found; expected <root>/{name}/HR/*.png "
             "(pass --data-root or set SRCORE_DATA)")
@@ -105,13 +127,7 @@ def iter_benchmark(name: str, scale: int, data_root: str | os.PathLike | None = 
     if name == EMBEDDED:
         sources = [(stem, None, img) for stem, img in embedded_hr()]
     else:
-        known = {d.lower(): d for d in DATASETS}
-        root = resolve_root(data_root)
-        canonical = known.get(name.lower(), name)
-        if canonical not in DATASETS and not (root / name / "HR").is_dir():
-            raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS + (EMBEDDED,))} "
-                            f"or put a folder {root / name / 'HR'}")
-        sources = [(p.stem, p, None) for p in _hr_files(root, canonical)]
+        sources = [(p.stem, p, None) for p in _hr_files(dataset_folder(name, data_root), name)]
     for stem, path, img in sources:
         if path is not None:
             raw = path.read_bytes()
@@ -136,10 +152,10 @@ def count_images(name: str, data_root: str | os.PathLike | None = None) -> int:
     """Number of images in a dataset without decoding them (for progress bars)."""
     if name == EMBEDDED:
         return len(EMBEDDED_IMAGES)
-    known = {d.lower(): d for d in DATASETS}
-    root = resolve_root(data_root)
-    canonical = known.get(name.lower(), name)
-    folder = root / canonical / "HR"
+    try:
+        folder = dataset_folder(name, data_root)
+    except DataError:
+        return 0
     if not folder.is_dir():
         return 0
     return sum(1 for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)

@@ -86,7 +86,7 @@ def augment_pair(hr: np.ndarray, lr: np.ndarray, rng: np.random.Generator) -> tu
 
 
 def to_chw(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255)
+    return torch.from_numpy(np.array(img)).permute(2, 0, 1).float().div_(255)
 
 
 class ShardPairs(IterableDataset):
