@@ -259,6 +259,68 @@ def data_prepare_cmd(
             console.print(f"  {b['reason']}")
 
 
+def _parse_sets(items: Optional[list[str]]) -> dict:
+    import yaml
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            _fail(f"--set expects KEY=VALUE (e.g. teacher.steps=200), got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _train(stage: str, params: Path, profile: Optional[str], sets: Optional[list[str]], address: Optional[str],
+           name: Optional[str], extra: dict) -> None:
+    from srcore.config import load_params
+    from srcore.train.runner import run_stage
+
+    try:
+        overrides = {**_parse_sets(sets), **extra}
+        if profile:
+            overrides["profile"] = profile
+        cfg = load_params(params if params.exists() or params != Path("params.yaml") else None, overrides)
+        result = run_stage(cfg, stage, address=address, name=name)
+    except SrcoreError as exc:
+        _fail(str(exc))
+    m = result.metrics
+    console.print(f"[bold]{result.name}[/]: step {m.get('step')}, loss {m.get('loss', float('nan')):.4f}, "
+                  f"val PSNR-Y {m.get('val_psnr_y', float('nan')):.2f} dB")
+    console.print(f"model: {result.model_path}")
+
+
+_PARAMS_OPT = typer.Option(help="Parameters file.")
+_PROFILE_OPT = typer.Option(help="Profile from params.yaml 'profiles' (e.g. tiny).")
+_SET_OPT = typer.Option("--set", help="Override a parameter: KEY=VALUE (repeatable).")
+
+
+@app.command("train")
+def train_cmd(
+    params: Annotated[Path, _PARAMS_OPT] = Path("params.yaml"),
+    stage: Annotated[str, typer.Option(help="teacher (plain training) or distill.")] = "teacher",
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: start a local Ray).")] = None,
+    resume: Annotated[Optional[str], typer.Option(help="Run name to continue (default: the stage's name).")] = None,
+    profile: Annotated[Optional[str], _PROFILE_OPT] = None,
+    sets: Annotated[Optional[list[str]], _SET_OPT] = None,
+) -> None:
+    """Train a model on the prepared shards with Ray Train (re-running a name resumes it)."""
+    _train(stage, params, profile, sets, address, resume, {})
+
+
+@app.command("distill")
+def distill_cmd(
+    params: Annotated[Path, _PARAMS_OPT] = Path("params.yaml"),
+    teacher: Annotated[Optional[str], typer.Option(help="Teacher: checkpoint, run folder, models:/name@alias.")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address.")] = None,
+    resume: Annotated[Optional[str], typer.Option(help="Run name to continue.")] = None,
+    profile: Annotated[Optional[str], _PROFILE_OPT] = None,
+    sets: Annotated[Optional[list[str]], _SET_OPT] = None,
+) -> None:
+    """Distil a student from a frozen teacher (section 'student' of params.yaml)."""
+    _train("distill", params, profile, sets, address, resume, {"student.teacher": teacher} if teacher else {})
+
+
 def run() -> None:  # pragma: no cover - console entry point
     app()
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from srcore.errors import ConfigError
 
-__all__ = ["PrepareParams", "LoaderParams", "EvalParams", "Params", "load_params", "DEFAULT_PARAMS_FILE"]
+__all__ = ["PrepareParams", "LoaderParams", "RayParams", "TrainParams", "DistillParams", "EvalParams", "Params", "load_params", "DEFAULT_PARAMS_FILE"]
 
 DEFAULT_PARAMS_FILE = Path("params.yaml")
 
@@ -66,6 +66,76 @@ class LoaderParams(_Section):
     seed: int = 0
 
 
+class RayParams(_Section):
+    """Where and how wide training runs (Ray Train)."""
+
+    address: str | None = Field(None, description="Ray cluster address; None starts a local Ray")
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    storage_path: str = "runs"
+    max_failures: int = Field(1, ge=-1)
+    num_to_keep: int = Field(2, ge=1)
+    score_attribute: str | None = None
+
+
+class TrainParams(_Section):
+    """One training stage: the model, the optimisation recipe, validation and checkpoints."""
+
+    name: str = "teacher"
+    model: str = "dvmsr_teacher"
+    model_overrides: dict[str, Any] = Field(default_factory=dict)
+    scale: int = 4
+    steps: int = Field(1000, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.99)
+    milestones: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
+    gamma: float = 0.5
+    loss: Literal["l1", "charbonnier"] = "l1"
+    grad_clip: float | None = None
+    ema_decay: float | None = 0.999
+    amp: bool = True
+    compile: bool = False
+    channels_last: bool = False
+    val_every: int = Field(200, ge=1)
+    val_dataset: str = "sample-val"
+    seed: int = 0
+    ray: RayParams = RayParams()
+    # Fault-injection hooks for tests and drills: raise once at this step / stop cleanly here.
+    fail_once_at_step: int | None = None
+    stop_at_step: int | None = None
+
+    @field_validator("milestones")
+    @classmethod
+    def _fractions(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < f < 1 for f in v) or list(v) != sorted(v):
+            raise ValueError(f"milestones are increasing fractions of the run in (0, 1), got {list(v)}")
+        return v
+
+    @field_validator("scale")
+    @classmethod
+    def _scale(cls, v: int) -> int:
+        if v not in (2, 3, 4):
+            raise ValueError(f"scale {v} is not supported; use 2, 3 or 4")
+        return v
+
+
+class DistillParams(TrainParams):
+    """A student trained against a frozen teacher; the loss terms are weighted sums."""
+
+    name: str = "student"
+    model: str = "dvmsr"
+    teacher: str = "runs/teacher/model.pth"
+    teacher_model: str | None = Field(None, description="preset, needed only for official weight files")
+    w_rec: float = Field(1.0, ge=0)
+    w_out: float = Field(0.0, ge=0)
+    w_feat: float = Field(1.0, ge=0)
+    w_depth: float = Field(0.0, ge=0)
+    depth_weights: tuple[float, ...] | None = None
+    depth_map: tuple[int, ...] | Literal["proportional"] = "proportional"
+
+
 class EvalParams(_Section):
     """Benchmarks used by the evaluation stage."""
 
@@ -77,8 +147,11 @@ class Params(_Section):
     """The whole params.yaml (sections not listed here are refused)."""
 
     profile: str | None = None
+    profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     prepare: PrepareParams = PrepareParams()
     loader: LoaderParams = LoaderParams()
+    teacher: TrainParams = TrainParams()
+    student: DistillParams = DistillParams()
     eval: EvalParams = EvalParams()
 
 
@@ -106,10 +179,21 @@ def load_params(path: str | os.PathLike | None = None, overrides: dict[str, Any]
             raise ConfigError(f"{file}: expected a mapping of sections at the top level")
     elif path is not None:
         raise ConfigError(f"{file}: parameters file not found")
-    for key, value in (overrides or {}).items():
+    overrides = dict(overrides or {})
+    profile = overrides.pop("profile", data.get("profile"))
+    if profile is not None:
+        profiles = data.get("profiles") or {}
+        if profile not in profiles:
+            raise ConfigError(f"{file}: profile {profile!r} is not defined under 'profiles' "
+                              f"(defined: {', '.join(profiles) or 'none'})")
+        data["profile"] = profile
+        overrides = {**profiles[profile], **overrides}
+    for key, value in overrides.items():
         node = data
         *parents, leaf = key.split(".")
         for p in parents:
+            if not isinstance(node.get(p, {}), dict):
+                raise ConfigError(f"{file}: cannot override {key}: {p} is not a section")
             node = node.setdefault(p, {})
         node[leaf] = value
     try:

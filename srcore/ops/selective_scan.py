@@ -189,47 +189,37 @@ def _scan_cpu_backward(ctx, dy, dlast, _dstarts):
     groups, state = B.shape[1], A.shape[1]
     rows = bsz * dim
     chunk = _chunk_len(rows, state, length)
-    n_chunks = starts.shape[0]
     group_of = _rows_index(bsz, dim, groups)
-    dy = (torch.zeros_like(u) if dy is None else dy).contiguous()
+    np_dtype = np.float64 if u.dtype == torch.float64 else np.float32
+    dy = (torch.zeros_like(u) if dy is None else dy).contiguous().view(rows, length).numpy()
     g_next = np.zeros((rows, state)) if dlast is None else dlast.reshape(rows, state).double().numpy().copy()
-    c_all = C.transpose(-1, -2).contiguous()
-    du, dd = torch.zeros_like(u), torch.zeros_like(delta)
-    dA = torch.zeros_like(A)
-    dB = torch.zeros_like(B)
-    dC = torch.zeros_like(C)
-    for i in range(n_chunks - 1, -1, -1):
+    c_all, b_all = C.transpose(-1, -2).contiguous(), B.transpose(-1, -2).contiguous()  # (B, G, L, N)
+    u_rows, delta_rows = u.reshape(rows, length).numpy(), delta.reshape(rows, length).numpy()
+    d_delta = np.empty((rows, length), dtype=np_dtype)
+    d_u = np.empty((rows, length), dtype=np_dtype)
+    d_a_rows = np.zeros((rows, state), dtype=np.float64)
+    d_b = torch.empty(bsz, groups, length, state, dtype=u.dtype)
+    d_c = torch.empty(bsz, groups, length, state, dtype=u.dtype)
+    a_np = A.numpy()
+    for i in range(starts.shape[0] - 1, -1, -1):
         s, e = i * chunk, min((i + 1) * chunk, length)
-        t_len = e - s
         da, db = _chunk_terms(u, delta, A, B, s, e)
-        c_chunk = c_all[:, :, s:e].contiguous()
-        h_prev = np.empty((rows, t_len, state), dtype=np.float64)
-        g = np.empty((rows, t_len, state), dtype=np.float64)
-        scan_backward_chunk(da.contiguous().numpy(), db.contiguous().numpy(), c_chunk.numpy(), group_of,
-                            starts[i].numpy(), dy.view(rows, length)[:, s:e].contiguous().numpy(),
-                            g_next, h_prev, g)
-        gt = torch.from_numpy(g).to(u.dtype).view(bsz, dim, t_len, state)
-        hp = torch.from_numpy(h_prev).to(u.dtype).view(bsz, dim, t_len, state)
-        da = da.view(bsz, dim, t_len, state)
-        db = db.view(bsz, dim, t_len, state)
-        dt = delta[:, :, s:e]
-        # d/d(delta*A) of a_t = exp(delta*A): g_t * h_{t-1} * a_t
-        dlog_a = gt * hp * da
-        dd[:, :, s:e] += (dlog_a * A[None, :, None, :]).sum(-1)
-        dA += torch.einsum("bdtn,bdt->dn", dlog_a, dt)
-        # b_t = (delta*u) B_t
-        b_grp = B[..., s:e].transpose(-1, -2)  # (B, G, T, N)
-        g_grp = gt.view(bsz, groups, dim // groups, t_len, state)
-        dxu = torch.einsum("bgetn,bgtn->bget", g_grp, b_grp).reshape(bsz, dim, t_len)
-        x = (dt * u[:, :, s:e]).view(bsz, groups, dim // groups, t_len)
-        dB[..., s:e] += torch.einsum("bgetn,bget->bgnt", g_grp, x)
-        dd[:, :, s:e] += dxu * u[:, :, s:e]
-        du[:, :, s:e] += dxu * dt
-        # y_t = <C_t, h_t>, h_t = a_t h_{t-1} + b_t
-        h_t = (da * hp + db).view(bsz, groups, dim // groups, t_len, state)
-        dC[..., s:e] += torch.einsum("bget,bgetn->bgnt", dy[:, :, s:e].view(bsz, groups, dim // groups, t_len),
-                                     h_t)
-    return du, dd, dA, dB, dC
+        db_rows = np.empty((rows, e - s, state), dtype=np_dtype)
+        dc_rows = np.empty((rows, e - s, state), dtype=np_dtype)
+        dd_chunk = np.empty((rows, e - s), dtype=np_dtype)
+        du_chunk = np.empty((rows, e - s), dtype=np_dtype)
+        scan_backward_chunk(da.contiguous().numpy(), db.contiguous().numpy(), c_all[:, :, s:e].contiguous().numpy(),
+                            b_all[:, :, s:e].contiguous().numpy(), group_of, a_np,
+                            np.ascontiguousarray(delta_rows[:, s:e]), np.ascontiguousarray(u_rows[:, s:e]),
+                            starts[i].numpy(), np.ascontiguousarray(dy[:, s:e]), g_next,
+                            dd_chunk, du_chunk, d_a_rows, db_rows, dc_rows)
+        d_delta[:, s:e], d_u[:, s:e] = dd_chunk, du_chunk
+        per_group = (bsz, groups, dim // groups, e - s, state)
+        d_b[:, :, s:e] = torch.from_numpy(db_rows).view(per_group).sum(2)
+        d_c[:, :, s:e] = torch.from_numpy(dc_rows).view(per_group).sum(2)
+    d_a = torch.from_numpy(d_a_rows).view(bsz, dim, state).sum(0).to(A.dtype)
+    return (torch.from_numpy(d_u).view_as(u), torch.from_numpy(d_delta).view_as(delta), d_a,
+            d_b.transpose(-1, -2).contiguous(), d_c.transpose(-1, -2).contiguous())
 
 
 _scan_cpu_op.register_autograd(_scan_cpu_backward, setup_context=_scan_cpu_setup)

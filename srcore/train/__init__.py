@@ -1,0 +1,1 @@
+"""Training: one loop for teacher training and distillation, wired to Ray Train."""

@@ -1,0 +1,135 @@
+"""Launching a training stage on Ray Train (local Ray by default, or an existing cluster)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from srcore.config import DistillParams, Params, TrainParams
+from srcore.data.loaders import shard_files
+from srcore.errors import ConfigError
+from srcore.models.registry import config_for
+
+log = logging.getLogger(__name__)
+
+__all__ = ["StageResult", "run_stage", "ensure_ray", "storage_root"]
+
+
+@dataclass
+class StageResult:
+    name: str
+    run_dir: str
+    model_path: str
+    metrics: dict[str, Any]
+
+
+def storage_root(cfg: TrainParams) -> str:
+    """Absolute local path or object-store URI where Ray keeps this run."""
+    path = cfg.ray.storage_path
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def _check_address(address: str) -> None:
+    target = address.split("://", 1)[-1]
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"Ray address {address!r} must look like HOST:PORT (e.g. 127.0.0.2:6379)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=3):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); "
+                          "start it (ray start --head) or fix teacher.ray.address / --address") from None
+
+
+def ensure_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Connect to ``address`` or start a local, loopback-only Ray (no-op when already connected)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        _check_address(address)
+        ray.init(address=address, log_to_driver=True)
+        return
+    # A single-node Ray binds to this host's external address unless told it is a lone node.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+
+
+def _validate(params: Params, stage: str) -> TrainParams:
+    cfg: TrainParams = params.student if stage == "distill" else params.teacher
+    config_for(cfg.model, cfg.scale, **cfg.model_overrides)  # unknown model / bad overrides fail here
+    shard_files(params.prepare.out, cfg.scale)
+    if stage == "distill":
+        from srcore.train.teacher import load_teacher
+
+        assert isinstance(cfg, DistillParams)
+        load_teacher(cfg.teacher, cfg.scale, cfg.teacher_model)  # missing teacher / scale mismatch fail here
+    return cfg
+
+
+def run_stage(params: Params, stage: str, address: str | None = None, name: str | None = None) -> StageResult:
+    """Train ``stage`` ("teacher" or "distill") with Ray Train and export the EMA model.
+
+    Re-running with the same run name continues from the run's latest checkpoint.
+    """
+    if stage not in ("teacher", "distill"):
+        raise ConfigError(f"unknown stage {stage!r}; use teacher or distill")
+    cfg = _validate(params, stage)
+    if name:
+        cfg = cfg.model_copy(update={"name": name})
+    address = address or cfg.ray.address
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from srcore.train.loop import train_loop_per_worker
+
+    ensure_ray(address)
+    storage = storage_root(cfg)
+    run_dir = f"{storage.rstrip('/')}/{cfg.name}"
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"stage": stage, "train": cfg.model_dump(mode="json"),
+                           "loader": params.loader.model_dump(mode="json"),
+                           "shards": str(Path(params.prepare.out).resolve()), "cwd": os.getcwd(), "run_dir": run_dir},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
+            resources_per_worker={"CPU": cfg.ray.cpus_per_worker,
+                                  **({"GPU": cfg.ray.gpus_per_worker or 1} if cfg.ray.use_gpu else {})}),
+        run_config=ray.train.RunConfig(
+            name=cfg.name, storage_path=storage,
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.ray.num_to_keep, checkpoint_score_attribute=cfg.ray.score_attribute,
+                checkpoint_score_order="max"),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.ray.max_failures)),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"run {cfg.name} finished without a checkpoint")
+    model_path = f"{run_dir}/model.pth"
+    with result.checkpoint.as_directory() as folder:
+        _publish(Path(folder) / "model.pth", model_path)
+    metrics = dict(result.metrics or {})
+    log.info("%s finished at step %s -> %s", cfg.name, metrics.get("step"), model_path)
+    return StageResult(cfg.name, run_dir, model_path, metrics)
+
+
+def _publish(src: Path, dest: str) -> None:
+    """Copy the exported model next to the run's checkpoints (local path or object store)."""
+    if "://" in dest:
+        import pyarrow.fs as pafs
+
+        fs, path = pafs.FileSystem.from_uri(dest)
+        with open(src, "rb") as fh, fs.open_output_stream(path) as out:
+            out.write(fh.read())
+        return
+    tmp = Path(dest).with_suffix(".tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)

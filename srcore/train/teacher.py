@@ -1,0 +1,49 @@
+"""Loading a frozen teacher from any place a user may keep one."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from srcore.errors import CheckpointError
+from srcore.models import load_model
+from srcore.models.base import SRModel
+
+__all__ = ["load_teacher", "fetch_to_local"]
+
+
+def fetch_to_local(uri: str, folder: str) -> Path:
+    """Copy an object-store file (s3://..., any pyarrow filesystem URI) into ``folder``."""
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(uri)
+    target = Path(folder) / Path(path).name
+    try:
+        with fs.open_input_stream(path) as src, open(target, "wb") as dst:
+            dst.write(src.read())
+    except OSError as exc:
+        raise CheckpointError(f"{uri}: cannot fetch teacher weights ({exc})") from exc
+    return target
+
+
+def load_teacher(spec: str, scale: int, preset: str | None = None) -> SRModel:
+    """A teacher from a registered MLflow model (``models:/name@alias``), an srcore checkpoint or
+    run folder, an object-store URI, or official weights (then ``preset`` names the architecture)."""
+    if spec.startswith("models:/"):
+        from srcore.tracking.registry import load_registered_model
+
+        model = load_registered_model(spec)
+    elif "://" in spec:
+        with tempfile.TemporaryDirectory() as tmp:
+            model = load_model(fetch_to_local(spec, tmp), name=preset, scale=scale)
+    else:
+        path = Path(spec)
+        if path.is_dir():
+            path = path / "model.pth"
+        if not path.is_file():
+            raise CheckpointError(f"teacher {spec}: not found; train one first (srcore train --stage teacher) "
+                                  "or point student.teacher at a checkpoint, run folder or models:/ URI")
+        model = load_model(path, name=preset, scale=scale)
+    if model.scale != scale:
+        raise CheckpointError(f"teacher {spec} is x{model.scale} but the student is x{scale}; use matching scales")
+    return model

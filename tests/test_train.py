@@ -1,0 +1,199 @@
+"""Ray Train on tiny configs: learning, injected failure, resume, checkpoint retention,
+distillation, bad configs, and a two-node local cluster."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from srcore.config import load_params
+from srcore.errors import CheckpointError, ConfigError, DataError
+from srcore.models import load_model
+from srcore.train.loop import milestone_steps
+from srcore.train.state import load_with_fallback, read_state, write_state
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "prepare.scales": [2], "prepare.crop_size": 48, "prepare.step": 24, "prepare.workers": 1,
+    "loader.patch_size": 12, "loader.batch_size": 4, "loader.shuffle_buffer": 8,
+    "teacher.model": "dvmsr", "teacher.model_overrides": {"embed_dim": 8, "depths": [1]}, "teacher.scale": 2,
+    "teacher.lr": 2.0e-3, "teacher.ema_decay": 0.9, "teacher.val_dataset": "embedded",
+    "student.model": "dvmsr", "student.model_overrides": {"embed_dim": 4, "depths": [1]}, "student.scale": 2,
+    "student.lr": 2.0e-3, "student.ema_decay": 0.9, "student.val_dataset": "embedded",
+}
+
+
+def _smooth_images(folder: Path, n: int = 4) -> None:
+    folder.mkdir(parents=True)
+    yy, xx = np.mgrid[0:96, 0:96]
+    for i in range(n):
+        base = 128 + 80 * np.sin(xx / (5 + i)) * np.cos(yy / (7 + i))
+        img = np.stack([base, np.roll(base, 9, 0), np.roll(base, 17, 1)], -1).clip(0, 255).astype(np.uint8)
+        Image.fromarray(img).save(folder / f"im{i}.png")
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    _smooth_images(root / "raw")
+    from srcore.data.prepare import prepare
+
+    prepare(load_params(None, {**TINY, "prepare.input": str(root / "raw"), "prepare.out": str(root / "patches")}).prepare)
+    return root
+
+
+def params(workdir: Path, **extra):
+    return load_params(None, {**TINY, "prepare.out": str(workdir / "patches"),
+                              "teacher.ray.storage_path": str(workdir / "runs"),
+                              "student.ray.storage_path": str(workdir / "runs"), **extra})
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    from srcore.train.runner import ensure_ray
+
+    ensure_ray(None, num_cpus=2)
+    yield
+    import ray
+
+    ray.shutdown()
+
+
+def _last_state(run_dir: Path) -> dict:
+    newest = sorted(run_dir.glob("checkpoint_*"))[-1]
+    return read_state(newest)
+
+
+@pytest.fixture(scope="module")
+def teacher_run(workdir, ray_local):
+    from srcore.train.runner import run_stage
+
+    p = params(workdir, **{"teacher.steps": 30, "teacher.val_every": 10, "teacher.fail_once_at_step": 15,
+                           "teacher.ray.max_failures": 1, "teacher.ray.num_to_keep": 2})
+    return run_stage(p, "teacher")
+
+
+def test_teacher_learns_survives_failure_and_prunes_checkpoints(teacher_run, workdir):
+    run_dir = Path(teacher_run.run_dir)
+    assert teacher_run.metrics["step"] == 30
+    assert (run_dir / ".failed_once").exists()  # the injected failure happened and was survived
+    assert len(list(run_dir.glob("checkpoint_*"))) == 2  # num_to_keep
+    state = _last_state(run_dir)
+    assert state["resumed_from"] == 10  # restarted from the step-10 checkpoint after failing at 15
+    losses = [h["loss"] for h in state["history"]]
+    assert [h["step"] for h in state["history"]] == [10, 20, 30]
+    assert losses[-1] < losses[0]
+    model = load_model(teacher_run.model_path)
+    assert model.scale == 2 and model.config.embed_dim == 8
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 10, 10)).shape == (1, 3, 20, 20)
+
+
+def test_resume_after_forced_stop_keeps_step_and_lr(workdir, ray_local):
+    from srcore.train.runner import run_stage
+
+    base = {"teacher.name": "resume", "teacher.steps": 20, "teacher.val_every": 5, "teacher.milestones": [0.5, 0.75]}
+    first = run_stage(params(workdir, **base, **{"teacher.stop_at_step": 10}), "teacher")
+    assert first.metrics["step"] == 10
+    second = run_stage(params(workdir, **base), "teacher")
+    assert second.metrics["step"] == 20
+    state = _last_state(Path(second.run_dir))
+    assert state["resumed_from"] == 10
+    assert [h["step"] for h in state["history"]] == [5, 10, 15, 20]
+    expected = 2.0e-3 * 0.5 ** len([m for m in milestone_steps(20, (0.5, 0.75)) if m <= 20])
+    assert state["history"][-1]["lr"] == pytest.approx(expected)
+    assert state["history"][2]["lr"] == pytest.approx(2.0e-3 * 0.5)  # step 15: after the first halving only
+
+
+def test_distillation_exports_student_only(teacher_run, workdir, ray_local):
+    from srcore.train.runner import run_stage
+
+    p = params(workdir, **{"student.teacher": teacher_run.model_path, "student.steps": 8, "student.val_every": 4,
+                           "student.w_out": 1.0, "student.w_feat": 1.0, "student.w_depth": 1.0})
+    result = run_stage(p, "distill")
+    student = load_model(result.model_path)
+    assert student.config.embed_dim == 4
+    assert not any("adapter" in k for k in torch.load(result.model_path, weights_only=True)["state_dict"])
+    assert result.metrics["step"] == 8 and np.isfinite(result.metrics["val_psnr_y"])
+
+
+def test_corrupted_latest_checkpoint_falls_back(tmp_path, caplog):
+    from ray.train import Checkpoint
+
+    old, new = tmp_path / "checkpoint_2026-01-01_00-00-01", tmp_path / "checkpoint_2026-01-01_00-00-02"
+    old.mkdir()
+    new.mkdir()
+    write_state(old, {"step": 7})
+    (new / "state.pt").write_bytes(b"truncated")
+    with caplog.at_level(logging.WARNING):
+        state = load_with_fallback(Checkpoint(str(new)))
+    assert state == {"step": 7}
+    assert "unreadable" in caplog.text
+
+
+def test_bad_configurations_fail_fast(workdir, tmp_path):
+    from srcore.train.runner import run_stage
+
+    with pytest.raises(ConfigError, match="unknown model"):
+        run_stage(params(workdir, **{"teacher.model": "nope"}), "teacher")
+    with pytest.raises(CheckpointError, match="not found"):
+        run_stage(params(workdir, **{"student.teacher": str(tmp_path / "missing.pth")}), "distill")
+    from srcore.models import build, save_model
+
+    save_model(tmp_path / "x4.pth", build("dvmsr", 4, embed_dim=4, depths=(1,)), "dvmsr")
+    with pytest.raises(CheckpointError, match="x4 but the student is x2"):
+        run_stage(params(workdir, **{"student.teacher": str(tmp_path / "x4.pth")}), "distill")
+    with pytest.raises(ConfigError, match="cannot reach the Ray cluster"):
+        run_stage(params(workdir), "teacher", address="127.0.0.1:9")
+    with pytest.raises(DataError, match="no shards"):
+        run_stage(params(workdir, **{"teacher.scale": 3}), "teacher")
+    with pytest.raises(ConfigError, match="teacher.steps"):
+        params(workdir, **{"teacher.steps": 0})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_node_cluster(workdir, tmp_path):
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    port = _free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    head = f"127.0.0.2:{port}"
+    try:
+        subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.2", f"--port={port}", "--num-cpus=1",
+                        "--include-dashboard=false", "--disable-usage-stats"], check=True, env=env, timeout=180,
+                       capture_output=True)
+        subprocess.run([ray_bin, "start", f"--address={head}", "--node-ip-address=127.0.0.3", "--num-cpus=1",
+                        "--disable-usage-stats"], check=True, env=env, timeout=180, capture_output=True)
+        sets = [f"{k}={v}" for k, v in {**TINY, "prepare.out": str(workdir / "patches"),
+                                        "teacher.ray.storage_path": str(tmp_path / "runs"),
+                                        "teacher.ray.num_workers": 2, "teacher.steps": 12, "teacher.val_every": 6,
+                                        "teacher.name": "multinode"}.items()]
+        args = [sys.executable, "-m", "srcore.cli", "train", "--params", str(tmp_path / "none.yaml"),
+                "--address", head]
+        (tmp_path / "none.yaml").write_text("{}\n")
+        for s in sets:
+            args += ["--set", s.replace("'", '"')]
+        res = subprocess.run(args, env=env, timeout=600, capture_output=True, text=True)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        state = _last_state(tmp_path / "runs" / "multinode")
+        assert len(state["nodes"]) == 2 and state["nodes"][0] != state["nodes"][1]
+        losses = [h["loss"] for h in state["history"]]
+        assert state["step"] == 12 and losses[-1] < losses[0]
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, timeout=120, capture_output=True)
+        time.sleep(1)
