@@ -19,9 +19,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/srcore models
-	for s in 2 3 4; do $(BIN)/srcore eval --model bicubic --dataset embedded --scale $$s || exit 1; done
-	$(BIN)/srcore profile --model dvmsr --scale 4 --input 64x64
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m flows.demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --timeout=900

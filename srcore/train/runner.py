@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
 import socket
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from srcore.config import DistillParams, Params, TrainParams
+from srcore.data.image_io import atomic_write_bytes
 from srcore.data.loaders import shard_files
 from srcore.errors import ConfigError
 from srcore.models.registry import config_for
+from srcore.train.state import read_state
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +30,7 @@ class StageResult:
     run_dir: str
     model_path: str
     metrics: dict[str, Any]
+    history: list[dict[str, Any]]
 
 
 def storage_root(cfg: TrainParams) -> str:
@@ -90,9 +95,14 @@ def run_stage(params: Params, stage: str, address: str | None = None, name: str 
 
     from srcore.train.loop import train_loop_per_worker
 
-    ensure_ray(address)
     storage = storage_root(cfg)
     run_dir = f"{storage.rstrip('/')}/{cfg.name}"
+    config_digest = _digest(stage, cfg, params)
+    done = _finished(run_dir, config_digest, cfg.steps)
+    if done is not None:
+        log.info("%s already trained to step %s with these parameters; not training again", cfg.name, cfg.steps)
+        return done
+    ensure_ray(address)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"stage": stage, "train": cfg.model_dump(mode="json"),
@@ -115,9 +125,41 @@ def run_stage(params: Params, stage: str, address: str | None = None, name: str 
     model_path = f"{run_dir}/model.pth"
     with result.checkpoint.as_directory() as folder:
         _publish(Path(folder) / "model.pth", model_path)
-    metrics = dict(result.metrics or {})
-    log.info("%s finished at step %s -> %s", cfg.name, metrics.get("step"), model_path)
-    return StageResult(cfg.name, run_dir, model_path, metrics)
+        state = read_state(folder)
+    history = list(state.get("history", []))
+    metrics = dict(result.metrics or {}) or (history[-1] if history else {})
+    log.info("%s finished at step %s -> %s", cfg.name, state.get("step"), model_path)
+    out = StageResult(cfg.name, run_dir, model_path, {**metrics, "step": state.get("step")}, history)
+    if "://" not in run_dir:
+        record = {**asdict(out), "config_digest": config_digest}
+        atomic_write_bytes(Path(run_dir) / _RESULT, json.dumps(record, default=str).encode())
+    return out
+
+
+_RESULT = "result.json"
+
+
+def _digest(stage: str, cfg: TrainParams, params: Params) -> str:
+    payload = {"stage": stage, "train": cfg.model_dump(mode="json", exclude={"ray", "stop_at_step",
+                                                                             "fail_once_at_step"}),
+               "loader": params.loader.model_dump(mode="json")}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _finished(run_dir: str, config_digest: str, steps: int) -> StageResult | None:
+    """The recorded result of a completed run with the same parameters, if any."""
+    path = Path(run_dir) / _RESULT
+    if "://" in run_dir or not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except ValueError:
+        return None
+    if record.get("config_digest") != config_digest or (record.get("metrics") or {}).get("step") != steps \
+            or not Path(record.get("model_path", "")).is_file():
+        return None
+    record.pop("config_digest")
+    return StageResult(**record)
 
 
 def _publish(src: Path, dest: str) -> None:

@@ -1,0 +1,54 @@
+"""The main job on the embedded default: ``python -m flows.demo`` (what ``make demo`` runs).
+
+Writes the sample data, then runs the ``retrain`` flow on the tiny profile and prints a summary.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def main() -> int:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The first start of the temporary API migrates its database: slow on small machines.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    from flows.retrain import retrain
+    from srcore.errors import SrcoreError
+
+    t0 = time.perf_counter()
+    try:
+        summary = retrain(profile="tiny")
+    except SrcoreError as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        return 2
+    minutes = (time.perf_counter() - t0) / 60
+    table = Table(title=f"retrain (tiny profile) x{summary['scale']} - {minutes:.1f} min")
+    for col in ("model", "params", *[f"{d} PSNR-Y" for d in summary["datasets"]]):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for label, row in (("bicubic", summary["bicubic"]), ("teacher", summary["teacher"]),
+                       ("student (distilled)", summary["student"])):
+        params = "0" if label == "bicubic" else f"{int(row['params']):,}"
+        table.add_row(label, params, *[f"{row[f'{d}_psnr_y']:.2f}" for d in summary["datasets"]])
+    console.print(table)
+    decision = "promoted to champion" if summary["promoted"] else "kept as challenger"
+    console.print(f"registered [bold]{summary['registered_model']}[/] v{summary['version']}: {decision} "
+                  f"({summary['reason']})")
+    console.print(f"MLflow run {summary['run_id']} in {summary['tracking_uri']}")
+    console.print(f"load it: srcore eval --weights models:/{summary['registered_model']}@champion "
+                  f"--model dvmsr --dataset sample-val --scale {summary['scale']}")
+    console.print("MLflow UI: .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db  (http://127.0.0.1:5000)")
+    console.print("Prefect UI: .venv/bin/prefect server start  (http://127.0.0.1:4200)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Flow ``distill``: a student from a frozen teacher; cached on (manifest, student params, teacher)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows.common import DEFAULT_PARAMS, params_with
+from flows.stages import train_stage
+
+
+@flow(name="distill", log_prints=True)
+def distill(manifest: str | None = None, student: str | None = None, teacher: str | None = None,
+            params_file: str = DEFAULT_PARAMS, profile: str | None = None,
+            overrides: dict[str, Any] | None = None, address: str | None = None) -> dict[str, Any]:
+    """Distil ``student`` (a preset; default from params.yaml) from ``teacher`` (path or models:/ URI)."""
+    from srcore.data.versioning import manifest_hash
+
+    extra = dict(overrides or {})
+    if student:
+        extra["student.model"] = student
+        extra.setdefault("student.name", f"student-{student}")
+    if teacher:
+        extra["student.teacher"] = teacher
+    params = params_with(params_file, profile, extra)
+    return train_stage(params, "distill", manifest or manifest_hash(params.prepare.out), address)

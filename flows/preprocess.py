@@ -1,0 +1,18 @@
+"""Flow ``preprocess``: raw data from DVC, then ``dvc repro`` of the patch stage."""
+
+from __future__ import annotations
+
+from prefect import flow, task
+
+from srcore.data.versioning import reproduce_patches
+
+
+@task(retries=2, retry_delay_seconds=[5, 30], name="dvc-repro-prepare")
+def repro_patches(pull: bool = True) -> str:
+    return reproduce_patches(".", pull=pull)
+
+
+@flow(name="preprocess", log_prints=True)
+def preprocess(pull: bool = True) -> str:
+    """Returns the patch manifest hash (what later stages key their caches on)."""
+    return repro_patches(pull)

@@ -1,0 +1,16 @@
+"""Flow ``train_teacher``: Ray Train on the shards; cached on (manifest hash, teacher params)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows.common import DEFAULT_PARAMS, params_with
+from flows.stages import train_stage
+
+
+@flow(name="train_teacher", log_prints=True)
+def train_teacher(manifest: str, params_file: str = DEFAULT_PARAMS, profile: str | None = None,
+                  overrides: dict[str, Any] | None = None, address: str | None = None) -> dict[str, Any]:
+    return train_stage(params_with(params_file, profile, overrides), "teacher", manifest, address)

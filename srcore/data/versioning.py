@@ -1,0 +1,51 @@
+"""DVC operations the pipeline needs: materialise the raw data and reproduce the patch stage."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from srcore.errors import DataError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["dvc", "reproduce_patches", "manifest_hash"]
+
+
+def dvc(*args: str, cwd: str | os.PathLike = ".") -> str:
+    """Run a DVC command in ``cwd``; a failure raises with DVC's own message."""
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    res = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise DataError(f"dvc {' '.join(args)} failed: {(res.stderr or res.stdout).strip()[-2000:]}")
+    return res.stdout
+
+
+def reproduce_patches(cwd: str | os.PathLike = ".", pull: bool = True) -> str:
+    """Bring the raw data (``dvc pull`` when a remote has it, else the embedded sample for the
+    default data.dvc), then ``dvc repro prepare``; returns the patch manifest hash."""
+    root = Path(cwd)
+    raw = root / "data" / "raw" / "sample"
+    if pull:
+        try:
+            dvc("pull", "data.dvc", cwd=root)
+        except DataError as exc:
+            log.info("dvc pull did not bring the raw data (%s)", str(exc).splitlines()[0][:200])
+    if not raw.exists():
+        from srcore.data.sample import write_sample
+
+        write_sample(raw)
+        dvc("commit", "-f", "data.dvc", cwd=root)
+    dvc("repro", "prepare", cwd=root)
+    return manifest_hash(root / "data" / "patches")
+
+
+def manifest_hash(patches: str | os.PathLike) -> str:
+    path = Path(patches) / "manifest.json"
+    if not path.is_file():
+        raise DataError(f"{path} not found; run the prepare stage first")
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -1,0 +1,1 @@
+"""MLflow tracking, model packaging, registration and champion promotion."""

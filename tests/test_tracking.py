@@ -1,0 +1,114 @@
+"""MLflow against a real tracking server on loopback: logging, registration, promotion and its
+refusals, loading models:/ URIs at any image size, and an unreachable server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from srcore.cli import app
+from srcore.config import load_params
+from srcore.errors import ConfigError
+from srcore.models import build, save_model
+from srcore.tracking.registry import PromotionPolicy
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
+         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(uri + "/health", timeout=2):
+                break
+        except OSError:
+            time.sleep(1)
+    else:
+        proc.kill()
+        pytest.fail("mlflow server did not start")
+    yield uri
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def _checkpoint(path: Path, seed: int) -> str:
+    torch.manual_seed(seed)
+    save_model(path, build("dvmsr", 4, embed_dim=8, depths=(1,)), "dvmsr")
+    return str(path)
+
+
+def test_register_promote_refuse_and_load(mlflow_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    monkeypatch.chdir(tmp_path)
+    from mlflow import MlflowClient
+
+    from srcore.tracking.publish import log_and_register
+
+    params = load_params(None, {"eval.datasets": ["embedded"]})
+    policy = PromotionPolicy(gate_metric="embedded_psnr_y", margin=0.05)
+    first = log_and_register(params, "distill", _checkpoint(tmp_path / "a.pth", 0),
+                             {"embedded_psnr_y": 25.0, "params": 1000.0, "latency_ms": 5.0},
+                             history=[{"step": 1, "loss": 0.5, "lr": 1e-3, "val_psnr_y": 20.0}], policy=policy)
+    assert first["promoted"] and first["registered_model"] == "srcore-dvmsr-x4"
+    worse = log_and_register(params, "distill", _checkpoint(tmp_path / "b.pth", 1),
+                             {"embedded_psnr_y": 25.02, "params": 1000.0, "latency_ms": 5.0}, policy=policy)
+    assert not worse["promoted"]
+    over = log_and_register(params, "distill", _checkpoint(tmp_path / "c.pth", 2),
+                            {"embedded_psnr_y": 30.0, "params": 10_000.0, "latency_ms": 5.0},
+                            policy=PromotionPolicy("embedded_psnr_y", 0.0, max_params=5000))
+    assert not over["promoted"] and "budget" in over["reason"]
+    client = MlflowClient(mlflow_server, mlflow_server)
+    name = "srcore-dvmsr-x4"
+    assert client.get_model_version_by_alias(name, "champion").version == first["version"]
+    assert client.get_model_version_by_alias(name, "challenger").version == over["version"]
+    tags = client.get_model_version(name, worse["version"]).tags
+    assert tags["promotion.decision"] == "refused"
+    assert tags["promotion.challenger_value"] == "25.0200" and tags["promotion.champion_value"] == "25.0000"
+    run = client.get_run(first["run_id"])
+    assert run.data.params["train.model"] == "dvmsr" and "git_commit" in run.data.tags
+    assert [m.value for m in client.get_metric_history(first["run_id"], "train_loss")] == [0.5]
+    artifacts = [a.path for a in client.list_artifacts(first["run_id"])]
+    assert any(a.endswith(".png") or a == "images" for a in artifacts) or client.list_artifacts(first["run_id"], "images")
+
+    # any image size runs after loading (not a shape-specialised export)
+    import mlflow.pyfunc
+
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    for h, w in ((9, 13), (20, 16)):
+        out = pyfunc.predict(np.random.default_rng(0).integers(0, 256, (1, h, w, 3), dtype=np.uint8))
+        assert out.shape == (1, 4 * h, 4 * w, 3) and out.dtype == np.uint8
+    result = CliRunner().invoke(app, ["eval", "--model", "dvmsr", "--weights", f"models:/{name}@champion",
+                                      "--dataset", "embedded", "--scale", "4", "--json", "-"])
+    assert result.exit_code == 0, result.output
+
+
+def test_unreachable_tracking_server_fails_fast(monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    from srcore.tracking.publish import log_and_register
+
+    with pytest.raises(ConfigError, match="cannot reach the MLflow tracking server"):
+        log_and_register(load_params(None), "distill", _checkpoint(tmp_path / "a.pth", 0), {"x": 1.0})
