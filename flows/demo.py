@@ -6,8 +6,13 @@ Writes the sample data, then runs the ``retrain`` flow on the tiny profile and p
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
 import sys
 import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -15,18 +20,58 @@ from rich.table import Table
 console = Console()
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def prefect_api():
+    """Use PREFECT_API_URL when set; otherwise run a Prefect server on loopback for the job
+    (its log goes to .prefect-server.log) and stop it afterwards."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield os.environ["PREFECT_API_URL"]
+        return
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    log = open(".prefect-server.log", "ab")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("the Prefect server did not start; see .prefect-server.log") from None
+                time.sleep(1)
+        os.environ["PREFECT_API_URL"] = url
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
 def main() -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # The first start of the temporary API migrates its database: slow on small machines.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    from flows.retrain import retrain
     from srcore.errors import SrcoreError
 
     t0 = time.perf_counter()
     try:
-        summary = retrain(profile="tiny")
+        with prefect_api() as url:
+            console.print(f"Prefect API: {url} (the UI runs there while the job does)")
+            from flows.retrain import retrain  # after PREFECT_API_URL is set: Prefect reads it on import
+
+            summary = retrain(profile="tiny")
     except SrcoreError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         return 2

@@ -6,8 +6,6 @@ checkpoint file as an artifact and rebuild the model from its stored config when
 
 from __future__ import annotations
 
-from typing import Any
-
 import mlflow.pyfunc
 import numpy as np
 
@@ -24,7 +22,7 @@ class SRPyfunc(mlflow.pyfunc.PythonModel):
 
         self.model = load_model(context.artifacts[MODEL_ARTIFACT]).eval()
 
-    def predict(self, context, model_input: Any, params: dict | None = None) -> np.ndarray:
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow would validate against them
         from srcore.inference import upscale_image
 
         batch = np.asarray(model_input)

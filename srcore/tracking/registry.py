@@ -91,7 +91,9 @@ def load_registered_model(uri: str) -> SRModel:
     from mlflow.exceptions import MlflowException
 
     from srcore.models import load_model
+    from srcore.tracking.runs import configure
 
+    configure()
     with tempfile.TemporaryDirectory() as tmp:
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))

@@ -79,6 +79,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     os.chdir(config["cwd"])
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # worker process: progress lines to the driver
     distill = config["stage"] == "distill"
     cfg: TrainParams = (DistillParams if distill else TrainParams)(**config["train"])
     lcfg = LoaderParams(**config["loader"])
