@@ -99,7 +99,7 @@ def load_registered_model(uri: str) -> SRModel:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
         except MlflowException as exc:
             raise CheckpointError(f"{uri}: cannot load registered model ({exc.message})") from None
-        files = list(local.rglob("model.pth"))
+        files = sorted(local.rglob("artifacts/*.pth"))  # the pyfunc keeps our checkpoint under artifacts/
         if not files:
-            raise CheckpointError(f"{uri}: no srcore checkpoint (model.pth) inside the registered model")
+            raise CheckpointError(f"{uri}: no srcore checkpoint (.pth) inside the registered model")
         return load_model(files[0])
