@@ -84,7 +84,9 @@ def test_distill_dvmsr_deployment_on_a_real_server(tmp_path):
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_HOME": str(tmp_path / "prefect-home"), "SRCORE_HOME": str(root), "DVC_NO_ANALYTICS": "1",
-           "PREFECT_LOCAL_STORAGE_PATH": str(tmp_path / "prefect-results")}
+           "PREFECT_LOCAL_STORAGE_PATH": str(tmp_path / "prefect-results"),
+           # the copy holds only srcore/data (a DVC dependency); never let it shadow the package
+           "PYTHONSAFEPATH": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
     # a teacher and prepared shards for the student to learn from
     subprocess.run([sys.executable, "-m", "srcore.cli", "data", "sample", "--out", "data/raw/sample"], cwd=root,
