@@ -22,7 +22,7 @@ demo: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m flows.demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --timeout=900
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q --timeout=900
 
 clean:
 	rm -rf $(VENV) .pytest_cache

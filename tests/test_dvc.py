@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 
 
 def _run(cwd: Path, *args: str, env: dict | None = None) -> str:
-    full_env = {**os.environ, "DVC_NO_ANALYTICS": "1", **(env or {})}
+    path = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+    full_env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": path, **(env or {})}
     res = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, f"{' '.join(args)} failed:\n{res.stdout}\n{res.stderr}"
     return res.stdout + res.stderr

@@ -56,10 +56,11 @@ def ensure_ray(address: str | None, num_cpus: int | None = None) -> None:
     """Connect to ``address`` or start a local, loopback-only Ray (no-op when already connected)."""
     import ray
 
+    if address:
+        _check_address(address)  # also when already connected: a wrong address must not pass silently
     if ray.is_initialized():
         return
     if address:
-        _check_address(address)
         ray.init(address=address, log_to_driver=True)
         return
     # A single-node Ray binds to this host's external address unless told it is a lone node.
