@@ -11,7 +11,10 @@ from flows.common import DEFAULT_PARAMS, digest, file_digest, params_with
 
 def _register_key(_ctx, args: dict[str, Any]) -> str:
     # The same model file under the same policy is registered once: reruns keep the champion.
-    return "register-" + digest(args["stage"], file_digest(args["model_path"]), args["gate_metric"], args["margin"],
+    from srcore.tracking.runs import tracking_uri
+
+    return "register-" + digest(tracking_uri(), args["stage"], file_digest(args["model_path"]), args["gate_metric"],
+                                args["margin"],
                                 args["max_params"], args["max_latency_ms"])
 from srcore.tracking.publish import log_and_register
 from srcore.tracking.registry import PromotionPolicy
