@@ -120,6 +120,10 @@ def test_distill_dvmsr_deployment_on_a_real_server(tmp_path):
         prefect("work-pool", "create", "srcore-process", "--type", "process")
         prefect("--no-prompt", "deploy", "--all")
         assert "distill/dvmsr" in prefect("deployment", "ls")
+        # a parameter the flow does not take is refused before anything runs
+        bad = subprocess.run([str(bin_dir / "prefect"), "deployment", "run", "distill/dvmsr", "--param", "bogus=1"],
+                             cwd=root, env=env, capture_output=True, text=True, timeout=120)
+        assert bad.returncode != 0 and "bogus" in (bad.stdout + bad.stderr), bad.stdout[-1000:] + bad.stderr[-1000:]
         worker = subprocess.Popen([str(bin_dir / "prefect"), "worker", "start", "--pool", "srcore-process"],
                                   cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         out = prefect("deployment", "run", "distill/dvmsr", "--param", "overrides=" + json.dumps({}),
