@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from srcore.errors import ConfigError
+from srcore.models.base import check_scale
 
 __all__ = ["PrepareParams", "LoaderParams", "RayParams", "TrainParams", "DistillParams", "EvalParams", "Params", "load_params", "DEFAULT_PARAMS_FILE"]
 
@@ -116,9 +117,7 @@ class TrainParams(_Section):
     @field_validator("scale")
     @classmethod
     def _scale(cls, v: int) -> int:
-        if v not in (2, 3, 4):
-            raise ValueError(f"scale {v} is not supported; use 2, 3 or 4")
-        return v
+        return check_scale(v)
 
 
 class DistillParams(TrainParams):

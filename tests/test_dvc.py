@@ -3,7 +3,6 @@ served by moto on loopback."""
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import free_port, REPO
 
 pytestmark = pytest.mark.slow
 
@@ -73,17 +72,11 @@ def test_sample_matches_pinned_hash_and_stage_round_trips(project: Path, tmp_pat
     assert "modified" in dvc(project, "status")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_s3_remote_on_loopback(project: Path):
     boto3 = pytest.importorskip("boto3")
     from moto.server import ThreadedMotoServer
 
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     try:

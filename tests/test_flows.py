@@ -6,16 +6,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import free_port, wait_for_health, REPO
 
 pytestmark = pytest.mark.slow
 
@@ -71,16 +68,10 @@ def test_retrain_chain_and_cache(tmp_path, monkeypatch):
     assert sorted(p.name for p in (root / "runs").rglob("checkpoint_*") if p.is_dir()) == checkpoints  # nothing retrained
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_distill_dvmsr_deployment_on_a_real_server(tmp_path):
     root = _project(tmp_path / "proj")
     bin_dir = Path(sys.executable).parent
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_HOME": str(tmp_path / "prefect-home"), "SRCORE_HOME": str(root), "DVC_NO_ANALYTICS": "1",
@@ -101,15 +92,7 @@ def test_distill_dvmsr_deployment_on_a_real_server(tmp_path):
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     worker = None
     try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(api + "/health", timeout=2):
-                    break
-            except OSError:
-                if time.time() > deadline:
-                    pytest.fail("prefect server did not start")
-                time.sleep(1)
+        wait_for_health(api + "/health", server)
 
         def prefect(*args: str, timeout: int = 300) -> str:
             res = subprocess.run([str(bin_dir / "prefect"), *args], cwd=root, env=env, capture_output=True, text=True,

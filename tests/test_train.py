@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import free_port
 import torch
 from PIL import Image
 
@@ -158,15 +159,9 @@ def test_bad_configurations_fail_fast(workdir, tmp_path):
         params(workdir, **{"teacher.steps": 0})
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_node_cluster(workdir, tmp_path):
     ray_bin = str(Path(sys.executable).parent / "ray")
-    port = _free_port()
+    port = free_port()
     # Multi-node Ray authenticates its nodes with a token (generated once into ~/.ray/auth_token).
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
     head = f"127.0.0.2:{port}"

@@ -14,6 +14,16 @@ __all__ = ["ModelConfig", "SRModel", "Features", "DIV2K_MEAN"]
 DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
 
 
+SCALES = (2, 3, 4)
+
+
+def check_scale(v: int) -> int:
+    """The one rule for upscaling factors, shared by model configs and params.yaml."""
+    if v not in SCALES:
+        raise ValueError(f"scale {v} is not supported; use 2, 3 or 4")
+    return v
+
+
 class ModelConfig(BaseModel):
     """Base of every model config: validated, immutable, serialisable into checkpoints."""
 
@@ -23,9 +33,7 @@ class ModelConfig(BaseModel):
     @field_validator("scale")
     @classmethod
     def _scale_supported(cls, v: int) -> int:
-        if v not in (2, 3, 4):
-            raise ValueError(f"scale {v} is not supported; use 2, 3 or 4")
-        return v
+        return check_scale(v)
 
 
 @dataclass
