@@ -65,6 +65,9 @@ class LoaderParams(_Section):
     shuffle_buffer: int = Field(256, ge=1)
     num_workers: int = Field(0, ge=0)
     seed: int = 0
+    backend: Literal["torch", "ray_data"] = Field(
+        "torch", description="torch: per-rank IterableDataset over the shards; "
+                             "ray_data: ray.data.read_parquet split by Ray Train (get_dataset_shard)")
 
 
 class RayParams(_Section):

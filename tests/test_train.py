@@ -125,6 +125,33 @@ def test_distillation_resumes_after_forced_stop_and_exports_student_only(teacher
     assert np.isfinite(second.metrics["val_psnr_y"])
 
 
+def test_ray_data_backend_matches_shards_and_trains_two_ranks(workdir, ray_local):
+    import pyarrow.parquet as pq
+
+    from srcore.data.imresize import imresize_np
+    from srcore.data.loaders import ray_dataset, shard_files
+    from srcore.train.runner import run_stage
+
+    files = shard_files(workdir / "patches", 2)
+    rows = ray_dataset(files, 2, 12, batch_size=4).take_all()
+    assert len(rows) == sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    for row in rows:
+        lr, hr = row["lr"], row["hr"]
+        assert lr.shape == (3, 12, 12) and hr.shape == (3, 24, 24) and lr.dtype == np.float32
+        assert 0.0 <= lr.min() and hr.max() <= 1.0
+        # crops stay aligned through flips/rotations: HR downscaled is the LR crop (away from the border)
+        down = imresize_np(hr.transpose(1, 2, 0).astype(np.float64), scale=0.5)
+        assert np.abs(down - lr.transpose(1, 2, 0))[2:-2, 2:-2].max() < 3 / 255
+    result = run_stage(params(workdir, **{"loader.backend": "ray_data", "teacher.name": "raydata",
+                                          # half a CPU per rank leaves one of the two for Ray Data's read tasks
+                                          "teacher.ray.num_workers": 2, "teacher.ray.cpus_per_worker": 0.5,
+                                          "teacher.steps": 8,
+                                          "teacher.val_every": 4}), "teacher")
+    state = _last_state(Path(result.run_dir))
+    assert result.metrics["step"] == 8 and len(state["nodes"]) == 2
+    assert all(np.isfinite(h["loss"]) for h in state["history"])
+
+
 def test_corrupted_latest_checkpoint_falls_back(tmp_path, caplog):
     from ray.train import Checkpoint
 
@@ -159,20 +186,48 @@ def test_bad_configurations_fail_fast(workdir, tmp_path):
         params(workdir, **{"teacher.steps": 0})
 
 
+def _node_ports() -> list[str]:
+    """Explicit ports for one node's side servers, so two nodes on one host (and any Ray left
+    running by an earlier test) never race for Ray's fixed defaults."""
+    return [f"--{name}={free_port()}" for name in
+            ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
+             "metrics-export-port", "node-manager-port", "object-manager-port")]
+
+
+def _ray_start(ray_bin: str, args: list[str], env: dict[str, str], tries: int = 3) -> None:
+    """`ray start`, retried on failure (a loaded 2-core host can miss a start-up deadline), with
+    the command's own output in the error when it never comes up."""
+    out = ""
+    for _ in range(tries):
+        res = subprocess.run([ray_bin, "start", *args, *_node_ports()], env=env, timeout=240,
+                             capture_output=True, text=True)
+        if res.returncode == 0:
+            return
+        out = res.stdout[-2000:] + res.stderr[-3000:]
+        time.sleep(5)
+    raise AssertionError(f"ray start {' '.join(args)} failed {tries} times:\n{out}")
+
+
 def test_two_node_cluster(workdir, tmp_path):
+    import ray
+
     ray_bin = str(Path(sys.executable).parent / "ray")
-    port = free_port()
     # Multi-node Ray authenticates its nodes with a token (generated once into ~/.ray/auth_token).
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
-    head = f"127.0.0.2:{port}"
+    env.pop("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", None)  # "lone node" would make the head refuse a second node
+    # Start from a clean host: no in-process local Ray from earlier tests, no stray nodes.
+    ray.shutdown()
+    subprocess.run([ray_bin, "stop", "--force"], env=env, timeout=120, capture_output=True)
     if not (Path.home() / ".ray" / "auth_token").exists():
         subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, timeout=60, capture_output=True)
+    port = free_port()
+    head = f"127.0.0.2:{port}"
     try:
-        subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.2", f"--port={port}", "--num-cpus=1",
-                        "--include-dashboard=false", "--disable-usage-stats"], check=True, env=env, timeout=180,
-                       capture_output=True)
-        subprocess.run([ray_bin, "start", f"--address={head}", "--node-ip-address=127.0.0.3", "--num-cpus=1",
-                        "--disable-usage-stats"], check=True, env=env, timeout=180, capture_output=True)
+        _ray_start(ray_bin, ["--head", "--node-ip-address=127.0.0.2", f"--port={port}", "--num-cpus=1",
+                             "--include-dashboard=false",
+                             "--disable-usage-stats"], env)
+        _ray_start(ray_bin, [f"--address={head}", "--node-ip-address=127.0.0.3", "--num-cpus=1",
+                             "--disable-usage-stats"], env)
         sets = [f"{k}={v}" for k, v in {**TINY, "prepare.out": str(workdir / "patches"),
                                         "teacher.ray.storage_path": str(tmp_path / "runs"),
                                         "teacher.ray.num_workers": 2, "teacher.steps": 12, "teacher.val_every": 6,

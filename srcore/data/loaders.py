@@ -7,6 +7,10 @@ sample is read twice per epoch. Every rank stops after the same number of sample
 each other at the end of an epoch. A shuffle buffer mixes samples across row groups, and each
 sample gets a random aligned crop (LR ``patch_size``, HR ``patch_size * scale``), flips and a
 90-degree rotation.
+
+``ray_dataset`` is the same data for Ray Train's own ingest: ``ray.data.read_parquet`` with the
+same crop and augmentation as a batch transform; ``ray.train.get_dataset_shard`` then splits it
+into equal streams per rank.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 from srcore.data.shards import decode_patch, shard_encoding
 from srcore.errors import DataError
 
-__all__ = ["shard_files", "ShardPairs", "augment_pair", "random_crop_pair", "samples_per_rank"]
+__all__ = ["shard_files", "ShardPairs", "augment_pair", "random_crop_pair", "samples_per_rank", "ray_dataset",
+           "crop_augment_batch"]
 
 
 def shard_files(root: str | os.PathLike, scale: int) -> list[Path]:
@@ -158,3 +163,45 @@ class ShardPairs(IterableDataset):
                 return
             emitted += 1
             yield emit(pair)
+
+
+_PAIR_COLUMNS = ["hr", "hr_h", "hr_w", "lr", "lr_h", "lr_w"]
+
+
+def crop_augment_batch(batch: dict[str, np.ndarray], scale: int, patch_size: int, encoding: str,
+                       augment: bool = True) -> dict[str, np.ndarray]:
+    """Ray Data batch transform: stored pairs -> random aligned crops, flipped/rotated, as float
+    CHW arrays in [0, 1] (the same crop and augmentation as ``ShardPairs``).
+
+    Ray Data runs batches as tasks in no fixed order, so each batch draws fresh entropy rather
+    than a seeded stream.
+    """
+    rng = np.random.default_rng()
+    lrs, hrs = [], []
+    for i in range(len(batch["hr"])):
+        hr = decode_patch(batch["hr"][i], int(batch["hr_h"][i]), int(batch["hr_w"][i]), encoding)
+        lr = decode_patch(batch["lr"][i], int(batch["lr_h"][i]), int(batch["lr_w"][i]), encoding)
+        hr, lr = random_crop_pair(hr, lr, patch_size, scale, rng)
+        if augment:
+            hr, lr = augment_pair(hr, lr, rng)
+        lrs.append(lr.transpose(2, 0, 1))
+        hrs.append(hr.transpose(2, 0, 1))
+    return {"lr": np.stack(lrs).astype(np.float32) / 255.0, "hr": np.stack(hrs).astype(np.float32) / 255.0}
+
+
+def ray_dataset(files: Sequence[str | os.PathLike], scale: int, patch_size: int, augment: bool = True,
+                batch_size: int = 16):
+    """A ``ray.data.Dataset`` of ``{"lr", "hr"}`` training crops read from the shards.
+
+    Pass it to ``TorchTrainer(datasets={"train": ...})``; each rank then iterates
+    ``ray.train.get_dataset_shard("train").iter_torch_batches(...)``.
+    """
+    import ray.data
+
+    encodings = {shard_encoding(f) for f in files}
+    if len(encodings) != 1:
+        raise DataError(f"shards mix patch encodings {sorted(encodings)}; prepare them again with one encoding")
+    ds = ray.data.read_parquet([str(Path(f).resolve()) for f in files], columns=_PAIR_COLUMNS)
+    return ds.map_batches(crop_augment_batch, batch_size=batch_size, batch_format="numpy",
+                          fn_kwargs={"scale": scale, "patch_size": patch_size, "encoding": encodings.pop(),
+                                     "augment": augment})

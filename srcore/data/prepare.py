@@ -3,9 +3,10 @@
 Images are taken in sorted order and grouped into shards of ``images_per_shard`` images, so a
 shard's content depends only on its own images and the parameters: its fingerprint. A rerun
 skips every shard whose fingerprint and file are already recorded (resume after an interrupt,
-or after changing one image: only that image's shard is rebuilt). Workers decode and cut
-images in parallel; the parent writes shards in order, each atomically, and rewrites the
-manifest after each shard. Output bytes do not depend on the number of workers.
+or after changing one image: only that image's shard is rebuilt). Each worker builds whole
+shards (decode, cut, encode, compress, write atomically), so the parent only records them: it
+rewrites the manifest after each finished shard. Output bytes do not depend on the number of
+workers.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ __all__ = ["PrepareSummary", "prepare", "MANIFEST", "FORMAT_VERSION", "dvc_hash_
 
 MANIFEST = "manifest.json"
 # Bump when the bytes written for the same input and parameters change.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 
 
@@ -50,28 +51,57 @@ class PrepareSummary:
 
 
 @dataclass(frozen=True)
-class _Job:
-    path: str
-    scales: tuple[int, ...]
+class _ShardJob:
+    """One image group and the shard files (one per scale) still to build from it."""
+
+    index: int
+    paths: tuple[str, ...]
+    files: dict[int, str]  # scale -> path relative to out
+    out: str
     crop: int
     step: int
     thresh: int
     encoding: str
+    rows_per_group: int
+    on_bad: str
 
 
-def _process(job: _Job) -> tuple[str, dict[int, list[dict]] | None, str | None]:
-    """Worker: one image -> rows per scale, or a reason it was rejected."""
-    name = Path(job.path).stem
+def _cut(path: str, job: _ShardJob) -> tuple[dict[int, list[dict]] | None, str | None]:
+    """One image -> rows per scale, or the reason it was rejected."""
     try:
-        data = Path(job.path).read_bytes()
-        img = decode_rgb(data, job.path, convert=False)
-    except DataError as exc:
-        return name, None, str(exc)
+        img = decode_rgb(Path(path).read_bytes(), path, convert=False)
+    except (DataError, OSError) as exc:
+        return None, str(exc)
     h, w = img.shape[:2]
     if not crop_starts(h, job.crop, job.step, job.thresh) or not crop_starts(w, job.crop, job.step, job.thresh):
-        return name, None, f"{job.path}: {w}x{h} is smaller than one {job.crop}x{job.crop} sub-image"
-    pairs = extract_pairs(img, job.scales, job.crop, job.step, job.thresh)
-    return name, {s: encode_rows(name, s, p, job.encoding) for s, p in pairs.items()}, None
+        return None, f"{path}: {w}x{h} is smaller than one {job.crop}x{job.crop} sub-image"
+    pairs = extract_pairs(img, tuple(sorted(job.files)), job.crop, job.step, job.thresh)
+    return {s: encode_rows(Path(path).stem, s, p, job.encoding) for s, p in pairs.items()}, None
+
+
+def _build_shard(job: _ShardJob) -> tuple[int, dict[int, dict], list[dict]]:
+    """Worker: cut every image of the group and write its shards; returns the manifest entries
+    and the rejected images. Under ``on_bad=fail`` a rejected image stops the group unwritten."""
+    rows: dict[int, list[dict]] = {s: [] for s in job.files}
+    images: list[str] = []
+    bad: list[dict] = []
+    for path in job.paths:
+        per_scale, reason = _cut(path, job)
+        if reason is not None:
+            bad.append({"file": Path(path).stem, "reason": reason, "shard": job.index})
+            if job.on_bad == "fail":
+                return job.index, {}, bad
+            continue
+        images.append(Path(path).stem)
+        for s in job.files:
+            rows[s].extend(per_scale[s])
+    entries = {}
+    for s, rel in job.files.items():
+        path = Path(job.out) / rel
+        write_shard(path, rows[s], job.encoding, job.rows_per_group)
+        entries[s] = {"file": rel, "sha256": file_sha256(path), "rows": len(rows[s]), "images": images,
+                      "bytes": path.stat().st_size}
+    return job.index, entries, bad
 
 
 def _init_worker() -> None:
@@ -131,13 +161,13 @@ def _write_manifest(out: Path, manifest: dict) -> None:
     atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
 
 
-def _iter_results(jobs: list[_Job], workers: int) -> Iterator[tuple[str, dict | None, str | None]]:
+def _iter_built(jobs: list[_ShardJob], workers: int) -> Iterator[tuple[int, dict[int, dict], list[dict]]]:
     if workers <= 1 or len(jobs) <= 1:
-        yield from map(_process, jobs)
+        yield from map(_build_shard, jobs)
         return
     # spawn: forking a parent that already runs numba/torch threads is not safe.
     with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
-        yield from pool.imap(_process, jobs)
+        yield from pool.imap_unordered(_build_shard, jobs)
 
 
 def prepare(params: PrepareParams, on_progress: Callable[[int], None] | None = None,
@@ -181,34 +211,24 @@ def prepare(params: PrepareParams, on_progress: Callable[[int], None] | None = N
     if on_total:
         on_total(sum(len(groups[k]) for k, _ in todo))
 
-    jobs = [_Job(str(files[i]), tuple(sorted(plan)), params.crop_size, params.step, params.thresh_size,
-                 params.encoding) for k, plan in todo for i in groups[k]]
-    results = _iter_results(jobs, min(workers, max(1, len(jobs))))
+    jobs = [_ShardJob(k, tuple(str(files[i]) for i in groups[k]), {s: e["file"] for s, e in plan.items()}, str(out),
+                      params.crop_size, params.step, params.thresh_size, params.encoding, params.rows_per_group,
+                      params.on_bad) for k, plan in todo]
+    plans = dict(todo)
+    results = _iter_built(jobs, min(workers, max(1, len(jobs))))
     try:
-        for k, plan in todo:
-            rows: dict[int, list[dict]] = {s: [] for s in plan}
-            images: dict[int, list[str]] = {s: [] for s in plan}
-            for _ in groups[k]:
-                name, per_scale, reason = next(results)
-                if on_progress:
-                    on_progress(1)
-                if reason is not None:
-                    if params.on_bad == "fail":
-                        raise DataError(f"{reason} (--on-bad fail; use --on-bad skip to leave it out)")
-                    log.warning("skipping %s", reason)
-                    bad.append({"file": name, "reason": reason, "shard": k})
-                    continue
-                for s in plan:
-                    rows[s].extend(per_scale[s])
-                    images[s].append(name)
-            for s, entry in plan.items():
-                path = out / entry["file"]
-                write_shard(path, rows[s], params.encoding, params.rows_per_group)
-                entry.update(sha256=file_sha256(path), rows=len(rows[s]), images=images[s],
-                             bytes=path.stat().st_size)
-                manifest["scales"][str(s)]["shards"].append(entry)
+        for k, entries, rejected in results:
+            for b in rejected:
+                if params.on_bad == "fail":
+                    raise DataError(f"{b['reason']} (--on-bad fail; use --on-bad skip to leave it out)")
+                log.warning("skipping %s", b["reason"])
+            bad.extend(rejected)
+            for s, entry in entries.items():
+                manifest["scales"][str(s)]["shards"].append({**plans[k][s], **entry})
                 built += 1
-                _write_manifest(out, _finalised(manifest))  # each finished shard survives an interrupt
+            _write_manifest(out, _finalised(manifest))  # each finished shard survives an interrupt
+            if on_progress:
+                on_progress(len(groups[k]))
     finally:
         close = getattr(results, "close", None)
         if close:
@@ -224,6 +244,7 @@ def _finalised(manifest: dict) -> dict:
     for v in manifest["scales"].values():
         v["shards"].sort(key=lambda e: e["file"])
         v["rows"] = sum(e["rows"] for e in v["shards"])
+    manifest["bad"].sort(key=lambda b: (b.get("shard", -1), b["file"]))  # shards finish in any order
     return manifest
 
 

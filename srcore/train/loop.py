@@ -15,6 +15,7 @@ import os
 import random
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from itertools import count
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,40 @@ def _teacher(cfg: DistillParams, device: torch.device) -> SRModel:
 
 def _validate(model: SRModel, cfg: TrainParams, device: torch.device) -> float:
     return evaluate_dataset(model, cfg.val_dataset, cfg.scale, device=device).psnr_y
+
+
+def _batches(config: dict, cfg: TrainParams, lcfg: LoaderParams, rank: int, world: int
+             ) -> Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+    """One epoch of (lr, hr) batches for this rank, from the configured loader back-end; every
+    rank gets the same number of batches."""
+    if lcfg.backend == "ray_data":
+        import ray.train
+
+        shard = ray.train.get_dataset_shard("train")
+
+        def ray_epoch(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            n = 0
+            for batch in shard.iter_torch_batches(batch_size=lcfg.batch_size, drop_last=True,
+                                                  local_shuffle_buffer_size=lcfg.shuffle_buffer):
+                n += 1
+                yield batch["lr"], batch["hr"]
+            if n == 0:
+                raise RuntimeError(f"rank {rank} got no full batch of {lcfg.batch_size} in epoch {epoch}; "
+                                   "prepare more data or lower loader.batch_size")
+
+        return ray_epoch
+    dataset = ShardPairs(shard_files(config["shards"], cfg.scale), cfg.scale, lcfg.patch_size, rank, world,
+                         seed=lcfg.seed, shuffle_buffer=lcfg.shuffle_buffer)
+    loader = DataLoader(dataset, batch_size=lcfg.batch_size, num_workers=lcfg.num_workers, drop_last=True)
+
+    def torch_epoch(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        dataset.set_epoch(epoch)
+        if len(dataset) < lcfg.batch_size:
+            raise RuntimeError(f"each of the {world} ranks gets {len(dataset)} samples per epoch, fewer than one "
+                               f"batch of {lcfg.batch_size}; prepare more data or lower loader.batch_size")
+        yield from loader
+
+    return torch_epoch
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -130,9 +165,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ddp = ray.train.torch.prepare_model(trainable, parallel_strategy_kwargs={"find_unused_parameters": False}) \
         if world > 1 else trainable
     runner = torch.compile(ddp) if cfg.compile else ddp
-    dataset = ShardPairs(shard_files(config["shards"], cfg.scale), cfg.scale, lcfg.patch_size, rank, world,
-                         seed=lcfg.seed, shuffle_buffer=lcfg.shuffle_buffer)
-    loader = DataLoader(dataset, batch_size=lcfg.batch_size, num_workers=lcfg.num_workers, drop_last=True)
+    batches = _batches(config, cfg, lcfg, rank, world)
     use_amp = cfg.amp and device.type == "cuda"
     marker = Path(config["run_dir"]) / ".failed_once"
     window: list[float] = []
@@ -164,12 +197,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for epoch in count(epoch):
         if step >= stop:
             break
-        dataset.set_epoch(epoch)
-        if len(dataset) < lcfg.batch_size:
-            raise RuntimeError(f"each of the {world} ranks gets {len(dataset)} samples per epoch, fewer than one "
-                               f"batch of {lcfg.batch_size}; prepare more data or lower loader.batch_size")
         trainable.train()
-        for lr_img, hr_img in loader:
+        for lr_img, hr_img in batches(epoch):
             lr_img, hr_img = lr_img.to(device), hr_img.to(device)
             if cfg.channels_last:
                 lr_img = lr_img.contiguous(memory_format=torch.channels_last)

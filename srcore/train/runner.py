@@ -14,7 +14,7 @@ from typing import Any
 
 from srcore.config import DistillParams, Params, TrainParams
 from srcore.data.image_io import atomic_write_bytes
-from srcore.data.loaders import shard_files
+from srcore.data.loaders import ray_dataset, shard_files
 from srcore.errors import ConfigError
 from srcore.models.registry import config_for
 from srcore.train.state import read_state
@@ -63,9 +63,17 @@ def ensure_ray(address: str | None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
         return
-    # A single-node Ray binds to this host's external address unless told it is a lone node.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+    # A single-node Ray binds to this host's external address unless told it is a lone node. The
+    # flag is set for the start-up only: left in this process's environment it would mark any
+    # cluster started later from here (``ray start`` subprocesses) as single-node too.
+    key = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+    before = os.environ.get(key)
+    os.environ.setdefault(key, "0")
+    try:
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
 
 
 def _validate(params: Params, stage: str) -> TrainParams:
@@ -104,8 +112,12 @@ def run_stage(params: Params, stage: str, address: str | None = None, name: str 
         log.info("%s already trained to step %s with these parameters; not training again", cfg.name, cfg.steps)
         return done
     ensure_ray(address)
+    datasets = None
+    if params.loader.backend == "ray_data":
+        datasets = {"train": ray_dataset(shard_files(params.prepare.out, cfg.scale), cfg.scale,
+                                         params.loader.patch_size, batch_size=params.loader.batch_size)}
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        train_loop_per_worker, datasets=datasets,
         train_loop_config={"stage": stage, "train": cfg.model_dump(mode="json"),
                            "loader": params.loader.model_dump(mode="json"),
                            "shards": str(Path(params.prepare.out).resolve()), "cwd": os.getcwd(), "run_dir": run_dir},
