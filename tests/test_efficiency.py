@@ -29,6 +29,15 @@ def test_dvmsr_flops_scan_counted_and_plain_fvcore_matches_ntire():
     assert full - plain > scans  # the scan plus x_proj/dt_proj/out_proj/conv1d
 
 
+def test_mair_plain_fvcore_leaves_out_exactly_the_scans():
+    model = build("mair_t", 4).eval()
+    full, plain = count_flops(model, torch.rand(1, 3, 16, 16))
+    cfg = model.config
+    d_inner, blocks = int(cfg.ssm_ratio * cfg.embed_dim), sum(cfg.depths)
+    # four scan orders per block, each over all 16*16 tokens
+    assert full - plain == 9 * 16 * 16 * d_inner * cfg.d_state * 4 * blocks
+
+
 def test_profile_cli_json(tmp_path):
     out = tmp_path / "p.json"
     result = runner.invoke(app, ["profile", "--model", "rlfn", "--scale", "4", "--input", "32x32", "--repeats", "1",

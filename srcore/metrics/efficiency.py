@@ -4,8 +4,9 @@ FLOPs follow fvcore's convention (one multiply-add = one FLOP). They are counted
 ``torch.utils.flop_counter.FlopCounterMode`` (which counts a multiply-add as two, hence the
 halving), extended with fvcore's formulas for the ops it also counts (normalisations,
 upsampling, adaptive pooling) and with the selective scan at 9*B*L*D*N. ``fvcore_plain``
-additionally leaves out what fvcore cannot see in the official implementations: modules that
-declare ``fvcore_visible`` (fused kernels) only count those children.
+additionally leaves out what fvcore cannot see in the official implementations: the selective
+scan itself (mamba-ssm's CUDA kernel is opaque to tracing), and everything but the declared
+children of modules that set ``fvcore_visible`` (whole fused blocks such as mamba_inner_fn).
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ def _scan(u_shape, delta_shape, a_shape, *args, out_shape=None, **kwargs) -> int
     return 2 * scan_flops(b, length, d, a_shape[1])
 
 
+def _scan_op():
+    return getattr(torch.ops.srcore, "selective_scan_cpu", None)
+
+
 def _fvcore_mapping() -> dict:
     mapping = {
         aten.native_layer_norm: _norm_affine,
@@ -65,9 +70,8 @@ def _fvcore_mapping() -> dict:
         aten.upsample_bilinear2d: _upsample_bilinear,
         aten._adaptive_avg_pool2d: _adaptive_pool,
     }
-    scan_op = getattr(torch.ops.srcore, "selective_scan_cpu", None)
-    if scan_op is not None:
-        mapping[scan_op] = _scan
+    if _scan_op() is not None:
+        mapping[_scan_op()] = _scan
     return mapping
 
 
@@ -85,18 +89,23 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
     with FlopCounterMode(display=False, depth=None, custom_mapping=_fvcore_mapping()) as counter:
         model(x)
     per_module = counter.get_flop_counts()
+    scan = _scan_op()
+
+    def without_scan(counts: dict) -> int:
+        return sum(v for op, v in (counts or {}).items() if op is not scan)
+
     full = _total(per_module.get("Global", {}))
     root = type(model).__name__
-    opaque = 0
+    hidden = full - without_scan(per_module.get("Global", {}))  # every selective scan
     for name, mod in model.named_modules():
         visible = getattr(mod, "fvcore_visible", None)
         if visible is None:
             continue
         key = f"{root}.{name}" if name else root
-        inside = _total(per_module.get(key, {}))
-        shown = sum(_total(per_module.get(f"{key}.{child}", {})) for child in visible)
-        opaque += inside - shown
-    return full // 2, (full - opaque) // 2
+        inside = without_scan(per_module.get(key, {}))
+        shown = sum(without_scan(per_module.get(f"{key}.{child}", {})) for child in visible)
+        hidden += inside - shown
+    return full // 2, (full - hidden) // 2
 
 
 class _ConvOutputs(TorchDispatchMode):
