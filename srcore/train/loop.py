@@ -107,6 +107,16 @@ def _batches(config: dict, cfg: TrainParams, lcfg: LoaderParams, rank: int, worl
     return torch_epoch
 
 
+def _limit_threads(cpus: float) -> None:
+    """Keep a CPU rank to the cores Ray reserved for it: torch and the numba scan kernels would
+    otherwise each start one thread per core of the host, and ranks sharing a host oversubscribe."""
+    import numba
+
+    n = max(1, int(cpus))
+    torch.set_num_threads(n)
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: {"stage": "teacher"|"distill", "train": dict, "loader": dict,
     "shards": folder, "cwd": folder to resolve relative paths against}."""
@@ -121,6 +131,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        _limit_threads(cfg.ray.cpus_per_worker)
     torch.manual_seed(cfg.seed + rank)
     random.seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
