@@ -63,9 +63,10 @@ def ray_train(params, workers: int, steps: int, warmup: int, storage: str) -> fl
     # isolates the steady state.
     short_rate, _ = run(warmup, f"bench-{workers}w-short")
     long_rate, _ = run(steps + warmup, f"bench-{workers}w-long")
-    t_short = warmup * 8 / short_rate
-    t_long = (steps + warmup) * 8 / long_rate
-    return steps * 8 / (t_long - t_short)
+    batch = params.loader.batch_size
+    t_short = warmup * batch / short_rate
+    t_long = (steps + warmup) * batch / long_rate
+    return steps * batch / (t_long - t_short)
 
 
 def main() -> None:

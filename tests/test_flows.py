@@ -31,7 +31,9 @@ def _project(root: Path) -> Path:
     for name in ("data.dvc", "dvc.yaml", ".dvcignore", "prefect.yaml"):
         shutil.copy(REPO / name, root / name)
     shutil.copytree(REPO / "flows", root / "flows", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / "srcore" / "data", root / "srcore" / "data", ignore=shutil.ignore_patterns("__pycache__"))
+    # the whole package, not only srcore/data (the DVC dependency): a process started in the copy
+    # imports srcore from it, and a partial copy would shadow the installed package
+    shutil.copytree(REPO / "srcore", root / "srcore", ignore=shutil.ignore_patterns("__pycache__"))
     import yaml
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -75,9 +77,7 @@ def test_distill_dvmsr_deployment_on_a_real_server(tmp_path):
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_HOME": str(tmp_path / "prefect-home"), "SRCORE_HOME": str(root), "DVC_NO_ANALYTICS": "1",
-           "PREFECT_LOCAL_STORAGE_PATH": str(tmp_path / "prefect-results"),
-           # the copy holds only srcore/data (a DVC dependency); never let it shadow the package
-           "PYTHONSAFEPATH": "1"}
+           "PREFECT_LOCAL_STORAGE_PATH": str(tmp_path / "prefect-results")}
     env.pop("MLFLOW_TRACKING_URI", None)
     # a teacher and prepared shards for the student to learn from
     subprocess.run([sys.executable, "-m", "srcore.cli", "data", "sample", "--out", "data/raw/sample"], cwd=root,
@@ -107,11 +107,16 @@ def test_distill_dvmsr_deployment_on_a_real_server(tmp_path):
         bad = subprocess.run([str(bin_dir / "prefect"), "deployment", "run", "distill/dvmsr", "--param", "bogus=1"],
                              cwd=root, env=env, capture_output=True, text=True, timeout=120)
         assert bad.returncode != 0 and "bogus" in (bad.stdout + bad.stderr), bad.stdout[-1000:] + bad.stderr[-1000:]
-        worker = subprocess.Popen([str(bin_dir / "prefect"), "worker", "start", "--pool", "srcore-process"],
-                                  cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        out = prefect("deployment", "run", "distill/dvmsr", "--param", "overrides=" + json.dumps({}),
-                      "--watch", "--watch-timeout", "600", timeout=700)
-        assert "Completed" in out, out[-2000:]
+        worker_log = tmp_path / "worker.log"
+        with open(worker_log, "wb") as log:
+            worker = subprocess.Popen([str(bin_dir / "prefect"), "worker", "start", "--pool", "srcore-process"],
+                                      cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+        run = subprocess.run([str(bin_dir / "prefect"), "deployment", "run", "distill/dvmsr", "--param",
+                              "overrides=" + json.dumps({}), "--watch", "--watch-timeout", "600"],
+                             cwd=root, env=env, capture_output=True, text=True, timeout=700)
+        # the flow run's own traceback is in the worker's output
+        assert run.returncode == 0 and "Completed" in run.stdout, \
+            run.stdout[-1500:] + "\n--- worker ---\n" + worker_log.read_text(errors="replace")[-4000:]
         assert (root / "runs" / "student-dvmsr" / "model.pth").is_file()
     finally:
         for proc in (worker, server):

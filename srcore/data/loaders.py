@@ -30,7 +30,7 @@ from srcore.data.shards import decode_patch, shard_encoding
 from srcore.errors import DataError
 
 __all__ = ["shard_files", "ShardPairs", "augment_pair", "random_crop_pair", "samples_per_rank", "ray_dataset",
-           "crop_augment_batch"]
+           "crop_augment_batch", "training_sample"]
 
 
 def shard_files(root: str | os.PathLike, scale: int) -> list[Path]:
@@ -90,8 +90,18 @@ def augment_pair(hr: np.ndarray, lr: np.ndarray, rng: np.random.Generator) -> tu
     return hr, lr
 
 
-def to_chw(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(img)).permute(2, 0, 1).float().div_(255)
+def training_sample(hr: np.ndarray, lr: np.ndarray, patch: int, scale: int, rng: np.random.Generator,
+                    augment: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """One stored pair -> (lr, hr) training crops: aligned random crop, optional flips/rotation,
+    float32 CHW in [0, 1]. The one recipe behind both loader back-ends."""
+    hr, lr = random_crop_pair(hr, lr, patch, scale, rng)
+    if augment:
+        hr, lr = augment_pair(hr, lr, rng)
+    return (np.ascontiguousarray(lr.transpose(2, 0, 1), dtype=np.float32) / 255,
+            np.ascontiguousarray(hr.transpose(2, 0, 1), dtype=np.float32) / 255)
+
+
+_PAIR_COLUMNS = ["hr", "hr_h", "hr_w", "lr", "lr_h", "lr_w"]
 
 
 class ShardPairs(IterableDataset):
@@ -118,7 +128,7 @@ class ShardPairs(IterableDataset):
     def _rows(self, units: list[_Unit]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         for u in units:
             encoding = shard_encoding(u.file)
-            table = pq.ParquetFile(u.file).read_row_group(u.group, columns=["hr", "hr_h", "hr_w", "lr", "lr_h", "lr_w"])
+            table = pq.ParquetFile(u.file).read_row_group(u.group, columns=_PAIR_COLUMNS)
             for row in table.to_pylist():
                 yield (decode_patch(row["hr"], row["hr_h"], row["hr_w"], encoding),
                        decode_patch(row["lr"], row["lr_h"], row["lr_w"], encoding))
@@ -142,10 +152,8 @@ class ShardPairs(IterableDataset):
         emitted = 0
 
         def emit(pair):
-            hr, lr = random_crop_pair(pair[0], pair[1], self.patch, self.scale, rng)
-            if self.augment:
-                hr, lr = augment_pair(hr, lr, rng)
-            return to_chw(lr), to_chw(hr)
+            lr, hr = training_sample(pair[0], pair[1], self.patch, self.scale, rng, self.augment)
+            return torch.from_numpy(lr), torch.from_numpy(hr)
 
         for pair in self._rows(units):
             if emitted >= quota:
@@ -165,9 +173,6 @@ class ShardPairs(IterableDataset):
             yield emit(pair)
 
 
-_PAIR_COLUMNS = ["hr", "hr_h", "hr_w", "lr", "lr_h", "lr_w"]
-
-
 def crop_augment_batch(batch: dict[str, np.ndarray], scale: int, patch_size: int, encoding: str,
                        augment: bool = True) -> dict[str, np.ndarray]:
     """Ray Data batch transform: stored pairs -> random aligned crops, flipped/rotated, as float
@@ -181,12 +186,10 @@ def crop_augment_batch(batch: dict[str, np.ndarray], scale: int, patch_size: int
     for i in range(len(batch["hr"])):
         hr = decode_patch(batch["hr"][i], int(batch["hr_h"][i]), int(batch["hr_w"][i]), encoding)
         lr = decode_patch(batch["lr"][i], int(batch["lr_h"][i]), int(batch["lr_w"][i]), encoding)
-        hr, lr = random_crop_pair(hr, lr, patch_size, scale, rng)
-        if augment:
-            hr, lr = augment_pair(hr, lr, rng)
-        lrs.append(lr.transpose(2, 0, 1))
-        hrs.append(hr.transpose(2, 0, 1))
-    return {"lr": np.stack(lrs).astype(np.float32) / 255.0, "hr": np.stack(hrs).astype(np.float32) / 255.0}
+        lr, hr = training_sample(hr, lr, patch_size, scale, rng, augment)
+        lrs.append(lr)
+        hrs.append(hr)
+    return {"lr": np.stack(lrs), "hr": np.stack(hrs)}
 
 
 def ray_dataset(files: Sequence[str | os.PathLike], scale: int, patch_size: int, augment: bool = True,

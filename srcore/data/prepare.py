@@ -56,7 +56,7 @@ class _ShardJob:
 
     index: int
     paths: tuple[str, ...]
-    files: dict[int, str]  # scale -> path relative to out
+    shards: dict[int, dict]  # scale -> {"file": path relative to out, "fingerprint": ...}
     out: str
     crop: int
     step: int
@@ -75,14 +75,14 @@ def _cut(path: str, job: _ShardJob) -> tuple[dict[int, list[dict]] | None, str |
     h, w = img.shape[:2]
     if not crop_starts(h, job.crop, job.step, job.thresh) or not crop_starts(w, job.crop, job.step, job.thresh):
         return None, f"{path}: {w}x{h} is smaller than one {job.crop}x{job.crop} sub-image"
-    pairs = extract_pairs(img, tuple(sorted(job.files)), job.crop, job.step, job.thresh)
+    pairs = extract_pairs(img, tuple(sorted(job.shards)), job.crop, job.step, job.thresh)
     return {s: encode_rows(Path(path).stem, s, p, job.encoding) for s, p in pairs.items()}, None
 
 
 def _build_shard(job: _ShardJob) -> tuple[int, dict[int, dict], list[dict]]:
     """Worker: cut every image of the group and write its shards; returns the manifest entries
     and the rejected images. Under ``on_bad=fail`` a rejected image stops the group unwritten."""
-    rows: dict[int, list[dict]] = {s: [] for s in job.files}
+    rows: dict[int, list[dict]] = {s: [] for s in job.shards}
     images: list[str] = []
     bad: list[dict] = []
     for path in job.paths:
@@ -93,13 +93,13 @@ def _build_shard(job: _ShardJob) -> tuple[int, dict[int, dict], list[dict]]:
                 return job.index, {}, bad
             continue
         images.append(Path(path).stem)
-        for s in job.files:
+        for s in job.shards:
             rows[s].extend(per_scale[s])
     entries = {}
-    for s, rel in job.files.items():
-        path = Path(job.out) / rel
+    for s, planned in job.shards.items():
+        path = Path(job.out) / planned["file"]
         write_shard(path, rows[s], job.encoding, job.rows_per_group)
-        entries[s] = {"file": rel, "sha256": file_sha256(path), "rows": len(rows[s]), "images": images,
+        entries[s] = {**planned, "sha256": file_sha256(path), "rows": len(rows[s]), "images": images,
                       "bytes": path.stat().st_size}
     return job.index, entries, bad
 
@@ -211,10 +211,9 @@ def prepare(params: PrepareParams, on_progress: Callable[[int], None] | None = N
     if on_total:
         on_total(sum(len(groups[k]) for k, _ in todo))
 
-    jobs = [_ShardJob(k, tuple(str(files[i]) for i in groups[k]), {s: e["file"] for s, e in plan.items()}, str(out),
+    jobs = [_ShardJob(k, tuple(str(files[i]) for i in groups[k]), plan, str(out),
                       params.crop_size, params.step, params.thresh_size, params.encoding, params.rows_per_group,
                       params.on_bad) for k, plan in todo]
-    plans = dict(todo)
     results = _iter_built(jobs, min(workers, max(1, len(jobs))))
     try:
         for k, entries, rejected in results:
@@ -224,7 +223,7 @@ def prepare(params: PrepareParams, on_progress: Callable[[int], None] | None = N
                 log.warning("skipping %s", b["reason"])
             bad.extend(rejected)
             for s, entry in entries.items():
-                manifest["scales"][str(s)]["shards"].append({**plans[k][s], **entry})
+                manifest["scales"][str(s)]["shards"].append(entry)
                 built += 1
             _write_manifest(out, _finalised(manifest))  # each finished shard survives an interrupt
             if on_progress:

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from srcore.data.image_io import decode_rgb, png_bytes
+from srcore.data.image_io import atomic_output, decode_rgb, png_bytes
 from srcore.data.patches import SubImage
 
 __all__ = ["SCHEMA", "encode_rows", "write_shard", "read_shard", "decode_patch", "file_sha256"]
@@ -50,21 +48,12 @@ def encode_rows(image: str, scale: int, pairs: Sequence[SubImage], encoding: str
 
 def write_shard(path: str | os.PathLike, rows: list[dict], encoding: str, rows_per_group: int) -> None:
     """Write rows atomically as one Parquet file with ``rows_per_group`` rows per row group."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(rows, schema=SCHEMA).replace_schema_metadata({"encoding": encoding})
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         # zstd level 3: on 2K photos about half the bytes of level 1 for ~1.5x its (small) CPU cost.
         pq.write_table(table, tmp, row_group_size=rows_per_group, write_statistics=False,
                        **({"compression": "zstd", "compression_level": 3} if encoding == "raw"
                           else {"compression": "none"}))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def shard_encoding(path: str | os.PathLike) -> str:

@@ -47,7 +47,10 @@ def reproduce_patches(cwd: str | os.PathLike = ".", pull: bool = True) -> str:
 
 
 def manifest_hash(patches: str | os.PathLike) -> str:
-    path = Path(patches) / "manifest.json"
+    """sha256 of the patch manifest: the version of the prepared shards."""
+    from srcore.data.prepare import MANIFEST
+
+    path = Path(patches) / MANIFEST
     if not path.is_file():
         raise DataError(f"{path} not found; run the prepare stage first")
     return hashlib.sha256(path.read_bytes()).hexdigest()

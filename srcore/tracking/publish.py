@@ -14,6 +14,7 @@ from srcore.evaluation import evaluate_dataset
 from srcore.inference import upscale_image
 from srcore.metrics.efficiency import count_params, measure_latency
 from srcore.models import build, load_model
+from srcore.models.base import SRModel
 from srcore.tracking.registry import PromotionPolicy, promote, registered_name
 from srcore.tracking.runs import comparison_grid, configure, flatten, lineage, log_model_version
 
@@ -36,9 +37,9 @@ def evaluate_checkpoint(model_path: str, datasets: list[str], scale: int) -> dic
     return metrics
 
 
-def _grid(student_path: str, teacher_path: str | None, dataset: str, scale: int) -> np.ndarray:
+def _grid(student: SRModel, teacher_path: str | None, dataset: str, scale: int) -> np.ndarray:
     item = next(iter(iter_benchmark(dataset, scale)))
-    panels = [upscale_image(build("bicubic", scale), item.lr), upscale_image(load_model(student_path), item.lr)]
+    panels = [upscale_image(build("bicubic", scale), item.lr), upscale_image(student, item.lr)]
     if teacher_path:
         panels.append(upscale_image(load_model(teacher_path), item.lr))
     panels.append(item.hr)
@@ -70,7 +71,7 @@ def log_and_register(params: Params, stage: str, model_path: str, metrics: dict[
         mlflow.log_metrics(metrics)
         mlflow.set_tags({**lineage(params.prepare.out), "stage": stage, "model_path": str(model_path)})
         dataset = params.eval.datasets[0]
-        mlflow.log_image(_grid(model_path, teacher_path, dataset, model.scale), "comparison_bicubic_student_teacher_hr.png")
+        mlflow.log_image(_grid(model, teacher_path, dataset, model.scale), "comparison_bicubic_student_teacher_hr.png")
         version = log_model_version(model_path, name, client) if register else None
         run_id = run.info.run_id
     decision = promote(client, name, version, policy or PromotionPolicy()) if register else None

@@ -6,7 +6,7 @@ Tracking URI: ``MLFLOW_TRACKING_URI`` when set (a server), else a local SQLite s
 
 from __future__ import annotations
 
-import hashlib
+import json
 import logging
 import os
 import subprocess
@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from srcore.data.prepare import MANIFEST
 from srcore.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -81,14 +82,13 @@ def _git_commit() -> str:
 
 def lineage(patches_dir: str | os.PathLike) -> dict[str, str]:
     """Data and code provenance: raw data DVC hash, patch manifest hash, git commit."""
-    manifest = Path(patches_dir) / "manifest.json"
+    from srcore.data.versioning import manifest_hash
+
+    manifest = Path(patches_dir) / MANIFEST
     tags = {"git_commit": _git_commit()}
     if manifest.is_file():
-        import json
-
-        data = manifest.read_bytes()
-        tags["patch_manifest_sha256"] = hashlib.sha256(data).hexdigest()
-        info = json.loads(data).get("input", {})
+        tags["patch_manifest_sha256"] = manifest_hash(patches_dir)
+        info = json.loads(manifest.read_text()).get("input", {})
         tags["raw_data_dvc_md5"] = str(info.get("dvc_md5"))
         tags["raw_data_sha256"] = str(info.get("sha256"))
     return tags

@@ -15,6 +15,7 @@ import os
 import random
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from itertools import count
 from pathlib import Path
@@ -180,12 +181,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     batches = _batches(config, cfg, lcfg, rank, world)
     use_amp = cfg.amp and device.type == "cuda"
     marker = Path(config["run_dir"]) / ".failed_once"
-    window: list[float] = []
+    # Recent losses stay on the device; reading them (a host sync) happens only at report time.
+    window: deque[torch.Tensor] = deque(maxlen=50)
     t0, samples = time.perf_counter(), 0
 
     def report() -> None:
         metrics: dict[str, Any] = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
-                                   "loss": float(np.mean(window)) if window else math.nan,
+                                   "loss": torch.stack(list(window)).mean().item() if window else math.nan,
                                    "samples_per_s": samples * world / max(1e-9, time.perf_counter() - t0)}
         export = ema.module if ema is not None else model
         if rank == 0:
@@ -233,7 +235,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 ema.update_parameters(model)
             step += 1
             samples += lr_img.shape[0]
-            window = (window + [loss.item()])[-50:]
+            window.append(loss.detach())
             if cfg.fail_once_at_step == step and rank == 0 and not marker.exists():
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 marker.touch()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from srcore.config import DistillParams, Params, TrainParams
-from srcore.data.image_io import atomic_write_bytes
+from srcore.data.image_io import atomic_output, atomic_write_bytes
 from srcore.data.loaders import ray_dataset, shard_files
 from srcore.errors import ConfigError
 from srcore.models.registry import config_for
@@ -184,7 +184,5 @@ def _publish(src: Path, dest: str) -> None:
         with open(src, "rb") as fh, fs.open_output_stream(path) as out:
             out.write(fh.read())
         return
-    tmp = Path(dest).with_suffix(".tmp")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dest)
+    with atomic_output(dest) as tmp:
+        shutil.copyfile(src, tmp)

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import torch
 
+from srcore.data.image_io import atomic_output
 from srcore.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,8 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 def write_state(folder: str | os.PathLike, payload: dict[str, Any]) -> Path:
     path = Path(folder) / STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 
