@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
-from srcore.ops import available_backends, selective_scan
+from srcore.ops import available_backends, scan_backend, selective_scan
 
 FAST = [b for b in available_backends("cpu") if b != "reference"]
 
@@ -79,6 +79,27 @@ def test_cpu_chunking_boundaries_are_seamless(monkeypatch):
     full = _run(args, "cpu")
     monkeypatch.setattr(ss, "_CHUNK_ELEMENTS", 3 * 2 * 16)  # force 16-step chunks
     assert torch.allclose(_run(args, "cpu"), full, atol=1e-12)
+
+
+def test_scan_backend_context_sets_the_default(monkeypatch):
+    import importlib
+
+    ss = importlib.import_module("srcore.ops.selective_scan")
+    used = []
+    for name in ("_scan_reference", "_scan_cpu", "_scan_torch"):
+        real = getattr(ss, name)
+        monkeypatch.setattr(ss, name, lambda *a, _n=name, _f=real: used.append(_n) or _f(*a))
+    u, delta, A, B, C, *_ = _inputs(length=5)
+    with scan_backend("torch"):
+        selective_scan(u, delta, A, B, C)
+        with scan_backend("reference"):
+            selective_scan(u, delta, A, B, C)
+            selective_scan(u, delta, A, B, C, backend="cpu")  # an explicit argument wins
+        selective_scan(u, delta, A, B, C)
+    selective_scan(u, delta, A, B, C)  # restored: chosen by device
+    assert used == ["_scan_torch", "_scan_reference", "_scan_cpu", "_scan_torch", "_scan_cpu"]
+    with pytest.raises(ValueError, match="unknown selective-scan backend"), scan_backend("magic"):
+        pass
 
 
 def test_bad_arguments():

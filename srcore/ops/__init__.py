@@ -1,5 +1,11 @@
 """Heavy operators behind one function each, with a reference and faster back-ends."""
 
-from srcore.ops.selective_scan import available_backends, scan_flops, selective_scan, selective_scan_reference
+from srcore.ops.selective_scan import (
+    available_backends,
+    scan_backend,
+    scan_flops,
+    selective_scan,
+    selective_scan_reference,
+)
 
-__all__ = ["selective_scan", "selective_scan_reference", "available_backends", "scan_flops"]
+__all__ = ["available_backends", "scan_backend", "scan_flops", "selective_scan", "selective_scan_reference"]

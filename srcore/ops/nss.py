@@ -14,7 +14,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-__all__ = ["stripe_widths", "stripe_scan", "nss_orders", "nss_indices"]
+__all__ = ["nss_indices", "nss_orders", "stripe_scan", "stripe_widths"]
 
 
 def stripe_widths(width: int, stripe: int, shift: bool) -> list[int]:

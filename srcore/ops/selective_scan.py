@@ -18,8 +18,11 @@ Back-ends:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import importlib.util
 import logging
+from collections.abc import Iterator
 from typing import Literal
 
 import numpy as np
@@ -28,9 +31,17 @@ import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
-__all__ = ["selective_scan", "selective_scan_reference", "available_backends", "scan_flops", "SCAN_OP"]
+__all__ = [
+    "SCAN_OP",
+    "available_backends",
+    "scan_backend",
+    "scan_flops",
+    "selective_scan",
+    "selective_scan_reference",
+]
 
 Backend = Literal["reference", "cpu", "torch", "cuda"]
+_BACKENDS = ("reference", "cpu", "torch", "cuda")
 
 # Elements per chunk tensor (R x T x N) in the cpu back-end: large enough to amortise the
 # Python loop over chunks, small enough to stay in cache-friendly, bounded memory.
@@ -237,12 +248,35 @@ def _scan_cpu(u, delta, A, B, C):
 # Public entry point
 
 
+# The back-end a call with ``backend=None`` uses; None means "chosen by device". A context variable
+# (not a module global) so that threads and tasks each see their own setting.
+_DEFAULT_BACKEND: contextvars.ContextVar[str | None] = contextvars.ContextVar("srcore_scan_backend", default=None)
+
+
+@contextlib.contextmanager
+def scan_backend(name: Backend | None) -> Iterator[None]:
+    """Within the block, ``selective_scan(..., backend=None)`` uses back-end ``name``.
+
+    An explicit ``backend=`` argument still wins; ``None`` restores the choice by device. Used e.g.
+    to trace a model with the pure-torch back-end for export without touching its modules.
+    """
+    if name is not None and name not in _BACKENDS:
+        raise ValueError(f"unknown selective-scan backend {name!r}; use one of {', '.join(_BACKENDS)}")
+    token = _DEFAULT_BACKEND.set(name)
+    try:
+        yield
+    finally:
+        _DEFAULT_BACKEND.reset(token)
+
+
 def _resolve_backend(backend: str | None, u: torch.Tensor) -> str:
+    if backend is None:
+        backend = _DEFAULT_BACKEND.get()
     if backend is None:
         if u.is_cuda:
             return "cuda" if _mamba_available() else "torch"
         return "cpu"
-    if backend not in ("reference", "cpu", "torch", "cuda"):
+    if backend not in _BACKENDS:
         raise ValueError(f"unknown selective-scan backend {backend!r}; use reference, cpu, torch or cuda")
     if backend == "cpu" and u.device.type != "cpu":
         raise ValueError("backend='cpu' needs CPU tensors; move them with .cpu() or use backend='torch'")
