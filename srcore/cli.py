@@ -36,7 +36,7 @@ def _emit_json(payload: dict, target: Optional[str]) -> None:
     if target == "-":
         out.print_json(text)
     else:
-        from srcore.data.image_io import atomic_write_bytes
+        from srcore.io import atomic_write_bytes
 
         atomic_write_bytes(target, (text + "\n").encode())
         console.print(f"wrote {target}")

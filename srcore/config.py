@@ -14,11 +14,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from srcore.errors import ConfigError
-from srcore.models.base import check_scale
 
-__all__ = ["PrepareParams", "LoaderParams", "RayParams", "TrainParams", "DistillParams", "EvalParams", "Params", "load_params", "DEFAULT_PARAMS_FILE"]
+__all__ = ["DEFAULT_PARAMS_FILE", "SCALES", "DistillParams", "EvalParams", "LoaderParams", "Params", "PrepareParams", "RayParams", "TrainParams", "check_scale", "load_params"]
 
 DEFAULT_PARAMS_FILE = Path("params.yaml")
+
+SCALES = (2, 3, 4)
+
+
+def check_scale(v: int) -> int:
+    """The one rule for upscaling factors, shared by model configs and params.yaml."""
+    if v not in SCALES:
+        raise ValueError(f"scale {v} is not supported; use 2, 3 or 4")
+    return v
 
 
 class _Section(BaseModel):
@@ -48,7 +56,7 @@ class PrepareParams(_Section):
         return tuple(sorted(v))
 
     @model_validator(mode="after")
-    def _divisible(self) -> "PrepareParams":
+    def _divisible(self) -> PrepareParams:
         for s in self.scales:
             if self.crop_size % s or self.step % s:
                 raise ValueError(f"crop_size {self.crop_size} and step {self.step} must be divisible by scale {s}")

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from srcore.errors import DataError
+from srcore.io import atomic_write_bytes
 
-__all__ = ["decode_rgb", "read_rgb", "write_png", "atomic_write_bytes", "modcrop", "png_bytes"]
+__all__ = ["decode_rgb", "modcrop", "png_bytes", "read_rgb", "write_png"]
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -68,28 +66,6 @@ def modcrop(img: np.ndarray, scale: int) -> np.ndarray:
     """Crop H and W down to multiples of ``scale`` (top-left anchored, the field's convention)."""
     h, w = img.shape[:2]
     return img[: h - h % scale, : w - w % scale]
-
-
-@contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path in ``path``'s folder that becomes ``path`` only when the block succeeds:
-    readers never see a partial file, and a failure leaves nothing behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are ordinary shared files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(data)
 
 
 def png_bytes(img: np.ndarray, compress_level: int = 6) -> bytes:

@@ -25,7 +25,8 @@ import yaml
 
 from srcore import __version__
 from srcore.config import PrepareParams
-from srcore.data.image_io import atomic_write_bytes, decode_rgb
+from srcore.data.image_io import decode_rgb
+from srcore.io import atomic_write_bytes
 from srcore.data.patches import crop_starts, extract_pairs
 from srcore.data.shards import encode_rows, file_sha256, write_shard
 from srcore.errors import DataError

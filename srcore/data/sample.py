@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from srcore.data.image_io import atomic_write_bytes
+from srcore.io import atomic_write_bytes
 
 __all__ = ["TRAIN_IMAGES", "VAL_IMAGES", "sample_images", "write_sample", "stored_png"]
 

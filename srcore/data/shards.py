@@ -16,7 +16,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from srcore.data.image_io import atomic_output, decode_rgb, png_bytes
+from srcore.data.image_io import decode_rgb, png_bytes
+from srcore.io import atomic_output
 from srcore.data.patches import SubImage
 
 __all__ = ["SCHEMA", "encode_rows", "write_shard", "read_shard", "decode_patch", "file_sha256"]

@@ -8,20 +8,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, field_validator
 from torch import nn
 
-__all__ = ["ModelConfig", "SRModel", "Features", "DIV2K_MEAN"]
+from srcore.config import check_scale
+
+__all__ = ["DIV2K_MEAN", "Features", "ModelConfig", "SRModel"]
 
 # RGB mean of DIV2K, subtracted by the SwinIR-family shells (DVMSR, MaIR).
 DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
-
-
-SCALES = (2, 3, 4)
-
-
-def check_scale(v: int) -> int:
-    """The one rule for upscaling factors, shared by model configs and params.yaml."""
-    if v not in SCALES:
-        raise ValueError(f"scale {v} is not supported; use 2, 3 or 4")
-    return v
 
 
 class ModelConfig(BaseModel):
@@ -63,7 +55,7 @@ class SRModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.reconstruct(self.forward_features(x), x)
 
-    def set_scan_backend(self, backend: str | None) -> "SRModel":
+    def set_scan_backend(self, backend: str | None) -> SRModel:
         """Force a selective-scan back-end in every Mamba block (None: by device)."""
         for m in self.modules():
             if hasattr(m, "scan_backend"):

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from srcore.data.image_io import atomic_write_bytes
+from srcore.io import atomic_write_bytes
 from srcore.errors import CheckpointError
 from srcore.models.base import SRModel
 from srcore.models.registry import Preset, build, preset

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from srcore.config import DistillParams, Params, TrainParams
-from srcore.data.image_io import atomic_output, atomic_write_bytes
+from srcore.io import atomic_output, atomic_write_bytes
 from srcore.data.loaders import ray_dataset, shard_files
 from srcore.errors import ConfigError
 from srcore.models.registry import config_for

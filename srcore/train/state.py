@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import torch
 
-from srcore.data.image_io import atomic_output
+from srcore.io import atomic_output
 from srcore.errors import CheckpointError
 
 log = logging.getLogger(__name__)
