@@ -8,10 +8,10 @@ caller wants). Y uses the BT.601 "MATLAB rgb2ycbcr" coefficients without roundin
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-__all__ = ["rgb_to_y", "psnr_y", "ssim_y", "psnr_rgb", "ssim"]
+from srcore.metrics.ssim_kernel import ssim_mean
+
+__all__ = ["psnr_rgb", "psnr_ssim_y", "psnr_y", "rgb_to_y", "ssim", "ssim_y"]
 
 _Y_COEFFS = np.array([65.481, 128.553, 24.966], dtype=np.float64) / 255.0
 
@@ -67,32 +67,36 @@ def psnr_rgb(img1: np.ndarray, img2: np.ndarray, border: int = 0) -> float:
     return _psnr(_crop(img1.astype(np.float64), border), _crop(img2.astype(np.float64), border))
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    ax = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-(ax**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return torch.outer(g, g)[None, None]
+def _gaussian_1d(size: int = 11, sigma: float = 1.5) -> np.ndarray:
+    """The 1-D factor of the separable 11x11 Gaussian window (float64, sums to 1)."""
+    ax = np.arange(size, dtype=np.float64) - (size - 1) / 2
+    g = np.exp(-(ax**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+_WINDOW = _gaussian_1d()
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
     """SSIM of two single-channel float64 maps in [0, 255]: 11x11 Gaussian (sigma 1.5), valid region."""
     k1, k2, data_range = 0.01, 0.03, 255.0
-    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    win = _gaussian_window()
-    x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))[None, None]
-    y = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float64))[None, None]
-    if min(x.shape[-2:]) < win.shape[-1]:
-        raise ValueError(f"SSIM needs at least 11x11 pixels after cropping, got {tuple(x.shape[-2:])}")
-    # One conv over the five moment maps instead of five separate filter passes.
-    stack = torch.cat([x, y, x * x, y * y, x * y], dim=0)
-    mu_x, mu_y, xx, yy, xy = F.conv2d(stack, win)
-    var_x, var_y, cov = xx - mu_x**2, yy - mu_y**2, xy - mu_x * mu_y
-    num = (2 * mu_x * mu_y + c1) * (2 * cov + c2)
-    den = (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
-    return float((num / den).mean())
+    x = np.ascontiguousarray(a, dtype=np.float64)
+    y = np.ascontiguousarray(b, dtype=np.float64)
+    if x.ndim != 2 or x.shape != y.shape:
+        raise ValueError(f"SSIM needs two single-channel maps of one shape, got {x.shape} and {y.shape}")
+    if min(x.shape) < _WINDOW.size:
+        raise ValueError(f"SSIM needs at least 11x11 pixels after cropping, got {x.shape}")
+    return float(ssim_mean(x, y, _WINDOW, (k1 * data_range) ** 2, (k2 * data_range) ** 2))
 
 
 def ssim_y(img1: np.ndarray, img2: np.ndarray, border: int = 0) -> float:
     """SSIM on Y after cropping ``border`` pixels on each side."""
     _check_pair(img1, img2, border)
     return ssim(_crop(_luma(img1), border), _crop(_luma(img2), border))
+
+
+def psnr_ssim_y(img1: np.ndarray, img2: np.ndarray, border: int = 0) -> tuple[float, float]:
+    """(PSNR-Y, SSIM-Y) after cropping ``border`` pixels, converting each image to Y once."""
+    _check_pair(img1, img2, border)
+    y1, y2 = _crop(_luma(img1), border), _crop(_luma(img2), border)
+    return _psnr(y1, y2), ssim(y1, y2)
