@@ -12,7 +12,6 @@ import yaml
 
 from conftest import free_port, REPO
 
-pytestmark = pytest.mark.slow
 
 
 def _run(cwd: Path, *args: str, env: dict | None = None) -> str:
@@ -31,6 +30,32 @@ def srcore(cwd: Path, *args: str) -> str:
     return _run(cwd, sys.executable, "-m", "srcore.cli", *args)
 
 
+def prepare_code_deps() -> list[str]:
+    """The code paths dvc.yaml's prepare stage depends on."""
+    deps = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["prepare"]["deps"]
+    return [d for d in deps if d.startswith("srcore")]
+
+
+# Imported by the prepare path but unable to change a shard byte: error classes, the atomic
+# rename helper and package markers.
+_NO_BYTES = {"srcore.errors", "srcore.io", "srcore.kernels"}
+
+
+def test_prepare_stage_lists_every_module_it_runs():
+    code = ("import sys, numpy as np, srcore.data.prepare; from srcore.data.imresize import imresize_np;"
+            "imresize_np(np.zeros((8, 8, 3), np.uint8), 0.5);"
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('srcore'))))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    deps = prepare_code_deps()
+    missing = []
+    for module in set(out.stdout.split()) - _NO_BYTES:
+        path = module.replace(".", "/")
+        path = path + "/__init__.py" if (REPO / path).is_dir() else path + ".py"
+        if not any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps):
+            missing.append(path)
+    assert not missing, f"dvc.yaml's prepare stage does not depend on {sorted(missing)}"
+
+
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A throwaway git+DVC repo with the project's data.dvc, dvc.yaml and params.yaml."""
@@ -38,8 +63,13 @@ def project(tmp_path: Path) -> Path:
     root.mkdir()
     for name in ("data.dvc", "dvc.yaml", "params.yaml", ".dvcignore"):
         shutil.copy(REPO / name, root / name)
-    shutil.copytree(REPO / "srcore" / "data", root / "srcore" / "data",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    for dep in prepare_code_deps():
+        src, dst = REPO / dep, root / dep
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dst)
     _run(root, "git", "init", "-q")
     dvc(root, "init", "-q")
     dvc(root, "remote", "add", "-d", "local", str(tmp_path / "remote"))
@@ -48,6 +78,7 @@ def project(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_sample_matches_pinned_hash_and_stage_round_trips(project: Path, tmp_path: Path):
     # data.dvc pins the sample's DVC hash: committing a fresh `srcore data sample` keeps it.
     pinned = yaml.safe_load((REPO / "data.dvc").read_text())["outs"][0]["md5"]
@@ -70,8 +101,15 @@ def test_sample_matches_pinned_hash_and_stage_round_trips(project: Path, tmp_pat
     params = project / "params.yaml"
     params.write_text(params.read_text().replace("step: 120", "step: 60"))
     assert "modified" in dvc(project, "status")
+    params.write_text(params.read_text().replace("step: 60", "step: 120"))
+    assert "up to date" in dvc(project, "status", "prepare")
+    # so does a change to the resize kernel, which shapes every LR byte
+    kernel = project / "srcore" / "kernels" / "resize_cpu.py"
+    kernel.write_text(kernel.read_text() + "\n# edited\n")
+    assert "modified" in dvc(project, "status", "prepare")
 
 
+@pytest.mark.slow
 def test_s3_remote_on_loopback(project: Path):
     boto3 = pytest.importorskip("boto3")
     from moto.server import ThreadedMotoServer
