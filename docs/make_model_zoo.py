@@ -18,10 +18,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from srcore.cli import PROFILE_ALL  # noqa: E402
 from srcore.evaluation import evaluate_dataset  # noqa: E402
 from srcore.metrics.efficiency import measure_latency, profile_model  # noqa: E402
-from srcore.models import build, load_model  # noqa: E402
+from srcore.models import build, load_model, preset_names  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 # (label, preset, weights file or None for bicubic)
@@ -66,7 +65,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     rows = []
-    for name in PROFILE_ALL:
+    for name in preset_names():
         model = build(name, 4).eval()
         r = profile_model(model, name, 4, 256, 256, "cpu", repeats=args.repeats, warmup=1).as_dict()
         with torch.no_grad():

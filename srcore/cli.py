@@ -21,9 +21,6 @@ app = typer.Typer(help="Lightweight single-image super-resolution: models, data,
 console = Console(stderr=True)
 out = Console()
 
-PROFILE_ALL = ("bicubic", "dvmsr", "dvmsr_teacher", "mair_t", "mair_s", "srconvnet", "ibmdn", "rlfn")
-
-
 def _fail(message: str, code: int = 2) -> None:
     console.print(f"[bold red]error:[/] {message}")
     raise typer.Exit(code)
@@ -152,13 +149,13 @@ def profile_cmd(
 ) -> None:
     """Parameters, FLOPs (fvcore convention, scan counted), activations, latency, peak memory."""
     from srcore.metrics.efficiency import profile_model
-    from srcore.models import build, load_model
+    from srcore.models import build, load_model, preset_names
 
     if not all_models and model is None:
         _fail("give --model NAME or --all")
     h, w = _parse_size(input_size)
     dev = _resolve_device(device)
-    names = list(PROFILE_ALL) if all_models else [model]
+    names = preset_names() if all_models else [model]
     rows = []
     try:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console,
@@ -319,10 +316,6 @@ def distill_cmd(
 ) -> None:
     """Distil a student from a frozen teacher (section 'student' of params.yaml)."""
     _train("distill", params, profile, sets, address, resume, {"student.teacher": teacher} if teacher else {})
-
-
-def run() -> None:  # pragma: no cover - console entry point
-    app()
 
 
 if __name__ == "__main__":  # pragma: no cover

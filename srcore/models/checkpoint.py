@@ -18,7 +18,7 @@ import torch
 from srcore.io import atomic_write_bytes
 from srcore.errors import CheckpointError
 from srcore.models.base import SRModel
-from srcore.models.registry import Preset, build, preset
+from srcore.models.presets import Preset, build, preset
 
 __all__ = ["FORMAT", "save_model", "read_checkpoint", "extract_state_dict", "load_weights", "load_model"]
 

@@ -1,4 +1,13 @@
-"""Launching a training stage on Ray Train (local Ray by default, or an existing cluster)."""
+"""Launching a training stage on Ray Train (local Ray by default, or an existing cluster).
+
+``run_stage`` checks the inputs on the driver first (``srcore.train.preflight``), so a bad
+parameter fails in a second with a one-line error instead of inside a Ray worker. While the stage
+runs, Ray's own log stream (worker output, controller warnings, tracebacks of retried failures)
+goes to ``<run folder>/ray.log`` instead of the terminal (``quiet_ray=False`` keeps Ray's default),
+and rank 0's progress (step, loss, samples/s, validation PSNR) reaches ``on_progress`` on the
+driver. Errors the user must fix, raised inside a worker, come back as the same one-line error
+and are not retried.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +15,34 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from srcore.config import DistillParams, Params, TrainParams
-from srcore.io import atomic_output, atomic_write_bytes
+from srcore import errors
+from srcore.config import Params, TrainParams
 from srcore.data.loaders import ray_dataset, shard_files
-from srcore.errors import ConfigError
-from srcore.models.registry import config_for
+from srcore.errors import ConfigError, SrcoreError
+from srcore.io import atomic_write_bytes
+from srcore.train import faults
+from srcore.train.preflight import check_cluster_fits, check_training_inputs, stage_params
 from srcore.train.state import read_state
+from srcore.train.storage import copy_file, is_uri
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StageResult", "run_stage", "ensure_ray", "storage_root"]
+__all__ = ["StageResult", "TrainingFailed", "ensure_ray", "run_stage", "storage_root"]
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+RAY_LOG = "ray.log"
+
+
+class TrainingFailed(SrcoreError):
+    """Training stopped on an error Ray could not recover from within ``ray.max_failures``."""
 
 
 @dataclass
@@ -36,7 +57,7 @@ class StageResult:
 def storage_root(cfg: TrainParams) -> str:
     """Absolute local path or object-store URI where Ray keeps this run."""
     path = cfg.ray.storage_path
-    return path if "://" in path else str(Path(path).resolve())
+    return path if is_uri(path) else str(Path(path).resolve())
 
 
 def _check_address(address: str) -> None:
@@ -76,51 +97,103 @@ def ensure_ray(address: str | None, num_cpus: int | None = None) -> None:
             os.environ.pop(key, None)
 
 
-def _validate(params: Params, stage: str) -> TrainParams:
-    cfg: TrainParams = params.student if stage == "distill" else params.teacher
-    config_for(cfg.model, cfg.scale, **cfg.model_overrides)  # unknown model / bad overrides fail here
-    shard_files(params.prepare.out, cfg.scale)
-    if stage == "distill":
-        from srcore.train.teacher import load_teacher
+@contextmanager
+def ray_log_to_file(path: Path) -> Iterator[None]:
+    """Send Ray's stream of worker/actor output and the driver-side ``ray`` loggers to ``path``.
 
-        assert isinstance(cfg, DistillParams)
-        load_teacher(cfg.teacher, cfg.scale, cfg.teacher_model)  # missing teacher / scale mismatch fail here
-    return cfg
-
-
-def run_stage(params: Params, stage: str, address: str | None = None, name: str | None = None) -> StageResult:
-    """Train ``stage`` ("teacher" or "distill") with Ray Train and export the EMA model.
-
-    Re-running with the same run name continues from the run's latest checkpoint.
+    Ray prints forwarded worker lines through a dispatcher with one named handler; swapping that
+    handler is the only way to keep the lines (in our file) without printing them. Ray's
+    session logs keep everything too (``/tmp/ray/session_latest/logs``).
     """
-    if stage not in ("teacher", "distill"):
-        raise ConfigError(f"unknown stage {stage!r}; use teacher or distill")
-    cfg = _validate(params, stage)
-    if name:
-        cfg = cfg.model_copy(update={"name": name})
-    address = address or cfg.ray.address
+    from ray._private import worker as ray_worker
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", buffering=1) as sink:
+        dispatcher = getattr(ray_worker, "global_worker_stdstream_dispatcher", None)
+
+        def to_file(data: dict[str, Any]) -> None:
+            prefix = f"({data.get('actor_name') or data.get('task_name') or 'worker'} pid={data.get('pid')}) "
+            sink.writelines(prefix + line + "\n" for line in data.get("lines", []))
+
+        previous = list(getattr(dispatcher, "handlers", []))
+        for handler_name, _ in previous:
+            dispatcher.remove_handler(handler_name)
+        if dispatcher is not None:
+            dispatcher.add_handler("srcore_ray_log", to_file)
+        ray_logger = logging.getLogger("ray")
+        file_handler = logging.StreamHandler(sink)
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        saved = ray_logger.handlers[:], ray_logger.propagate
+        ray_logger.handlers = [file_handler]
+        ray_logger.propagate = False
+        try:
+            yield
+        finally:
+            ray_logger.handlers, ray_logger.propagate = saved
+            if dispatcher is not None:
+                dispatcher.remove_handler("srcore_ray_log")
+                for handler_name, handler in previous:
+                    dispatcher.add_handler(handler_name, handler)
+
+
+@contextmanager
+def _progress_channel(on_progress: ProgressCallback | None) -> Iterator[Any]:
+    """A Ray queue that rank 0 fills and a driver thread drains into ``on_progress``."""
+    if on_progress is None:
+        yield None
+        return
+    from ray.util.queue import Empty, Queue
+
+    # num_cpus=0: the queue must not take a CPU the training ranks were sized to use.
+    queue = Queue(maxsize=1000, actor_options={"num_cpus": 0})
+    done = threading.Event()
+
+    def pump() -> None:
+        while not done.is_set():
+            try:
+                on_progress(queue.get(timeout=0.5))
+            except Empty:
+                continue
+            except Exception:  # the display must never take the run down
+                log.debug("progress display failed", exc_info=True)
+
+    thread = threading.Thread(target=pump, name="srcore-progress", daemon=True)
+    thread.start()
+    try:
+        yield queue
+    finally:
+        done.set()
+        thread.join(timeout=5)
+        for event in queue.get_nowait_batch(queue.qsize()) if queue.qsize() else []:
+            on_progress(event)
+        queue.shutdown()
+
+
+def _raise_fatal(metrics: dict[str, Any]) -> None:
+    """A worker's one-line user error (see ``loop.FATAL_KEY``), raised again on the driver."""
+    from srcore.train.loop import FATAL_KEY
+
+    if FATAL_KEY in metrics:
+        kind = getattr(errors, str(metrics.get("fatal_type")), SrcoreError)
+        raise (kind if isinstance(kind, type) and issubclass(kind, SrcoreError) else SrcoreError)(metrics[FATAL_KEY])
+
+
+def _trainer(params: Params, stage: str, cfg: TrainParams, storage: str, run_dir: str, progress: Any):
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from srcore.train.loop import train_loop_per_worker
 
-    storage = storage_root(cfg)
-    run_dir = f"{storage.rstrip('/')}/{cfg.name}"
-    config_digest = _digest(stage, cfg, params)
-    done = _finished(run_dir, config_digest, cfg.steps)
-    if done is not None:
-        log.info("%s already trained to step %s with these parameters; not training again", cfg.name, cfg.steps)
-        return done
-    ensure_ray(address)
     datasets = None
     if params.loader.backend == "ray_data":
         datasets = {"train": ray_dataset(shard_files(params.prepare.out, cfg.scale), cfg.scale,
                                          params.loader.patch_size, batch_size=params.loader.batch_size)}
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop_per_worker, datasets=datasets,
         train_loop_config={"stage": stage, "train": cfg.model_dump(mode="json"),
                            "loader": params.loader.model_dump(mode="json"),
-                           "shards": str(Path(params.prepare.out).resolve()), "cwd": os.getcwd(), "run_dir": run_dir},
+                           "shards": str(Path(params.prepare.out).resolve()), "cwd": os.getcwd(), "run_dir": run_dir,
+                           "faults": faults.from_env().as_dict(), "progress": progress},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
             resources_per_worker={"CPU": cfg.ray.cpus_per_worker,
@@ -132,18 +205,59 @@ def run_stage(params: Params, stage: str, address: str | None = None, name: str 
                 checkpoint_score_order="max"),
             failure_config=ray.train.FailureConfig(max_failures=cfg.ray.max_failures)),
     )
-    result = trainer.fit()
+
+
+def _cluster_cpus() -> list[float]:
+    import ray
+
+    return [float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+
+
+def run_stage(params: Params, stage: str, address: str | None = None, name: str | None = None,
+              on_progress: ProgressCallback | None = None, quiet_ray: bool = True) -> StageResult:
+    """Train ``stage`` ("teacher" or "distill") with Ray Train and export the EMA model.
+
+    Re-running with the same run name continues from the run's latest checkpoint.
+    """
+    stage_params(params, stage)
+    address = address or stage_params(params, stage).ray.address
+    cfg = check_training_inputs(params, stage, address)
+    if name:
+        cfg = cfg.model_copy(update={"name": name})
+    storage = storage_root(cfg)
+    run_dir = f"{storage.rstrip('/')}/{cfg.name}"
+    config_digest = _digest(stage, cfg, params)
+    done = _finished(run_dir, config_digest, cfg.steps)
+    if done is not None:
+        log.info("%s already trained to step %s with these parameters; not training again", cfg.name, cfg.steps)
+        return done
+    import ray.train
+
+    ensure_ray(address)
+    if address:
+        check_cluster_fits(cfg, stage, _cluster_cpus(), f"the Ray cluster at {address}")
+    quiet = quiet_ray and not is_uri(run_dir)
+    with ray_log_to_file(Path(run_dir) / RAY_LOG) if quiet else nullcontext(), \
+            _progress_channel(on_progress) as progress:
+        try:
+            result = _trainer(params, stage, cfg, storage, run_dir, progress).fit()
+        except ray.train.TrainingFailedError as exc:
+            where = f"; details in {Path(run_dir) / RAY_LOG}" if quiet else ""
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise TrainingFailed(f"{cfg.name}: training failed after {cfg.ray.max_failures} "
+                                 f"retries: {first}{where}") from None
+    _raise_fatal(dict(result.metrics or {}))
     if result.checkpoint is None:
-        raise RuntimeError(f"run {cfg.name} finished without a checkpoint")
+        raise TrainingFailed(f"run {cfg.name} finished without a checkpoint")
     model_path = f"{run_dir}/model.pth"
     with result.checkpoint.as_directory() as folder:
-        _publish(Path(folder) / "model.pth", model_path)
+        copy_file(Path(folder) / "model.pth", model_path)
         state = read_state(folder)
     history = list(state.get("history", []))
     metrics = dict(result.metrics or {}) or (history[-1] if history else {})
     log.info("%s finished at step %s -> %s", cfg.name, state.get("step"), model_path)
     out = StageResult(cfg.name, run_dir, model_path, {**metrics, "step": state.get("step")}, history)
-    if "://" not in run_dir:
+    if not is_uri(run_dir):
         record = {**asdict(out), "config_digest": config_digest}
         atomic_write_bytes(Path(run_dir) / _RESULT, json.dumps(record, default=str).encode())
     return out
@@ -153,8 +267,7 @@ _RESULT = "result.json"
 
 
 def _digest(stage: str, cfg: TrainParams, params: Params) -> str:
-    payload = {"stage": stage, "train": cfg.model_dump(mode="json", exclude={"ray", "stop_at_step",
-                                                                             "fail_once_at_step"}),
+    payload = {"stage": stage, "train": cfg.model_dump(mode="json", exclude={"ray"}),
                "loader": params.loader.model_dump(mode="json")}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
@@ -162,7 +275,7 @@ def _digest(stage: str, cfg: TrainParams, params: Params) -> str:
 def _finished(run_dir: str, config_digest: str, steps: int) -> StageResult | None:
     """The recorded result of a completed run with the same parameters, if any."""
     path = Path(run_dir) / _RESULT
-    if "://" in run_dir or not path.is_file():
+    if is_uri(run_dir) or not path.is_file():
         return None
     try:
         record = json.loads(path.read_text())
@@ -173,16 +286,3 @@ def _finished(run_dir: str, config_digest: str, steps: int) -> StageResult | Non
         return None
     record.pop("config_digest")
     return StageResult(**record)
-
-
-def _publish(src: Path, dest: str) -> None:
-    """Copy the exported model next to the run's checkpoints (local path or object store)."""
-    if "://" in dest:
-        import pyarrow.fs as pafs
-
-        fs, path = pafs.FileSystem.from_uri(dest)
-        with open(src, "rb") as fh, fs.open_output_stream(path) as out:
-            out.write(fh.read())
-        return
-    with atomic_output(dest) as tmp:
-        shutil.copyfile(src, tmp)

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from srcore.errors import ConfigError
 from srcore.models.base import ModelConfig, SRModel
 
-__all__ = ["Preset", "build", "preset", "list_presets", "config_for"]
+__all__ = ["Preset", "build", "config_for", "list_presets", "preset", "preset_names"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,11 @@ def _presets() -> dict[str, Preset]:
 
 def list_presets() -> list[Preset]:
     return list(_presets().values())
+
+
+def preset_names() -> list[str]:
+    """Every preset name, in the zoo's order (the one list the CLI, docs and tests share)."""
+    return list(_presets())
 
 
 def preset(name: str) -> Preset:
