@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 import torch
 from torch import nn
 from typer.testing import CliRunner
@@ -68,3 +70,17 @@ def test_tiled_inference_equals_whole_image_for_local_models():
     conv.scale = 2
     with torch.no_grad():
         assert torch.allclose(upscale_tensor(conv, x, tile=32, overlap=8), conv(x), atol=1e-6)
+
+
+def test_cpu_peak_memory_counts_live_tensors_even_after_warm_up():
+    from srcore.metrics.efficiency import measure_peak_memory
+
+    model = build("rlfn", 4).eval()
+    x = torch.rand(1, 3, 64, 64)
+    output_mb = 3 * 256 * 256 * 4 / 2**20
+    feature_mb = 46 * 64 * 64 * 4 / 2**20
+    first, second = measure_peak_memory(model, x), measure_peak_memory(model, x)
+    # the output and at least a few 46-channel feature maps are alive at once; a warm allocator
+    # (which made RSS sampling read ~0) must not change the figure
+    assert first >= output_mb + 2 * feature_mb
+    assert second == pytest.approx(first)

@@ -12,22 +12,21 @@ children of modules that set ``fvcore_visible`` (whole fused blocks such as mamb
 from __future__ import annotations
 
 import math
-import os
 import statistics
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
 from srcore.ops.selective_scan import scan_flops
 
 __all__ = ["EfficiencyReport", "count_params", "count_flops", "count_activations", "measure_latency",
-           "measure_peak_memory", "peak_rss_mb", "profile_model"]
+           "measure_peak_memory", "profile_model"]
 
 aten = torch.ops.aten
 
@@ -149,37 +148,44 @@ def measure_latency(model: nn.Module, x: torch.Tensor, warmup: int = 2, repeats:
     return statistics.median(times)
 
 
-def _rss_bytes() -> int:
-    with open(f"/proc/{os.getpid()}/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+class _LiveTensorBytes(TorchDispatchMode):
+    """Peak bytes of tensor storage alive during a forward pass, counted op by op.
 
+    Sampling the process RSS misses the peak on CPU: the allocator keeps freed blocks mapped, so
+    after a warm-up the RSS hardly grows. Counting storages instead (weak references, so a
+    freed activation stops counting at once) gives the CPU figure CUDA's allocator reports.
+    """
 
-def peak_rss_mb(fn: Callable[[], object]) -> float:
-    """Peak growth of the process RSS (MB) while ``fn`` runs, sampled every millisecond."""
-    if not os.path.exists(f"/proc/{os.getpid()}/statm"):
-        return float("nan")
-    base = _rss_bytes()
-    peak = [base]
-    done = threading.Event()
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.current = 0
+        self.peak = 0
 
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
-            time.sleep(0.001)
+    def _prune(self) -> None:
+        for key, (ref, nbytes) in list(self.live.items()):
+            if ref.expired():
+                del self.live[key]
+                self.current -= nbytes
 
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
-    try:
-        fn()
-    finally:
-        done.set()
-        t.join()
-    return max(0, peak[0] - base) / 2**20
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self._prune()
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.device.type == "cpu":
+                storage = t.untyped_storage()
+                key = storage.data_ptr()
+                if key and key not in self.live:
+                    self.live[key] = (StorageWeakRef(storage), storage.nbytes())
+                    self.current += storage.nbytes()
+        self.peak = max(self.peak, self.current)
+        return out
 
 
 @torch.no_grad()
 def measure_peak_memory(model: nn.Module, x: torch.Tensor) -> float:
-    """Peak extra memory of one forward pass in MB: CUDA max allocated, or sampled process RSS on CPU."""
+    """Peak extra memory of one forward pass in MB: CUDA's max allocated on GPU; on CPU the peak
+    of tensor storage created by the pass and alive at once (weights and input excluded)."""
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
         torch.cuda.reset_peak_memory_stats(x.device)
@@ -187,7 +193,10 @@ def measure_peak_memory(model: nn.Module, x: torch.Tensor) -> float:
         model(x)
         torch.cuda.synchronize(x.device)
         return (torch.cuda.max_memory_allocated(x.device) - base) / 2**20
-    return peak_rss_mb(lambda: model(x))
+    with _LiveTensorBytes() as tracker:
+        y = model(x)
+    del y
+    return tracker.peak / 2**20
 
 
 @dataclass
