@@ -25,22 +25,35 @@ __all__ = [
 ]
 
 
-class OutputError(SrcoreError):
-    """A destination that cannot be written (parent is a file, no permission, is a folder)."""
+class OutputError(SrcoreError, OSError):
+    """A destination that cannot be written (parent is a file, no permission, is a folder).
+
+    Also an ``OSError``, so code that already handles file-system errors keeps handling it."""
+
+
+def _cannot_write(path: Path, exc: OSError) -> OutputError:
+    return OutputError(f"{path}: cannot write there ({exc.strerror or exc}); choose another output path")
 
 
 @contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """A temporary path in ``path``'s folder that becomes ``path`` only when the block succeeds:
-    readers never see a partial file, and a failure leaves nothing behind."""
+    readers never see a partial file, and a failure leaves nothing behind. A destination that
+    cannot be created or replaced raises :class:`OutputError` naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from exc
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are ordinary shared files
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise _cannot_write(path, exc) from exc
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

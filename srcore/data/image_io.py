@@ -1,8 +1,14 @@
-"""Reading and writing 8-bit RGB images with clear errors and atomic writes."""
+"""Reading and writing 8-bit RGB images with clear errors and atomic writes.
+
+Error texts depend only on the file name and its content (never on object addresses), so a
+manifest that records them is the same bytes on every run. Dropping an alpha channel is logged
+as a warning, once per image.
+"""
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 from pathlib import Path
 
@@ -12,7 +18,12 @@ from PIL import Image, UnidentifiedImageError
 from srcore.errors import DataError
 from srcore.io import atomic_write_bytes
 
-__all__ = ["decode_rgb", "modcrop", "png_bytes", "read_rgb", "write_png"]
+log = logging.getLogger(__name__)
+
+__all__ = ["IMAGE_SUFFIXES", "decode_rgb", "image_files", "modcrop", "png_bytes", "read_rgb", "write_png"]
+
+# File name endings read as images when a whole folder is given.
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"})
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -37,19 +48,30 @@ def decode_rgb(data: bytes, name: str = "<bytes>", convert: bool = True) -> np.n
     try:
         with Image.open(io.BytesIO(data)) as im:
             if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                raise DataError(f"{name}: {im.mode} (16/32-bit) images are not supported; convert to 8-bit RGB")
+                raise DataError(f"{name}: {im.mode} (16/32-bit) images are not supported; "
+                                "convert to 8-bit RGB")
             if not convert and im.mode != "RGB":
                 raise DataError(f"{name}: {im.mode} image, expected 8-bit RGB; convert it or remove it")
             if im.mode == "RGBA" or im.mode == "LA" or (im.mode == "P" and "transparency" in im.info):
-                im = im.convert("RGBA").convert("RGB")
-            elif im.mode != "RGB":
-                im = im.convert("RGB")
-            arr = np.array(im, dtype=np.uint8)
+                rgba = np.array(im.convert("RGBA"), dtype=np.uint8)
+                _warn_alpha(name, rgba[..., 3])
+                arr = rgba[..., :3]
+            else:
+                arr = np.array(im if im.mode == "RGB" else im.convert("RGB"), dtype=np.uint8)
     except DataError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except UnidentifiedImageError:
+        # PIL's own message names the in-memory buffer by address, which differs on every run.
+        raise DataError(f"{name}: not a recognised image format; remove or replace the file") from None
+    except (OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{name}: not a readable image ({exc}); remove or replace the file") from exc
     return np.ascontiguousarray(arr)
+
+
+def _warn_alpha(name: str, alpha: np.ndarray) -> None:
+    clear = float(np.mean(alpha < 255))
+    log.warning("%s: alpha channel dropped (%.1f%% of pixels not opaque); super-resolving the RGB only",
+                name, 100 * clear)
 
 
 def read_rgb(path: str | os.PathLike) -> np.ndarray:
@@ -60,6 +82,12 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
     except OSError as exc:
         raise DataError(f"{path}: cannot read file ({exc.strerror})") from exc
     return decode_rgb(data, str(path))
+
+
+def image_files(folder: str | os.PathLike) -> list[Path]:
+    """The images directly inside ``folder`` (by suffix, hidden files left out), sorted by name."""
+    return sorted(p for p in Path(folder).iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def modcrop(img: np.ndarray, scale: int) -> np.ndarray:

@@ -15,6 +15,7 @@ into equal streams per rank.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from collections.abc import Iterator, Sequence
@@ -26,7 +27,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from srcore.data.shards import decode_patch, shard_encoding
+from srcore.data.shards import MANIFEST, decode_patch, shard_encoding
 from srcore.errors import DataError
 
 __all__ = ["shard_files", "ShardPairs", "augment_pair", "random_crop_pair", "samples_per_rank", "ray_dataset",
@@ -34,11 +35,31 @@ __all__ = ["shard_files", "ShardPairs", "augment_pair", "random_crop_pair", "sam
 
 
 def shard_files(root: str | os.PathLike, scale: int) -> list[Path]:
-    """The shards of one scale under a prepared folder (``<root>/x{scale}/*.parquet``)."""
-    folder = Path(root) / f"x{scale}"
-    files = sorted(folder.glob("*.parquet"))
-    if not files:
-        raise DataError(f"no shards in {folder}; run `srcore data prepare` (with scale {scale}) first")
+    """The shards of one scale that the prepared folder's manifest lists, and only those.
+
+    Refuses a folder without a manifest, a manifest of a run that did not finish (interrupted,
+    or stopped by ``--on-bad fail``) and a listed shard that is missing, so training never reads
+    shards the manifest does not vouch for.
+    """
+    root = Path(root)
+    path = root / MANIFEST
+    rerun = f"run `srcore data prepare` (with scale {scale}) to finish it"
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"no shards in {root} ({MANIFEST} not found); "
+                        f"run `srcore data prepare` (with scale {scale}) first") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable manifest ({exc}); {rerun}") from None
+    if manifest.get("complete") is not True:
+        raise DataError(f"{path}: the prepare run that wrote it did not finish; {rerun}")
+    entries = manifest.get("scales", {}).get(str(scale), {}).get("shards", [])
+    if not entries:
+        raise DataError(f"no shards for x{scale} in {path}; run `srcore data prepare` with scale {scale}")
+    files = [root / e["file"] for e in entries]
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise DataError(f"{missing[0]}: listed in {path} but missing ({len(missing)} missing); {rerun}")
     return files
 
 
@@ -203,7 +224,8 @@ def ray_dataset(files: Sequence[str | os.PathLike], scale: int, patch_size: int,
 
     encodings = {shard_encoding(f) for f in files}
     if len(encodings) != 1:
-        raise DataError(f"shards mix patch encodings {sorted(encodings)}; prepare them again with one encoding")
+        raise DataError(f"shards mix patch encodings {sorted(encodings)}; "
+                        "prepare them again with one encoding")
     ds = ray.data.read_parquet([str(Path(f).resolve()) for f in files], columns=_PAIR_COLUMNS)
     return ds.map_batches(crop_augment_batch, batch_size=batch_size, batch_format="numpy",
                           fn_kwargs={"scale": scale, "patch_size": patch_size, "encoding": encodings.pop(),

@@ -2,20 +2,31 @@
 
 Images are taken in sorted order and grouped into shards of ``images_per_shard`` images, so a
 shard's content depends only on its own images and the parameters: its fingerprint. A rerun
-skips every shard whose fingerprint and file are already recorded (resume after an interrupt,
-or after changing one image: only that image's shard is rebuilt). Each worker builds whole
-shards (decode, cut, encode, compress, write atomically), so the parent only records them: it
-rewrites the manifest after each finished shard. Output bytes do not depend on the number of
-workers.
+skips every shard whose fingerprint is recorded and whose file still has the recorded sha256
+(resume after an interrupt, or after changing one image: only that image's shard is rebuilt; a
+corrupted shard is rebuilt too). Each worker builds whole shards (decode, cut, encode, compress,
+write atomically), so the parent only records them: it rewrites the manifest after each
+finished shard, with ``"complete": false`` until the run ends well. Training reads only the
+shards a complete manifest lists. Output bytes (shards and manifest) do not depend on the number
+of workers or on the run.
+
+Pool workers die with the command: on Linux the kernel kills them when the parent dies
+(``PR_SET_PDEATHSIG``), elsewhere a thread in each worker watches the parent's pid. Temporary
+files an interrupted run left behind are removed when the next run starts.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
 import multiprocessing as mp
 import os
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,19 +37,18 @@ import yaml
 from srcore import __version__
 from srcore.config import PrepareParams
 from srcore.data.image_io import decode_rgb
-from srcore.io import atomic_write_bytes
 from srcore.data.patches import crop_starts, extract_pairs
-from srcore.data.shards import encode_rows, file_sha256, write_shard
+from srcore.data.shards import MANIFEST, encode_rows, file_sha256, write_shard
 from srcore.errors import DataError
+from srcore.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 __all__ = ["PrepareSummary", "prepare", "MANIFEST", "FORMAT_VERSION", "dvc_hash_of"]
 
-MANIFEST = "manifest.json"
 # Bump when the bytes written for the same input and parameters change.
 FORMAT_VERSION = 2
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 @dataclass
@@ -74,7 +84,8 @@ def _cut(path: str, job: _ShardJob) -> tuple[dict[int, list[dict]] | None, str |
     except (DataError, OSError) as exc:
         return None, str(exc)
     h, w = img.shape[:2]
-    if not crop_starts(h, job.crop, job.step, job.thresh) or not crop_starts(w, job.crop, job.step, job.thresh):
+    fits = crop_starts(h, job.crop, job.step, job.thresh) and crop_starts(w, job.crop, job.step, job.thresh)
+    if not fits:
         return None, f"{path}: {w}x{h} is smaller than one {job.crop}x{job.crop} sub-image"
     pairs = extract_pairs(img, tuple(sorted(job.shards)), job.crop, job.step, job.thresh)
     return {s: encode_rows(Path(path).stem, s, p, job.encoding) for s, p in pairs.items()}, None
@@ -82,7 +93,8 @@ def _cut(path: str, job: _ShardJob) -> tuple[dict[int, list[dict]] | None, str |
 
 def _build_shard(job: _ShardJob) -> tuple[int, dict[int, dict], list[dict]]:
     """Worker: cut every image of the group and write its shards; returns the manifest entries
-    and the rejected images. Under ``on_bad=fail`` a rejected image stops the group unwritten."""
+    and the rejected images. Under ``on_bad=fail`` a rejected image leaves the group unwritten
+    (every image is still checked, so that all bad files are reported at once)."""
     rows: dict[int, list[dict]] = {s: [] for s in job.shards}
     images: list[str] = []
     bad: list[dict] = []
@@ -90,12 +102,14 @@ def _build_shard(job: _ShardJob) -> tuple[int, dict[int, dict], list[dict]]:
         per_scale, reason = _cut(path, job)
         if reason is not None:
             bad.append({"file": Path(path).stem, "reason": reason, "shard": job.index})
-            if job.on_bad == "fail":
-                return job.index, {}, bad
+            continue
+        if bad and job.on_bad == "fail":
             continue
         images.append(Path(path).stem)
         for s in job.shards:
             rows[s].extend(per_scale[s])
+    if bad and job.on_bad == "fail":
+        return job.index, {}, bad
     entries = {}
     for s, planned in job.shards.items():
         path = Path(job.out) / planned["file"]
@@ -105,13 +119,45 @@ def _build_shard(job: _ShardJob) -> tuple[int, dict[int, dict], list[dict]]:
     return job.index, entries, bad
 
 
-def _init_worker() -> None:
+def _init_worker(parent: int) -> None:
+    _die_with_parent(parent)
     # One compute thread per process: the pool already uses every core.
     import numba
     import torch
 
     numba.set_num_threads(1)
     torch.set_num_threads(1)
+
+
+def _die_with_parent(parent: int) -> None:
+    """End this worker when process ``parent`` dies (SIGTERM or SIGKILL included), so that no
+    orphan keeps writing shards. The standard library has no such option, hence prctl."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+                if os.getppid() != parent:  # the parent died before the request took effect
+                    os._exit(1)
+                return
+        except (OSError, AttributeError):
+            pass
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
+
+
+def _watch_parent(parent: int, interval: float = 0.5) -> None:
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(1)
+
+
+def _shard_intact(path: Path, entry: dict) -> bool:
+    """The file is the one the manifest recorded: same size, then same sha256."""
+    if not path.is_file() or path.stat().st_size != entry.get("bytes"):
+        return False
+    if file_sha256(path) != entry.get("sha256"):
+        log.warning("%s: content does not match the manifest's sha256; rebuilding it", path)
+        return False
+    return True
 
 
 def _list_inputs(folder: Path) -> list[Path]:
@@ -125,8 +171,8 @@ def _list_inputs(folder: Path) -> list[Path]:
 
 def _fingerprint(params: PrepareParams, scale: int, names_and_hashes: list[tuple[str, str]]) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"format": FORMAT_VERSION, "scale": scale, "crop": params.crop_size, "step": params.step,
-                         "thresh": params.thresh_size, "encoding": params.encoding,
+    h.update(json.dumps({"format": FORMAT_VERSION, "scale": scale, "crop": params.crop_size,
+                         "step": params.step, "thresh": params.thresh_size, "encoding": params.encoding,
                          "rows_per_group": params.rows_per_group,
                          # the HR modcrop multiple (lcm of the scales) decides the crop grid
                          "modcrop": int(np.lcm.reduce(np.array(params.scales)))},
@@ -167,7 +213,7 @@ def _iter_built(jobs: list[_ShardJob], workers: int) -> Iterator[tuple[int, dict
         yield from map(_build_shard, jobs)
         return
     # spawn: forking a parent that already runs numba/torch threads is not safe.
-    with mp.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
+    with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
         yield from pool.imap_unordered(_build_shard, jobs)
 
 
@@ -176,16 +222,18 @@ def prepare(params: PrepareParams, on_progress: Callable[[int], None] | None = N
     """Build (or update) the shards described by ``params``; see the module docstring."""
     src, out = Path(params.input), Path(params.out)
     files = _list_inputs(src)
+    _remove_temporaries(out)
     hashes = [(p.stem, file_sha256(p)) for p in files]
     n_per = params.images_per_shard
     groups = [list(range(i, min(i + n_per, len(files)))) for i in range(0, len(files), n_per)]
     old = _load_manifest(out)
-    old_shards = {(int(s), e["file"]): e for s, v in old.get("scales", {}).items() for e in v.get("shards", [])}
+    old_shards = {(int(s), e["file"]): e
+                  for s, v in old.get("scales", {}).items() for e in v.get("shards", [])}
     workers = params.workers or os.cpu_count() or 1
     bad: list[dict] = []
     built = reused = 0
     manifest = {
-        "format": FORMAT_VERSION, "code_version": __version__,
+        "format": FORMAT_VERSION, "code_version": __version__, "complete": False,
         "input": {"path": str(src), "dvc_md5": dvc_hash_of(src),
                   "sha256": hashlib.sha256("".join(f"{n}:{d};" for n, d in hashes).encode()).hexdigest(),
                   "images": len(files)},
@@ -200,8 +248,7 @@ def prepare(params: PrepareParams, on_progress: Callable[[int], None] | None = N
             name = f"x{s}/shard-{k:05d}.parquet"
             fp = _fingerprint(params, s, [hashes[i] for i in group])
             prev = old_shards.get((s, name))
-            if prev and prev.get("fingerprint") == fp and (out / name).is_file() \
-                    and (out / name).stat().st_size == prev.get("bytes"):
+            if prev and prev.get("fingerprint") == fp and _shard_intact(out / name, prev):
                 manifest["scales"][str(s)]["shards"].append(prev)
                 bad.extend(b for b in old.get("bad", []) if b.get("shard") == k and b not in bad)
                 reused += 1
@@ -213,15 +260,14 @@ def prepare(params: PrepareParams, on_progress: Callable[[int], None] | None = N
         on_total(sum(len(groups[k]) for k, _ in todo))
 
     jobs = [_ShardJob(k, tuple(str(files[i]) for i in groups[k]), plan, str(out),
-                      params.crop_size, params.step, params.thresh_size, params.encoding, params.rows_per_group,
-                      params.on_bad) for k, plan in todo]
+                      params.crop_size, params.step, params.thresh_size, params.encoding,
+                      params.rows_per_group, params.on_bad) for k, plan in todo]
     results = _iter_built(jobs, min(workers, max(1, len(jobs))))
     try:
         for k, entries, rejected in results:
-            for b in rejected:
-                if params.on_bad == "fail":
-                    raise DataError(f"{b['reason']} (--on-bad fail; use --on-bad skip to leave it out)")
-                log.warning("skipping %s", b["reason"])
+            if params.on_bad == "skip":
+                for b in rejected:
+                    log.warning("skipping %s", b["reason"])
             bad.extend(rejected)
             for s, entry in entries.items():
                 manifest["scales"][str(s)]["shards"].append(entry)
@@ -234,6 +280,11 @@ def prepare(params: PrepareParams, on_progress: Callable[[int], None] | None = N
         if close:
             close()
     manifest = _finalised(manifest)
+    if bad and params.on_bad == "fail":
+        reasons = "; ".join(b["reason"] for b in manifest["bad"])
+        raise DataError(f"{len(bad)} bad input image(s), --on-bad fail: {reasons} "
+                        "(fix or remove them, or use --on-bad skip to leave them out)")
+    manifest["complete"] = True
     _write_manifest(out, manifest)
     _remove_stale(out, manifest)
     return PrepareSummary(out, len(files), {int(s): v["rows"] for s, v in manifest["scales"].items()},
@@ -255,8 +306,13 @@ def _remove_stale(out: Path, manifest: dict) -> None:
         rel = path.relative_to(out).as_posix()
         if rel not in keep:
             path.unlink()
-    for tmp in out.glob("x*/.*.tmp"):
-        tmp.unlink()
     for folder in out.glob("x*"):
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
+
+
+def _remove_temporaries(out: Path) -> None:
+    """Delete the half-written files (``.<name>.*.tmp``) an interrupted run left behind."""
+    for tmp in [*out.glob(".*.tmp"), *out.glob("x*/.*.tmp")]:
+        log.info("removing %s, left by an interrupted run", tmp)
+        tmp.unlink(missing_ok=True)

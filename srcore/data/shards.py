@@ -17,10 +17,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from srcore.data.image_io import decode_rgb, png_bytes
-from srcore.io import atomic_output
 from srcore.data.patches import SubImage
+from srcore.io import atomic_output
 
-__all__ = ["SCHEMA", "encode_rows", "write_shard", "read_shard", "decode_patch", "file_sha256"]
+__all__ = ["MANIFEST", "SCHEMA", "encode_rows", "write_shard", "read_shard", "decode_patch", "file_sha256"]
+
+# The file beside the shards that lists them (written by ``srcore.data.prepare``).
+MANIFEST = "manifest.json"
 
 SCHEMA = pa.schema([
     ("image", pa.string()), ("index", pa.int32()), ("y", pa.int32()), ("x", pa.int32()), ("scale", pa.int8()),

@@ -21,7 +21,8 @@ def dvc(*args: str, cwd: str | os.PathLike = ".") -> str:
     # Stage commands call `srcore`: make this interpreter's scripts visible even without an activated venv.
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
-    res = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=cwd, env=env, capture_output=True,
+                         text=True)
     if res.returncode != 0:
         raise DataError(f"dvc {' '.join(args)} failed: {(res.stderr or res.stdout).strip()[-2000:]}")
     return res.stdout

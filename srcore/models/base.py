@@ -9,8 +9,9 @@ from pydantic import BaseModel, ConfigDict, field_validator
 from torch import nn
 
 from srcore.config import check_scale
+from srcore.errors import DataError
 
-__all__ = ["DIV2K_MEAN", "Features", "ModelConfig", "SRModel"]
+__all__ = ["DIV2K_MEAN", "Features", "ModelConfig", "SRModel", "check_input_size"]
 
 # RGB mean of DIV2K, subtracted by the SwinIR-family shells (DVMSR, MaIR).
 DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
@@ -41,6 +42,8 @@ class SRModel(nn.Module):
 
     arch: str = ""
     config: ModelConfig
+    # Smallest LR height and width the network accepts (strided/pooled branches need room).
+    min_input_size: int = 1
 
     @property
     def scale(self) -> int:
@@ -61,3 +64,12 @@ class SRModel(nn.Module):
             if hasattr(m, "scan_backend"):
                 m.scan_backend = backend
         return self
+
+
+def check_input_size(model: SRModel, height: int, width: int, name: str = "input") -> None:
+    """Refuse, before any compute, an LR input smaller than ``model`` accepts; every entry point
+    (upscale, evaluation, tiling) calls this rather than letting the network fail inside."""
+    least = model.min_input_size
+    if height < least or width < least:
+        raise DataError(f"{name}: {width}x{height} is smaller than {model.arch}'s minimum input of "
+                        f"{least}x{least} pixels; use a larger image or a model without that limit")

@@ -60,6 +60,8 @@ class RLFB(nn.Module):
 
 class RLFN(SRModel):
     arch = "rlfn"
+    # ESA: a stride-2 3x3 conv then a 7x7 max-pool: (15 - 3) // 2 + 1 = 7 is the least that fits.
+    min_input_size = 15
 
     def __init__(self, config: RLFNConfig | None = None) -> None:
         super().__init__()
@@ -73,8 +75,9 @@ class RLFN(SRModel):
         self.upsampler = nn.Sequential(nn.Conv2d(c, 3 * cfg.scale**2, 3, padding=1), nn.PixelShuffle(cfg.scale))
 
     def forward_features(self, x: torch.Tensor) -> Features:
-        if min(x.shape[-2:]) < 15:
-            raise ValueError(f"RLFN's ESA needs inputs of at least 15x15 pixels, got {tuple(x.shape[-2:])}")
+        if min(x.shape[-2:]) < self.min_input_size:
+            raise ValueError(f"RLFN's ESA needs inputs of at least {self.min_input_size} pixels a side, "
+                             f"got {tuple(x.shape[-2:])}")
         f0 = self.conv_1(x * self.config.rgb_range)
         out, blocks = f0, []
         for i in range(self.config.num_blocks):
