@@ -22,7 +22,8 @@ def _inputs(bsz=2, dim=8, state=4, length=50, groups=1, dtype=torch.float64, a_s
 
 def _run(args, backend, **kw):
     u, delta, A, B, C, D, z, bias = args
-    return selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=bias, delta_softplus=True, backend=backend, **kw)
+    return selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=bias, delta_softplus=True, backend=backend,
+                          **kw)
 
 
 @pytest.mark.parametrize("backend", FAST)
@@ -66,7 +67,7 @@ def test_gradients_match_reference_float32():
         y, h = _run(args, b, return_last_state=True)
         (y.square().mean() + h.sum()).backward()
         grads[b] = [a.grad for a in args]
-    for g_ref, g in zip(grads["reference"], grads["cpu"]):
+    for g_ref, g in zip(grads["reference"], grads["cpu"], strict=True):
         assert torch.allclose(g, g_ref, rtol=1e-4, atol=1e-5)
 
 
@@ -75,10 +76,18 @@ def test_cpu_chunking_boundaries_are_seamless(monkeypatch):
 
     ss = importlib.import_module("srcore.ops.selective_scan")
 
-    args = _inputs(bsz=1, dim=3, state=2, length=100)
-    full = _run(args, "cpu")
-    monkeypatch.setattr(ss, "_CHUNK_ELEMENTS", 3 * 2 * 16)  # force 16-step chunks
-    assert torch.allclose(_run(args, "cpu"), full, atol=1e-12)
+    base = _inputs(bsz=2, dim=4, state=3, length=100, groups=2)
+    full = _run(base, "cpu")
+    monkeypatch.setattr(ss, "_CHUNK_STEPS", 16)  # 7 chunks, the last one partial
+    assert torch.allclose(_run(base, "cpu"), full, atol=1e-12)
+    grads = {}
+    for b in ("reference", "cpu"):
+        args = [t.clone().requires_grad_() for t in base]
+        y, h = _run(args, b, return_last_state=True)
+        (y.square().mean() + h.sum()).backward()
+        grads[b] = [a.grad for a in args]
+    for g_ref, g in zip(grads["reference"], grads["cpu"], strict=True):
+        assert torch.allclose(g, g_ref, rtol=1e-9, atol=1e-10)
 
 
 def test_scan_backend_context_sets_the_default(monkeypatch):

@@ -42,6 +42,7 @@ def involution(x: torch.Tensor, weight: torch.Tensor, kernel_size: int, groups: 
     if c % groups:
         raise ValueError(f"involution: channels {c} not divisible by groups {groups}")
     if weight.shape != (b, groups * kernel_size * kernel_size, h, w):
-        raise ValueError(f"involution: weight must be {(b, groups * kernel_size**2, h, w)}, got {tuple(weight.shape)}")
+        raise ValueError(f"involution: weight must be {(b, groups * kernel_size**2, h, w)}, "
+                         f"got {tuple(weight.shape)}")
     fn = _involution_unfold if backend == "unfold" else _involution_shift
     return fn(x, weight, kernel_size, groups)

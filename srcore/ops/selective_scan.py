@@ -10,8 +10,8 @@ Shapes: u, delta, z (B, D, L); A (D, N); B, C (B, N, L) or (B, G, N, L); D, delt
 
 Back-ends:
 - ``reference``: a plain sequential loop in torch; the truth the tests compare against.
-- ``cpu``: chunked numba kernels with a hand-written backward (the default on CPU); memory
-  O(B*D*L) plus one bounded chunk, state accumulated in float64.
+- ``cpu``: one fused numba pass forward and one backward (the default on CPU; see
+  ``srcore.kernels.scan_cpu``); no (B, D, L, N) tensor, state accumulated in float64.
 - ``torch``: a blocked closed form in pure torch (any device; used on CUDA without mamba-ssm).
 - ``cuda``: mamba-ssm's fused kernel when it is importable and the inputs are on CUDA.
 """
@@ -43,9 +43,9 @@ __all__ = [
 Backend = Literal["reference", "cpu", "torch", "cuda"]
 _BACKENDS = ("reference", "cpu", "torch", "cuda")
 
-# Elements per chunk tensor (R x T x N) in the cpu back-end: large enough to amortise the
-# Python loop over chunks, small enough to stay in cache-friendly, bounded memory.
-_CHUNK_ELEMENTS = 1 << 20
+# Steps per chunk of the cpu back-end: its forward keeps the state at each chunk start for the
+# backward, which recomputes the states inside one chunk at a time (a (chunk, N) buffer per thread).
+_CHUNK_STEPS = 256
 
 
 def scan_flops(batch: int, length: int, channels: int, state: int) -> int:
@@ -128,62 +128,44 @@ def _scan_torch(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.
 # Chunked numba back-end (custom op with its own backward)
 
 
-def _chunk_len(rows: int, state: int, length: int) -> int:
-    return max(16, min(length, _CHUNK_ELEMENTS // max(1, rows * state)))
+def _n_chunks(length: int) -> int:
+    return max(1, -(-length // _CHUNK_STEPS))
 
 
-def _rows_index(bsz: int, dim: int, groups: int) -> np.ndarray:
-    rows = np.arange(bsz * dim)
-    return np.stack([rows // dim, (rows % dim) // (dim // groups)], axis=1).astype(np.int64)
+def _as_rows(x: torch.Tensor) -> np.ndarray:
+    """(B, D, L) tensor as a C-contiguous (B*D, L) array sharing memory where possible."""
+    return x.contiguous().view(-1, x.shape[-1]).numpy()
 
 
-def _chunk_terms(u, delta, A, B, s, e):
-    """Decay a_t = exp(delta A) and input b_t = delta u B for steps s..e as (R, T, N)."""
-    bsz, dim, _ = u.shape
-    groups = B.shape[1]
-    dt = delta[:, :, s:e]
-    da = torch.exp(dt[..., None] * A[None, :, None, :])  # (B, D, T, N)
-    bt = B[..., s:e].transpose(-1, -2)  # (B, G, T, N)
-    du = (dt * u[:, :, s:e]).view(bsz, groups, dim // groups, e - s, 1)
-    db = du * bt[:, :, None]  # (B, G, D/G, T, N)
-    return da.reshape(bsz * dim, e - s, -1), db.reshape(bsz * dim, e - s, -1)
+def _steps_last(x: torch.Tensor) -> np.ndarray:
+    """(B, G, N, L) to a C-contiguous (B, G, L, N) array: the N states of one step side by side."""
+    return x.transpose(-1, -2).contiguous().numpy()
 
 
 @torch.library.custom_op("srcore::selective_scan_cpu", mutates_args=())
 def _scan_cpu_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                  C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    from srcore.kernels.scan_cpu import scan_forward_chunk
+    import numba
+
+    from srcore.kernels.scan_cpu import scan_forward
 
     bsz, dim, length = u.shape
     state = A.shape[1]
-    rows = bsz * dim
-    chunk = _chunk_len(rows, state, length)
-    n_chunks = (length + chunk - 1) // chunk
-    group_of = _rows_index(bsz, dim, B.shape[1])
-    c_all = C.transpose(-1, -2).contiguous()  # (B, G, L, N)
-    h = np.zeros((rows, state), dtype=np.float64)
-    starts = torch.empty(n_chunks, rows, state, dtype=torch.float64)
-    y = torch.empty(rows, length, dtype=u.dtype)
-    y_np = y.numpy()
-    for i in range(n_chunks):
-        s, e = i * chunk, min((i + 1) * chunk, length)
-        starts[i] = torch.from_numpy(h)
-        da, db = _chunk_terms(u, delta, A, B, s, e)
-        y_chunk = np.empty((rows, e - s), dtype=y_np.dtype)
-        scan_forward_chunk(da.contiguous().numpy(), db.contiguous().numpy(),
-                           c_all[:, :, s:e].contiguous().numpy(), group_of, h, y_chunk)
-        y_np[:, s:e] = y_chunk
-    last = torch.from_numpy(h).to(u.dtype).view(bsz, dim, state)
-    return y.view(bsz, dim, length), last, starts
+    y = torch.empty(bsz, dim, length, dtype=u.dtype)
+    last = torch.zeros(bsz * dim, state, dtype=torch.float64)
+    starts = torch.empty(_n_chunks(length), bsz * dim, state, dtype=torch.float64)
+    n_parts = min(numba.get_num_threads(), bsz * dim)
+    scan_forward(_as_rows(u), _as_rows(delta), A.contiguous().numpy(), _steps_last(B), _steps_last(C),
+                 _CHUNK_STEPS, n_parts, y.view(-1, length).numpy(), last.numpy(), starts.numpy())
+    return y, last.to(u.dtype).view(bsz, dim, state), starts
 
 
 @_scan_cpu_op.register_fake
 def _(u, delta, A, B, C):
     bsz, dim, length = u.shape
     state = A.shape[1]
-    n_chunks = -(-length // _chunk_len(bsz * dim, state, length))
     return (u.new_empty(bsz, dim, length), u.new_empty(bsz, dim, state),
-            u.new_empty(n_chunks, bsz * dim, state, dtype=torch.float64))
+            u.new_empty(_n_chunks(length), bsz * dim, state, dtype=torch.float64))
 
 
 def _scan_cpu_setup(ctx, inputs, output):
@@ -193,44 +175,29 @@ def _scan_cpu_setup(ctx, inputs, output):
 
 
 def _scan_cpu_backward(ctx, dy, dlast, _dstarts):
-    from srcore.kernels.scan_cpu import scan_backward_chunk
+    import numba
+
+    from srcore.kernels.scan_cpu import scan_backward
 
     u, delta, A, B, C, starts = ctx.saved_tensors
     bsz, dim, length = u.shape
     groups, state = B.shape[1], A.shape[1]
     rows = bsz * dim
-    chunk = _chunk_len(rows, state, length)
-    group_of = _rows_index(bsz, dim, groups)
-    np_dtype = np.float64 if u.dtype == torch.float64 else np.float32
-    dy = (torch.zeros_like(u) if dy is None else dy).contiguous().view(rows, length).numpy()
-    g_next = np.zeros((rows, state)) if dlast is None else dlast.reshape(rows, state).double().numpy().copy()
-    c_all, b_all = C.transpose(-1, -2).contiguous(), B.transpose(-1, -2).contiguous()  # (B, G, L, N)
-    u_rows, delta_rows = u.reshape(rows, length).numpy(), delta.reshape(rows, length).numpy()
-    d_delta = np.empty((rows, length), dtype=np_dtype)
-    d_u = np.empty((rows, length), dtype=np_dtype)
-    d_a_rows = np.zeros((rows, state), dtype=np.float64)
-    d_b = torch.empty(bsz, groups, length, state, dtype=u.dtype)
-    d_c = torch.empty(bsz, groups, length, state, dtype=u.dtype)
-    a_np = A.numpy()
-    for i in range(starts.shape[0] - 1, -1, -1):
-        s, e = i * chunk, min((i + 1) * chunk, length)
-        da, db = _chunk_terms(u, delta, A, B, s, e)
-        db_rows = np.empty((rows, e - s, state), dtype=np_dtype)
-        dc_rows = np.empty((rows, e - s, state), dtype=np_dtype)
-        dd_chunk = np.empty((rows, e - s), dtype=np_dtype)
-        du_chunk = np.empty((rows, e - s), dtype=np_dtype)
-        scan_backward_chunk(da.contiguous().numpy(), db.contiguous().numpy(), c_all[:, :, s:e].contiguous().numpy(),
-                            b_all[:, :, s:e].contiguous().numpy(), group_of, a_np,
-                            np.ascontiguousarray(delta_rows[:, s:e]), np.ascontiguousarray(u_rows[:, s:e]),
-                            starts[i].numpy(), np.ascontiguousarray(dy[:, s:e]), g_next,
-                            dd_chunk, du_chunk, d_a_rows, db_rows, dc_rows)
-        d_delta[:, s:e], d_u[:, s:e] = dd_chunk, du_chunk
-        per_group = (bsz, groups, dim // groups, e - s, state)
-        d_b[:, :, s:e] = torch.from_numpy(db_rows).view(per_group).sum(2)
-        d_c[:, :, s:e] = torch.from_numpy(dc_rows).view(per_group).sum(2)
-    d_a = torch.from_numpy(d_a_rows).view(bsz, dim, state).sum(0).to(A.dtype)
-    return (torch.from_numpy(d_u).view_as(u), torch.from_numpy(d_delta).view_as(delta), d_a,
-            d_b.transpose(-1, -2).contiguous(), d_c.transpose(-1, -2).contiguous())
+    dy = torch.zeros_like(u) if dy is None else dy.to(u.dtype)
+    carry = (torch.zeros(rows, state, dtype=torch.float64) if dlast is None
+             else dlast.reshape(rows, state).to(torch.float64, copy=True))
+    d_u, d_delta = torch.empty_like(u), torch.empty_like(u)
+    d_a_rows = torch.zeros(rows, state, dtype=torch.float64)
+    n_parts = min(numba.get_num_threads(), rows)
+    d_b_parts = torch.zeros(n_parts, bsz, groups, length, state, dtype=torch.float64)
+    d_c_parts = torch.zeros_like(d_b_parts)
+    scan_backward(_as_rows(u), _as_rows(delta), A.contiguous().numpy(), _steps_last(B), _steps_last(C),
+                  _CHUNK_STEPS, starts.numpy(), _as_rows(dy), carry.numpy(), d_u.view(rows, length).numpy(),
+                  d_delta.view(rows, length).numpy(), d_a_rows.numpy(), d_b_parts.numpy(), d_c_parts.numpy())
+    d_a = d_a_rows.view(bsz, dim, state).sum(0).to(A.dtype)
+    d_b = d_b_parts.sum(0).transpose(-1, -2).to(B.dtype)
+    d_c = d_c_parts.sum(0).transpose(-1, -2).to(C.dtype)
+    return d_u, d_delta, d_a, d_b.contiguous(), d_c.contiguous()
 
 
 _scan_cpu_op.register_autograd(_scan_cpu_backward, setup_context=_scan_cpu_setup)
@@ -250,7 +217,8 @@ def _scan_cpu(u, delta, A, B, C):
 
 # The back-end a call with ``backend=None`` uses; None means "chosen by device". A context variable
 # (not a module global) so that threads and tasks each see their own setting.
-_DEFAULT_BACKEND: contextvars.ContextVar[str | None] = contextvars.ContextVar("srcore_scan_backend", default=None)
+_DEFAULT_BACKEND: contextvars.ContextVar[str | None] = contextvars.ContextVar("srcore_scan_backend",
+                                                                              default=None)
 
 
 @contextlib.contextmanager
