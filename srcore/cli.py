@@ -71,7 +71,7 @@ def models_cmd(scale: Annotated[int, typer.Option(help="Scale to count parameter
     out.print(table)
 
 
-def _load(model: str, scale: int, weights: Optional[str], weights_key: Optional[str]):
+def _load(model: str, scale: int, weights: Optional[str], weights_key: Optional[str], offline: bool = False):
     from srcore.models import build, load_model
 
     if weights is None:
@@ -81,7 +81,7 @@ def _load(model: str, scale: int, weights: Optional[str], weights_key: Optional[
     if weights.startswith("models:/"):
         from srcore.tracking.registry import load_registered_model
 
-        return load_registered_model(weights)
+        return load_registered_model(weights, offline=offline)
     return load_model(weights, name=model, scale=scale, key=weights_key)
 
 
@@ -181,27 +181,82 @@ def profile_cmd(
     _emit_json(rows[0] if len(rows) == 1 else {"rows": rows}, json_out)
 
 
+def _upscale_jobs(image: Path, output: Path) -> list[tuple[Path, Path]]:
+    """(input, output) pairs: one image -> one PNG, or a folder's images -> ``<output>/<stem>.png``.
+    Every destination is checked here, before a model is loaded or anything computed."""
+    from srcore.data.image_io import image_files
+    from srcore.errors import DataError
+    from srcore.io import OutputError, check_output_dir, check_output_file
+
+    if image.is_dir():
+        sources = image_files(image)
+        if not sources:
+            raise DataError(f"{image}: no images (.png, .jpg, ...) in this folder")
+        if output.resolve() == image.resolve():
+            raise OutputError(f"{output}: is the input folder; the PNGs would replace the inputs")
+        folder = check_output_dir(output)
+        jobs = [(src, folder / f"{src.stem}.png") for src in sources]
+        stems = [src.stem for src in sources]
+        clash = sorted({s for s in stems if stems.count(s) > 1})
+        if clash:
+            raise DataError(f"{image}: several images named {clash[0]}.* would all write {clash[0]}.png")
+    elif image.is_file():
+        if output.suffix.lower() != ".png" and not output.is_dir():
+            raise OutputError(f"{output}: upscale writes PNG; give a name ending in .png")
+        if output.exists() and output.resolve() == image.resolve():
+            raise OutputError(f"{output}: is the input image; choose another output path")
+        jobs = [(image, output)]
+    else:
+        raise DataError(f"{image}: no such image or folder")
+    for _, dst in jobs:
+        check_output_file(dst)
+    return jobs
+
+
 @app.command("upscale")
 def upscale_cmd(
-    image: Annotated[Path, typer.Argument(help="LR image to super-resolve.")],
-    output: Annotated[Path, typer.Argument(help="Where to write the SR PNG.")],
+    image: Annotated[Path, typer.Argument(help="LR image, or a folder of images, to super-resolve.")],
+    output: Annotated[Path, typer.Argument(help="Where to write the SR PNG (a folder when IMAGE is one).")],
     model: Annotated[str, typer.Option(help="Model preset.")] = "bicubic",
     scale: Annotated[int, typer.Option(help="Upscaling factor.")] = 4,
     weights: Annotated[Optional[str], typer.Option(help="Checkpoint path or models:/name@alias.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     tile: Annotated[Optional[int], typer.Option(help="Tile size for large images.")] = None,
+    offline: Annotated[bool, typer.Option(help="Load models:/ weights from the local cache only.")] = False,
 ) -> None:
-    """Super-resolve one image."""
+    """Super-resolve one image, or every image of a folder into another folder (PNG files)."""
     from srcore.data.image_io import read_rgb, write_png
+    from srcore.errors import DataError
     from srcore.inference import upscale_image
+    from srcore.models.base import check_input_size
 
+    failed: list[str] = []
     try:
+        jobs = _upscale_jobs(image, output)
+        if weights is None and model != "bicubic":
+            _fail(f"{model} needs --weights (a checkpoint or models:/name@alias); without them it would "
+                  "write the output of random weights. Only bicubic runs without weights")
         dev = _resolve_device(device)
-        net = _load(model, scale, weights, None).to(dev).eval()
-        write_png(output, upscale_image(net, read_rgb(image), dev, tile=tile))
+        net = _load(model, scale, weights, None, offline).to(dev).eval()
+        if net.scale != scale:
+            _fail(f"the weights are for x{net.scale}, but --scale is {scale}")
+        for src, dst in jobs:
+            try:
+                lr = read_rgb(src)
+                check_input_size(net, lr.shape[0], lr.shape[1], str(src))
+            except DataError as exc:
+                if len(jobs) == 1:
+                    raise
+                console.print(f"[yellow]skipped:[/] {exc}")
+                failed.append(src.name)
+                continue
+            write_png(dst, upscale_image(net, lr, dev, tile=tile))
+            console.print(f"wrote {dst}")
     except SrcoreError as exc:
         _fail(str(exc))
-    console.print(f"wrote {output}")
+    if failed:
+        _fail(f"{len(failed)} of {len(jobs)} images could not be read or were too small: "
+              f"{', '.join(failed)}", 1)
 
 
 data_app = typer.Typer(help="Training data: the embedded sample set and patch preprocessing.", no_args_is_help=True)

@@ -84,6 +84,13 @@ def check_output_dir(path: str | os.PathLike) -> Path:
         raise OutputError(f"{path}: {base} is a file, so the folder cannot be created; choose another path")
     if not os.access(base, os.W_OK | os.X_OK):
         raise OutputError(f"{path}: {base} is not writable; choose a folder you can write to")
+    try:  # permission bits do not tell everything (read-only mounts, root, special file systems)
+        fd, probe = tempfile.mkstemp(prefix=".srcore-probe.", suffix=".tmp", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"{path}: {base} is not writable ({exc.strerror or exc}); "
+                          "choose a folder you can write to") from None
     return path
 
 

@@ -3,21 +3,31 @@
 Promotion rule: a new version gets the alias ``challenger``; it takes ``champion`` only if its
 gate metric beats the current champion's by at least ``margin`` and it stays within the
 parameter and latency budgets. The decision and both numbers are written as version tags.
+
+Loading ``models:/<name>@<alias>`` (or ``/<version>``) reads only: it creates no experiment and no
+local store, resolves the alias once per call within a bounded time, and keeps the version's
+checkpoint in a local cache (``<SRCORE_CACHE>/models/<name>/v<version>.pth``, plus the alias it
+was last resolved to), so ``offline=True`` loads it again without the server. Only our checkpoint
+file (tensors, read with ``weights_only=True``) is loaded, never the pyfunc's pickled code.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from srcore.errors import CheckpointError, ConfigError
+from srcore.io import atomic_output, atomic_write_text
 from srcore.models.base import SRModel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["registered_name", "PromotionPolicy", "Decision", "promote", "load_registered_model"]
+__all__ = ["registered_name", "PromotionPolicy", "Decision", "promote", "load_registered_model",
+           "parse_model_uri", "model_cache_dir"]
 
 
 def registered_name(arch: str, scale: int) -> str:
@@ -75,31 +85,95 @@ def promote(client, name: str, version: str, policy: PromotionPolicy) -> Decisio
     else:
         promoted, reason = False, f"{policy.gate_metric} {new:.3f} does not beat champion v{champ.version} " \
                                   f"({old:.3f}) by {policy.margin}"
-    for key, value in {"promotion.decision": "promoted" if promoted else "refused", "promotion.reason": reason,
-                       "promotion.gate_metric": policy.gate_metric, "promotion.challenger_value": f"{new:.4f}",
-                       "promotion.champion_value": "" if old is None else f"{old:.4f}"}.items():
+    tags = {"promotion.decision": "promoted" if promoted else "refused", "promotion.reason": reason,
+            "promotion.gate_metric": policy.gate_metric, "promotion.challenger_value": f"{new:.4f}",
+            "promotion.champion_value": "" if old is None else f"{old:.4f}"}
+    for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     if promoted:
         client.set_registered_model_alias(name, "champion", version)
-    log.info("%s v%s: %s (%s)", name, version, "promoted to champion" if promoted else "kept as challenger", reason)
+    log.info("%s v%s: %s (%s)", name, version, "promoted to champion" if promoted else "kept as challenger",
+             reason)
     return Decision(promoted, reason, new, old, version)
 
 
-def load_registered_model(uri: str) -> SRModel:
-    """Load ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` as an srcore model."""
-    import mlflow
+_MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?$")
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """``models:/name@alias`` -> (name, alias, None); ``models:/name/3`` -> (name, None, "3")."""
+    m = _MODEL_URI.match(uri)
+    if not m:
+        raise CheckpointError(f"{uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
+    return m["name"], m["alias"], m["version"]
+
+
+def model_cache_dir(name: str) -> Path:
+    """Where the checkpoints of registered model ``name`` are cached."""
+    from srcore.data.benchmarks import default_cache_dir
+
+    return default_cache_dir() / "models" / re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+
+def _cached_version(uri: str, name: str, alias: str | None, version: str | None) -> Path:
+    folder = model_cache_dir(name)
+    if alias is not None:
+        pointer = folder / f"@{alias}"
+        if not pointer.is_file():
+            raise CheckpointError(f"{uri}: not in the local cache ({folder}); load it once without --offline")
+        version = pointer.read_text().strip()
+    path = folder / f"v{version}.pth"
+    if not path.is_file():
+        raise CheckpointError(f"{uri}: version {version} is not in the local cache ({folder}); "
+                              "load it once without --offline")
+    return path
+
+
+def _fetch_version(uri: str, name: str, alias: str | None, version: str | None) -> Path:
+    """Resolve the alias on the server and bring that version's checkpoint into the cache."""
+    import mlflow.artifacts
+    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from srcore.models import load_model
-    from srcore.tracking.runs import configure
+    from srcore.tracking.runs import reading_uri
 
-    configure()
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
-        except MlflowException as exc:
-            raise CheckpointError(f"{uri}: cannot load registered model ({exc.message})") from None
-        files = sorted(local.rglob("artifacts/*.pth"))  # the pyfunc keeps our checkpoint under artifacts/
-        if not files:
-            raise CheckpointError(f"{uri}: no srcore checkpoint (.pth) inside the registered model")
-        return load_model(files[0])
+    server = reading_uri()
+    client = MlflowClient(tracking_uri=server, registry_uri=server)
+    try:
+        mv = (client.get_model_version_by_alias(name, alias) if alias
+              else client.get_model_version(name, version))
+        folder = model_cache_dir(name)
+        path = folder / f"v{mv.version}.pth"
+        if not path.is_file():  # a registered version never changes: download it once
+            with tempfile.TemporaryDirectory() as tmp:
+                local = Path(mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"models:/{name}/{mv.version}", dst_path=tmp, tracking_uri=server,
+                    registry_uri=server))
+                files = sorted(local.rglob("artifacts/*.pth"))  # the pyfunc keeps our checkpoint there
+                if not files:
+                    raise CheckpointError(f"{uri}: no srcore checkpoint (.pth) inside the registered model")
+                with atomic_output(path) as dst:
+                    shutil.copyfile(files[0], dst)
+    except MlflowException as exc:
+        first = str(exc.message).strip().splitlines()[0] if str(exc.message).strip() else type(exc).__name__
+        raise CheckpointError(f"{uri}: cannot load the registered model ({first[:300]})") from None
+    if alias:
+        atomic_write_text(folder / f"@{alias}", f"{mv.version}\n")
+    return path
+
+
+def load_registered_model(uri: str, offline: bool = False) -> SRModel:
+    """Load ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` as an srcore model; with
+    ``offline`` from the local cache only (see the module docstring)."""
+    from srcore.models import load_model
+    from srcore.tracking.runs import bounded_requests, call_with_deadline, tracking_timeout
+
+    name, alias, version = parse_model_uri(uri)
+    if offline:
+        path = _cached_version(uri, name, alias, version)
+    else:
+        total = tracking_timeout()
+        with bounded_requests(total):
+            path = call_with_deadline(lambda: _fetch_version(uri, name, alias, version), total, uri)
+    log.debug("%s -> %s", uri, path)
+    return load_model(path)

@@ -1,7 +1,11 @@
 """MLflow runs for training, distillation and evaluation: params, metrics, lineage, images, models.
 
 Tracking URI: ``MLFLOW_TRACKING_URI`` when set (a server), else a local SQLite store
-``mlflow.db`` with artifacts under ``mlartifacts/`` in the working directory.
+``mlflow.db`` with artifacts under ``mlartifacts/`` in the working directory. Commands that only
+read (loading a registered model) use :func:`reading_uri`, which never creates that store, and
+run their requests under :func:`bounded_requests` and :func:`call_with_deadline`, so a sick
+server costs at most ``SRCORE_TRACKING_TIMEOUT`` seconds (default 60), not MLflow's minutes of
+retries.
 """
 
 from __future__ import annotations
@@ -10,25 +14,96 @@ import json
 import logging
 import os
 import subprocess
+import threading
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from srcore.data.prepare import MANIFEST
+from srcore.data.shards import MANIFEST
 from srcore.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["tracking_uri", "configure", "flatten", "lineage", "comparison_grid", "log_model_version", "EXPERIMENT"]
+__all__ = ["tracking_uri", "reading_uri", "tracking_timeout", "bounded_requests", "call_with_deadline",
+           "configure", "flatten", "lineage", "comparison_grid", "log_model_version", "EXPERIMENT"]
 
 EXPERIMENT = "srcore"
+LOCAL_STORE = "mlflow.db"
+TIMEOUT_ENV = "SRCORE_TRACKING_TIMEOUT"
+_T = TypeVar("_T")
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(LOCAL_STORE).resolve()}"
+
+
+def reading_uri() -> str:
+    """The tracking URI for a command that only reads: the server, or the local store only when it
+    already exists (opening a missing SQLite store would create it)."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    if not Path(LOCAL_STORE).is_file():
+        raise ConfigError(f"no tracking store: MLFLOW_TRACKING_URI is not set and there is no {LOCAL_STORE} "
+                          "here; set MLFLOW_TRACKING_URI, run where that file is, or use --offline")
+    return tracking_uri()
+
+
+def tracking_timeout() -> float:
+    """Total seconds a read from the tracking server may take (``SRCORE_TRACKING_TIMEOUT``, default 60)."""
+    text = os.environ.get(TIMEOUT_ENV, "60")
+    try:
+        value = float(text)
+        if value <= 0:
+            raise ValueError
+    except ValueError:
+        raise ConfigError(f"{TIMEOUT_ENV} must be a positive number of seconds, got {text!r}") from None
+    return value
+
+
+@contextmanager
+def bounded_requests(total: float) -> Iterator[None]:
+    """MLflow's HTTP defaults (7 retries with exponential backoff, 120 s per request) add up to
+    minutes against a server that fails; inside this block a request is tried 3 times with a short
+    backoff and waits at most ``min(total, 30)`` s. Variables the user set are left alone, and the
+    environment is restored on exit (MLflow reads these variables at each request)."""
+    limits = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+              "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+              "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, int(min(total, 30))))}
+    added = {k: v for k, v in limits.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+def call_with_deadline(fn: Callable[[], _T], seconds: float, what: str) -> _T:
+    """``fn()``, or a :class:`ConfigError` naming ``what`` once ``seconds`` have passed.
+
+    The call runs in a daemon thread because an HTTP client stuck in a connect or a read cannot be
+    interrupted from outside; the command then reports the failure and exits without waiting."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = fn()
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, name="tracking-call", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise ConfigError(f"{what}: the tracking server gave no answer within {seconds:g} s "
+                          f"(raise {TIMEOUT_ENV}, check the server, or use --offline with a cached model)")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def _check_server(uri: str) -> None:
