@@ -1,10 +1,13 @@
 """The main job on the embedded default: ``python -m flows.demo`` (what ``make demo`` runs).
 
 Writes the sample data, then runs the ``retrain`` flow on the tiny profile and prints a summary.
+Each training stage shows one progress bar; Ray's own output goes to ``ray.log`` in the stage's run
+folder (``--verbose`` prints it on the terminal instead).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -36,8 +39,9 @@ def prefect_api():
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     log = open(".prefect-server.log", "ab")
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    prefect = str(Path(sys.executable).parent / "prefect")
+    proc = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 180
         while True:
@@ -59,7 +63,9 @@ def prefect_api():
         log.close()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    if "--verbose" in (sys.argv[1:] if argv is None else argv):  # Ray's own output back on the terminal
+        logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     from srcore.errors import SrcoreError

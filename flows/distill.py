@@ -1,4 +1,5 @@
-"""Flow ``distill``: a student from a frozen teacher; cached on (manifest, student params, teacher)."""
+"""Flow ``distill``: a student from a frozen teacher. A run already completed with the same parameters is
+not trained again (``run_stage`` checks its recorded result)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,6 @@ def distill(manifest: str | None = None, student: str | None = None, teacher: st
             params_file: str = DEFAULT_PARAMS, profile: str | None = None,
             overrides: dict[str, Any] | None = None, address: str | None = None) -> dict[str, Any]:
     """Distil ``student`` (a preset; default from params.yaml) from ``teacher`` (path or models:/ URI)."""
-    from srcore.data.versioning import manifest_hash
-
     extra = dict(overrides or {})
     if student:
         extra["student.model"] = student
@@ -24,4 +23,4 @@ def distill(manifest: str | None = None, student: str | None = None, teacher: st
     if teacher:
         extra["student.teacher"] = teacher
     params = params_with(params_file, profile, extra)
-    return train_stage(params, "distill", manifest or manifest_hash(params.prepare.out), address)
+    return train_stage(params, "distill", address)

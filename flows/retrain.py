@@ -16,14 +16,19 @@ from flows.evaluate import evaluate
 from flows.preprocess import preprocess
 from flows.register import register
 from flows.train_teacher import train_teacher
+from srcore.errors import ConfigError
 
 
 @flow(name="retrain", log_prints=True)
-def retrain(params_file: str = DEFAULT_PARAMS, profile: str | None = None, overrides: dict[str, Any] | None = None,
-            address: str | None = None, pull: bool = True, gate_metric: str = "sample-val_psnr_y",
-            margin: float = 0.0, max_params: int | None = None, max_latency_ms: float | None = None) -> dict[str, Any]:
+def retrain(params_file: str = DEFAULT_PARAMS, profile: str | None = None,
+            overrides: dict[str, Any] | None = None, address: str | None = None, pull: bool = True,
+            gate_metric: str = "sample-val_psnr_y", margin: float = 0.0, max_params: int | None = None,
+            max_latency_ms: float | None = None) -> dict[str, Any]:
     logger = get_run_logger()
     params = params_with(params_file, profile, overrides)  # fail fast on bad parameters
+    if params.teacher.scale != params.student.scale:  # found now, not after the teacher has trained
+        raise ConfigError(f"teacher.scale {params.teacher.scale} and student.scale {params.student.scale} "
+                          "differ; the student learns from this teacher, so set both alike")
     manifest = preprocess(pull)
     teacher = train_teacher(manifest, params_file, profile, overrides, address)
     extra = {**(overrides or {}), "student.teacher": teacher["model_path"]}
@@ -35,7 +40,8 @@ def retrain(params_file: str = DEFAULT_PARAMS, profile: str | None = None, overr
     bicubic = evaluate("bicubic", datasets, scale)
     reg = register("distill", student["model_path"], ev_student, teacher["model_path"], params_file, profile,
                    extra, gate_metric, margin, max_params, max_latency_ms, student.get("history"))
-    summary = {"datasets": datasets, "scale": scale, "bicubic": bicubic, "teacher": ev_teacher, "student": ev_student,
+    summary = {"datasets": datasets, "scale": scale, "bicubic": bicubic, "teacher": ev_teacher,
+               "student": ev_student,
                "teacher_model": teacher["model_path"], "student_model": student["model_path"], **reg}
     logger.info("retrain finished: %s", {k: v for k, v in summary.items() if k not in ("teacher", "student")})
     return summary

@@ -325,15 +325,19 @@ def _parse_sets(items: Optional[list[str]]) -> dict:
 
 def _train(stage: str, params: Path, profile: Optional[str], sets: Optional[list[str]], address: Optional[str],
            name: Optional[str], extra: dict) -> None:
+    from flows.progress import training_bar
     from srcore.config import load_params
     from srcore.train.runner import run_stage
 
+    verbose = logging.getLogger().isEnabledFor(logging.DEBUG)  # --verbose: Ray's own output stays visible
     try:
         overrides = {**_parse_sets(sets), **extra}
         if profile:
             overrides["profile"] = profile
         cfg = load_params(params if params.exists() or params != Path("params.yaml") else None, overrides)
-        result = run_stage(cfg, stage, address=address, name=name)
+        with training_bar(console, name or stage) as on_progress:
+            result = run_stage(cfg, stage, address=address, name=name, on_progress=on_progress,
+                               quiet_ray=not verbose)
     except SrcoreError as exc:
         _fail(str(exc))
     m = result.metrics

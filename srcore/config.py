@@ -7,6 +7,7 @@ file, the dotted field path and what is wrong, so a typo never silently falls ba
 from __future__ import annotations
 
 import os
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
@@ -103,7 +104,7 @@ class TrainParams(_Section):
     lr: float = Field(2e-4, gt=0)
     betas: tuple[float, float] = (0.9, 0.99)
     milestones: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
-    gamma: float = 0.5
+    gamma: float = Field(0.5, gt=0, le=1, description="learning-rate factor at each milestone, in (0, 1]")
     loss: Literal["l1", "charbonnier"] = "l1"
     grad_clip: float | None = None
     ema_decay: float | None = 0.999
@@ -114,14 +115,11 @@ class TrainParams(_Section):
     val_dataset: str = "sample-val"
     seed: int = 0
     ray: RayParams = RayParams()
-    # Fault-injection hooks for tests and drills: raise once at this step / stop cleanly here.
-    fail_once_at_step: int | None = None
-    stop_at_step: int | None = None
 
     @field_validator("milestones")
     @classmethod
     def _fractions(cls, v: tuple[float, ...]) -> tuple[float, ...]:
-        if any(not 0 < f < 1 for f in v) or list(v) != sorted(v):
+        if any(not 0 < f < 1 for f in v) or any(b <= a for a, b in pairwise(v)):
             raise ValueError(f"milestones are increasing fractions of the run in (0, 1), got {list(v)}")
         return v
 

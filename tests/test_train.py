@@ -12,14 +12,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from conftest import free_port
 import torch
+from conftest import free_port
 from PIL import Image
 
 from srcore.config import load_params
 from srcore.errors import CheckpointError, ConfigError, DataError
 from srcore.models import load_model
+from srcore.train.faults import injected
 from srcore.train.loop import milestone_steps
 from srcore.train.state import load_with_fallback, read_state, write_state
 
@@ -50,7 +50,8 @@ def workdir(tmp_path_factory):
     _smooth_images(root / "raw")
     from srcore.data.prepare import prepare
 
-    prepare(load_params(None, {**TINY, "prepare.input": str(root / "raw"), "prepare.out": str(root / "patches")}).prepare)
+    prepare(load_params(None, {**TINY, "prepare.input": str(root / "raw"),
+                               "prepare.out": str(root / "patches")}).prepare)
     return root
 
 
@@ -80,9 +81,10 @@ def _last_state(run_dir: Path) -> dict:
 def teacher_run(workdir, ray_local):
     from srcore.train.runner import run_stage
 
-    p = params(workdir, **{"teacher.steps": 30, "teacher.val_every": 10, "teacher.fail_once_at_step": 15,
+    p = params(workdir, **{"teacher.steps": 30, "teacher.val_every": 10,
                            "teacher.ray.max_failures": 1, "teacher.ray.num_to_keep": 2})
-    return run_stage(p, "teacher")
+    with injected(fail_once_at_step=15):
+        return run_stage(p, "teacher")
 
 
 def test_teacher_learns_survives_failure_and_prunes_checkpoints(teacher_run, workdir):
@@ -105,15 +107,20 @@ def test_distillation_resumes_after_forced_stop_and_exports_student_only(teacher
     from srcore.train.runner import run_stage
 
     base = {"student.name": "resume", "student.teacher": teacher_run.model_path, "student.steps": 20,
-            "student.val_every": 5, "student.milestones": [0.5, 0.75], "student.w_out": 1.0, "student.w_feat": 1.0,
-            "student.w_depth": 1.0}
-    first = run_stage(params(workdir, **base, **{"student.stop_at_step": 10}), "distill")
+            "student.val_every": 5, "student.milestones": [0.5, 0.75], "student.w_out": 1.0,
+            "student.w_feat": 1.0, "student.w_depth": 1.0}
+    with injected(stop_at_step=10):
+        first = run_stage(params(workdir, **base), "distill")
     assert first.metrics["step"] == 10
     second = run_stage(params(workdir, **base), "distill")
     assert second.metrics["step"] == 20
     state = _last_state(Path(second.run_dir))
     assert state["resumed_from"] == 10
     assert [h["step"] for h in state["history"]] == [5, 10, 15, 20]
+    # epoch-exact resume: 36 patches / batch 4 = 9 batches an epoch, so step 10 is the first batch of
+    # epoch 1; the resumed run finishes epoch 1 (steps 10-18) before epoch 2 starts, no jump
+    assert [h["epoch"] for h in state["history"]] == [0, 1, 1, 2]
+    assert (state["epoch"], state["position"]) == (2, 2)
     # the LR after each step matches an uninterrupted MultiStep schedule (milestones at 10 and 15)
     assert milestone_steps(20, (0.5, 0.75)) == [10, 15]
     assert [h["lr"] for h in state["history"]] == pytest.approx([2e-3, 1e-3, 5e-4, 5e-4])
@@ -143,7 +150,8 @@ def test_ray_data_backend_matches_shards_and_trains_two_ranks(workdir, ray_local
         down = imresize_np(hr.transpose(1, 2, 0).astype(np.float64), scale=0.5)
         assert np.abs(down - lr.transpose(1, 2, 0))[2:-2, 2:-2].max() < 3 / 255
     result = run_stage(params(workdir, **{"loader.backend": "ray_data", "teacher.name": "raydata",
-                                          # half a CPU per rank leaves one of the two for Ray Data's read tasks
+                                          # half a CPU per rank leaves one of the two for Ray Data's
+                                          # read tasks
                                           "teacher.ray.num_workers": 2, "teacher.ray.cpus_per_worker": 0.5,
                                           "teacher.steps": 8,
                                           "teacher.val_every": 4}), "teacher")
@@ -158,7 +166,7 @@ def test_corrupted_latest_checkpoint_falls_back(tmp_path, caplog):
     old, new = tmp_path / "checkpoint_2026-01-01_00-00-01", tmp_path / "checkpoint_2026-01-01_00-00-02"
     old.mkdir()
     new.mkdir()
-    write_state(old, {"step": 7})
+    write_state(old, {}, {"step": 7})
     (new / "state.pt").write_bytes(b"truncated")
     with caplog.at_level(logging.WARNING):
         state = load_with_fallback(Checkpoint(str(new)))
@@ -189,7 +197,8 @@ def test_bad_configurations_fail_fast(workdir, tmp_path):
 def _ray_start(ray_bin: str, args: list[str], env: dict[str, str]) -> None:
     """`ray start`, with the command's own output in the error when it fails."""
     res = subprocess.run([ray_bin, "start", *args], env=env, timeout=240, capture_output=True, text=True)
-    assert res.returncode == 0, f"ray start {' '.join(args)} failed:\n{res.stdout[-2000:]}{res.stderr[-3000:]}"
+    output = f"{res.stdout[-2000:]}{res.stderr[-3000:]}"
+    assert res.returncode == 0, f"ray start {' '.join(args)} failed:\n{output}"
 
 
 def test_two_node_cluster(workdir, tmp_path):
@@ -213,7 +222,8 @@ def test_two_node_cluster(workdir, tmp_path):
                              "--disable-usage-stats"], env)
         sets = [f"{k}={v}" for k, v in {**TINY, "prepare.out": str(workdir / "patches"),
                                         "teacher.ray.storage_path": str(tmp_path / "runs"),
-                                        "teacher.ray.num_workers": 2, "teacher.steps": 12, "teacher.val_every": 6,
+                                        "teacher.ray.num_workers": 2, "teacher.steps": 12,
+                                        "teacher.val_every": 6,
                                         "teacher.name": "multinode"}.items()]
         args = [sys.executable, "-m", "srcore.cli", "train", "--params", str(tmp_path / "none.yaml"),
                 "--address", head]

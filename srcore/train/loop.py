@@ -1,10 +1,21 @@
 """The training loop run by every Ray Train worker, for teacher training and distillation alike.
 
-Adam with the papers' settings and MultiStep halving at fixed fractions of the run, optional
-gradient clipping, an EMA of the weights (validated and exported), bf16 autocast on CUDA,
-optional ``torch.compile`` and channels-last. Validation (PSNR-Y with the project's metric on
-the held-out set) and checkpoints happen every ``val_every`` steps and at the end; a checkpoint
-holds everything needed to continue at the same step with the same learning rate.
+Named steps over one ``TrainState``: ``setup`` (config, seeds, models, optimiser, schedule),
+``resume`` (from the run's newest readable checkpoint), ``train_step`` (one batch: ``compute_loss``,
+backward, optimiser, schedule, EMA), ``validate`` (PSNR-Y on the held-out set), ``report`` (metrics
+to Ray Train and the driver's progress display) and ``save_checkpoint``. Changing the loss touches
+``compute_loss``; changing the optimiser or schedule touches ``make_optimizer``/``make_schedule``.
+
+Recipe: Adam with the papers' settings, MultiStep decay at fixed fractions of the run, optional
+gradient clipping, an EMA of the weights (validated and exported), bf16 autocast on CUDA, optional
+``torch.compile`` and channels-last. Validation and checkpoints happen every ``val_every`` steps
+and at the end.
+
+Resume is epoch-exact: a checkpoint records the epoch and how many batches of it were trained
+(``position``); a resumed run re-enters that epoch and skips that many batches. With the torch
+loader the epoch's stream is a pure function of (seed, epoch, rank, worker), so the resumed run
+sees the very batches the uninterrupted run would have; with Ray Data it continues at the same
+position with freshly drawn crops (Ray Data's order is not reproducible).
 """
 
 from __future__ import annotations
@@ -15,9 +26,9 @@ import os
 import random
 import tempfile
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from itertools import count
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +40,46 @@ from torch.utils.data import DataLoader
 
 from srcore.config import DistillParams, LoaderParams, TrainParams
 from srcore.data.loaders import ShardPairs, shard_files
+from srcore.errors import DataError, SrcoreError
 from srcore.evaluation import evaluate_dataset
 from srcore.models import build, save_model
 from srcore.models.base import SRModel
+from srcore.train.faults import FaultPlan
 from srcore.train.losses import DistillationLoss, reconstruction_loss
 from srcore.train.state import load_with_fallback, restore_rng, rng_state, write_state
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train_loop_per_worker", "milestone_steps"]
+__all__ = [
+    "FATAL_KEY",
+    "TrainState",
+    "compute_loss",
+    "make_optimizer",
+    "make_schedule",
+    "milestone_steps",
+    "train_loop_per_worker",
+]
+
+# Metric key under which a worker reports an error the user must fix (bad data, bad config):
+# the worker returns instead of raising, so Ray's FailureConfig does not retry it, and the
+# driver raises it again as the one-line error it is.
+FATAL_KEY = "fatal_error"
+
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 def milestone_steps(steps: int, fractions: tuple[float, ...]) -> list[int]:
-    return sorted({max(1, int(round(f * steps))) for f in fractions})
+    return sorted({max(1, round(f * steps)) for f in fractions})
+
+
+def make_optimizer(cfg: TrainParams, params) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas)
+
+
+def make_schedule(cfg: TrainParams, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per batch: the learning rate is multiplied by ``gamma`` at each milestone."""
+    milestones = milestone_steps(cfg.steps, cfg.milestones)
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, cfg.gamma)
 
 
 class _Trainable(nn.Module):
@@ -57,55 +95,48 @@ class _Trainable(nn.Module):
         return self.model.reconstruct(feats, lr), feats
 
 
-def _build_student(cfg: TrainParams) -> SRModel:
-    return build(cfg.model, cfg.scale, **cfg.model_overrides)
+@dataclass
+class TrainState:
+    """Everything one rank trains with and everything a checkpoint must bring back."""
 
+    config: dict[str, Any]
+    cfg: TrainParams
+    lcfg: LoaderParams
+    rank: int
+    world: int
+    device: torch.device
+    model: SRModel
+    trainable: _Trainable
+    ema: AveragedModel | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    teacher: SRModel | None
+    faults: FaultPlan
+    runner: nn.Module | None = None
+    batches: Callable[[int], Iterator[Batch]] | None = None
+    step: int = 0
+    epoch: int = 0
+    position: int = 0  # batches of ``epoch`` already trained
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: int | None = None
+    nodes: list[str] = field(default_factory=list)
+    # Recent losses stay on the device; reading them (a host sync) happens only at report time.
+    window: deque = field(default_factory=lambda: deque(maxlen=50))
+    samples: int = 0
+    t0: float = field(default_factory=time.perf_counter)
+    last_psnr: float = math.nan
 
-def _teacher(cfg: DistillParams, device: torch.device) -> SRModel:
-    from srcore.train.teacher import load_teacher
+    @property
+    def distill(self) -> bool:
+        return self.teacher is not None
 
-    teacher = load_teacher(cfg.teacher, cfg.scale, cfg.teacher_model).to(device).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
-    return teacher
+    @property
+    def export(self) -> SRModel:
+        return self.ema.module if self.ema is not None else self.model
 
-
-def _validate(model: SRModel, cfg: TrainParams, device: torch.device) -> float:
-    return evaluate_dataset(model, cfg.val_dataset, cfg.scale, device=device).psnr_y
-
-
-def _batches(config: dict, cfg: TrainParams, lcfg: LoaderParams, rank: int, world: int
-             ) -> Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
-    """One epoch of (lr, hr) batches for this rank, from the configured loader back-end; every
-    rank gets the same number of batches."""
-    if lcfg.backend == "ray_data":
-        import ray.train
-
-        shard = ray.train.get_dataset_shard("train")
-
-        def ray_epoch(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-            n = 0
-            for batch in shard.iter_torch_batches(batch_size=lcfg.batch_size, drop_last=True,
-                                                  local_shuffle_buffer_size=lcfg.shuffle_buffer):
-                n += 1
-                yield batch["lr"], batch["hr"]
-            if n == 0:
-                raise RuntimeError(f"rank {rank} got no full batch of {lcfg.batch_size} in epoch {epoch}; "
-                                   "prepare more data or lower loader.batch_size")
-
-        return ray_epoch
-    dataset = ShardPairs(shard_files(config["shards"], cfg.scale), cfg.scale, lcfg.patch_size, rank, world,
-                         seed=lcfg.seed, shuffle_buffer=lcfg.shuffle_buffer)
-    loader = DataLoader(dataset, batch_size=lcfg.batch_size, num_workers=lcfg.num_workers, drop_last=True)
-
-    def torch_epoch(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        dataset.set_epoch(epoch)
-        if len(dataset) < lcfg.batch_size:
-            raise RuntimeError(f"each of the {world} ranks gets {len(dataset)} samples per epoch, fewer than one "
-                               f"batch of {lcfg.batch_size}; prepare more data or lower loader.batch_size")
-        yield from loader
-
-    return torch_epoch
+    @property
+    def last_step(self) -> int:
+        return self.faults.last_step(self.cfg.steps)
 
 
 def _limit_threads(cpus: float) -> None:
@@ -118,30 +149,33 @@ def _limit_threads(cpus: float) -> None:
     numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point. ``config``: {"stage": "teacher"|"distill", "train": dict, "loader": dict,
-    "shards": folder, "cwd": folder to resolve relative paths against}."""
-    import ray.train
-    import ray.train.torch
+def _teacher(cfg: DistillParams, device: torch.device) -> SRModel:
+    from srcore.train.teacher import load_teacher
 
-    os.chdir(config["cwd"])
-    logging.basicConfig(level=logging.INFO, format="%(message)s")  # worker process: progress lines to the driver
+    teacher = load_teacher(cfg.teacher, cfg.scale, cfg.teacher_model).to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def _seed(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def setup(config: dict[str, Any], rank: int, world: int, device: torch.device) -> TrainState:
+    """Decode the stage config, seed this rank, build models, optimiser and schedule."""
     distill = config["stage"] == "distill"
     cfg: TrainParams = (DistillParams if distill else TrainParams)(**config["train"])
     lcfg = LoaderParams(**config["loader"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
     if device.type == "cpu":
         _limit_threads(cfg.ray.cpus_per_worker)
-    torch.manual_seed(cfg.seed + rank)
-    random.seed(cfg.seed + rank)
-    np.random.seed(cfg.seed + rank)
-
-    model = _build_student(cfg).to(device)
+    _seed(cfg.seed + rank)
+    model = build(cfg.model, cfg.scale, **cfg.model_overrides).to(device)
     teacher = _teacher(cfg, device) if distill else None
     loss_terms = None
-    if distill:
+    if teacher is not None:
         probe = torch.rand(1, 3, lcfg.patch_size, lcfg.patch_size, device=device)
         with torch.no_grad():
             loss_terms = DistillationLoss(model.forward_features(probe), teacher.forward_features(probe),
@@ -152,95 +186,225 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         trainable = trainable.to(memory_format=torch.channels_last)
     ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
            if cfg.ema_decay else None)
-    optimizer = torch.optim.Adam(trainable.parameters(), lr=cfg.lr, betas=cfg.betas)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestone_steps(cfg.steps, cfg.milestones), cfg.gamma)
+    optimizer = make_optimizer(cfg, trainable.parameters())
+    return TrainState(config=config, cfg=cfg, lcfg=lcfg, rank=rank, world=world, device=device, model=model,
+                      trainable=trainable, ema=ema, optimizer=optimizer,
+                      scheduler=make_schedule(cfg, optimizer),
+                      teacher=teacher, faults=FaultPlan(**config.get("faults", {})))
 
-    step, epoch, history, resumed_from = 0, 0, [], None
-    state = load_with_fallback(ray.train.get_checkpoint())
-    if state is not None:
-        trainable.load_state_dict(state["trainable"])
-        if ema is not None and state.get("ema") is not None:
-            ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, epoch, history = state["step"], state["epoch"] + 1, list(state.get("history", []))
-        resumed_from = step
-        restore_rng(state["rng"][min(rank, len(state["rng"]) - 1)])
-        log.info("rank %d resumed at step %d (lr %.3g)", rank, step, scheduler.get_last_lr()[0])
 
-    nodes = [ray.get_runtime_context().get_node_id()]
-    if world > 1:
+def resume(state: TrainState, saved: dict[str, Any] | None) -> None:
+    """Bring back weights, optimiser, schedule, counters and random streams from a checkpoint."""
+    if saved is None:
+        return
+    state.trainable.load_state_dict(saved["trainable"])
+    if state.ema is not None and saved.get("ema") is not None:
+        state.ema.load_state_dict(saved["ema"])
+    state.optimizer.load_state_dict(saved["optimizer"])
+    schedule = dict(saved["scheduler"])
+    if "milestones" in schedule:  # MultiStepLR counts on a Counter (missing milestone -> 0)
+        schedule["milestones"] = Counter(schedule["milestones"])
+    state.scheduler.load_state_dict(schedule)
+    state.step = state.resumed_from = saved["step"]
+    state.history = list(saved.get("history", []))
+    if "position" in saved:
+        state.epoch, state.position = saved["epoch"], saved["position"]
+    else:  # written before positions were recorded: continue at the next epoch, as those runs did
+        state.epoch, state.position = saved["epoch"] + 1, 0
+    restore_rng(saved["rng"][min(state.rank, len(saved["rng"]) - 1)])
+    log.info("rank %d resumed at step %d, epoch %d, batch %d (lr %.3g)", state.rank, state.step, state.epoch,
+             state.position, state.scheduler.get_last_lr()[0])
+
+
+def _loader(state: TrainState) -> Callable[[int], Iterator[Batch]]:
+    """One epoch of (lr, hr) batches for this rank, from the configured loader back-end; every
+    rank gets the same number of batches."""
+    lcfg, cfg = state.lcfg, state.cfg
+    if lcfg.backend == "ray_data":
+        import ray.train
+
+        shard = ray.train.get_dataset_shard("train")
+
+        def ray_epoch(epoch: int) -> Iterator[Batch]:
+            for batch in shard.iter_torch_batches(batch_size=lcfg.batch_size, drop_last=True,
+                                                  local_shuffle_buffer_size=lcfg.shuffle_buffer):
+                yield batch["lr"], batch["hr"]
+
+        return ray_epoch
+    dataset = ShardPairs(shard_files(state.config["shards"], cfg.scale), cfg.scale, lcfg.patch_size,
+                         state.rank, state.world, seed=lcfg.seed, shuffle_buffer=lcfg.shuffle_buffer)
+    loader = DataLoader(dataset, batch_size=lcfg.batch_size, num_workers=lcfg.num_workers, drop_last=True)
+
+    def torch_epoch(epoch: int) -> Iterator[Batch]:
+        dataset.set_epoch(epoch)
+        yield from loader
+
+    return torch_epoch
+
+
+def epoch_batches(state: TrainState) -> Iterator[Batch]:
+    """The rest of the current epoch: batches already trained (``state.position``) are drawn and
+    skipped, so a resumed run continues where the checkpoint left off."""
+    seen = 0
+    for batch in state.batches(state.epoch):
+        seen += 1
+        if seen <= state.position:
+            continue
+        state.position = seen
+        yield batch
+    if seen == 0:
+        raise DataError(f"rank {state.rank} of {state.world} got no full batch of {state.lcfg.batch_size} in "
+                        f"epoch {state.epoch}; prepare more data or lower loader.batch_size")
+
+
+def _connect_ranks(state: TrainState) -> None:
+    """Node list for the record, DDP wrapping when several ranks train, optional compile."""
+    import ray
+    import ray.train.torch
+
+    state.nodes = [ray.get_runtime_context().get_node_id()]
+    wrapped: nn.Module = state.trainable
+    if state.world > 1:
         import torch.distributed as dist
 
-        gathered: list[Any] = [None] * world
-        dist.all_gather_object(gathered, nodes[0])
-        nodes = gathered
-    ddp = ray.train.torch.prepare_model(trainable, parallel_strategy_kwargs={"find_unused_parameters": False}) \
-        if world > 1 else trainable
-    runner = torch.compile(ddp) if cfg.compile else ddp
-    batches = _batches(config, cfg, lcfg, rank, world)
-    use_amp = cfg.amp and device.type == "cuda"
-    marker = Path(config["run_dir"]) / ".failed_once"
-    # Recent losses stay on the device; reading them (a host sync) happens only at report time.
-    window: deque[torch.Tensor] = deque(maxlen=50)
-    t0, samples = time.perf_counter(), 0
+        gathered: list[Any] = [None] * state.world
+        dist.all_gather_object(gathered, state.nodes[0])
+        state.nodes = gathered
+        wrapped = ray.train.torch.prepare_model(state.trainable,
+                                                parallel_strategy_kwargs={"find_unused_parameters": False})
+    state.runner = torch.compile(wrapped) if state.cfg.compile else wrapped
 
-    def report() -> None:
-        metrics: dict[str, Any] = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0],
-                                   "loss": torch.stack(list(window)).mean().item() if window else math.nan,
-                                   "samples_per_s": samples * world / max(1e-9, time.perf_counter() - t0)}
-        export = ema.module if ema is not None else model
-        if rank == 0:
-            metrics["val_psnr_y"] = _validate(export, cfg, device)
-            history.append({k: metrics[k] for k in ("step", "loss", "lr", "val_psnr_y")})
-        with tempfile.TemporaryDirectory() as folder:
-            checkpoint = None
-            if rank == 0:
-                write_state(folder, {"trainable": trainable.state_dict(),
-                                     "ema": ema.state_dict() if ema is not None else None,
-                                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                                     "step": step, "epoch": epoch, "rng": [rng_state()], "config": config,
-                                     "history": history, "nodes": nodes, "resumed_from": resumed_from})
-                save_model(Path(folder) / "model.pth", export, cfg.model, extra={"step": step, "stage": config["stage"]})
-                checkpoint = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report(metrics, checkpoint=checkpoint)
-        log.info("step %d loss %.4f lr %.3g %s", step, metrics["loss"], metrics["lr"],
-                 f"val PSNR-Y {metrics['val_psnr_y']:.2f}" if "val_psnr_y" in metrics else "")
 
-    stop = min(cfg.steps, cfg.stop_at_step or cfg.steps)
-    for epoch in count(epoch):
-        if step >= stop:
-            break
-        trainable.train()
-        for lr_img, hr_img in batches(epoch):
-            lr_img, hr_img = lr_img.to(device), hr_img.to(device)
-            if cfg.channels_last:
-                lr_img = lr_img.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                sr, feats = runner(lr_img)
-                loss = reconstruction_loss(sr.float(), hr_img, cfg.loss) * (cfg.w_rec if distill else 1.0)
-                if distill:
-                    with torch.no_grad():
-                        t_feats = teacher.forward_features(lr_img)
-                        t_sr = teacher.reconstruct(t_feats, lr_img)
-                    for term in loss_terms(sr, feats, t_sr, t_feats).values():
-                        loss = loss + term
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(trainable.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            step += 1
-            samples += lr_img.shape[0]
-            window.append(loss.detach())
-            if cfg.fail_once_at_step == step and rank == 0 and not marker.exists():
-                marker.parent.mkdir(parents=True, exist_ok=True)
-                marker.touch()
-                raise RuntimeError(f"injected failure at step {step} (fail_once_at_step)")
-            if step % cfg.val_every == 0 or step == stop:
-                report()
-            if step >= stop:
-                break
+def compute_loss(state: TrainState, lr_img: torch.Tensor, hr_img: torch.Tensor) -> torch.Tensor:
+    """The training objective: reconstruction L1/Charbonnier, plus distillation terms for a student."""
+    cfg = state.cfg
+    sr, feats = state.runner(lr_img)
+    loss = reconstruction_loss(sr.float(), hr_img, cfg.loss)
+    if state.teacher is None:
+        return loss
+    loss = loss * cfg.w_rec
+    with torch.no_grad():
+        t_feats = state.teacher.forward_features(lr_img)
+        t_sr = state.teacher.reconstruct(t_feats, lr_img)
+    for term in state.trainable.distill(sr, feats, t_sr, t_feats).values():
+        loss = loss + term
+    return loss
+
+
+def train_step(state: TrainState, lr_img: torch.Tensor, hr_img: torch.Tensor) -> None:
+    """One optimisation step on one batch."""
+    lr_img, hr_img = lr_img.to(state.device), hr_img.to(state.device)
+    if state.cfg.channels_last:
+        lr_img = lr_img.contiguous(memory_format=torch.channels_last)
+    use_amp = state.cfg.amp and state.device.type == "cuda"
+    with torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=use_amp):
+        loss = compute_loss(state, lr_img, hr_img)
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if state.cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(state.trainable.parameters(), state.cfg.grad_clip)
+    state.optimizer.step()
+    state.scheduler.step()
+    if state.ema is not None:
+        state.ema.update_parameters(state.model)
+    state.step += 1
+    state.samples += lr_img.shape[0]
+    state.window.append(loss.detach())
+
+
+def validate(state: TrainState) -> float:
+    """PSNR-Y of the exported weights (EMA when kept) on the held-out set."""
+    return evaluate_dataset(state.export, state.cfg.val_dataset, state.cfg.scale, device=state.device).psnr_y
+
+
+def progress_metrics(state: TrainState) -> dict[str, Any]:
+    """What the driver's progress display shows between validations."""
+    return {"step": state.step, "steps": state.last_step, "epoch": state.epoch,
+            "lr": state.scheduler.get_last_lr()[0],
+            "loss": torch.stack(list(state.window)).mean().item() if state.window else math.nan,
+            "samples_per_s": state.samples * state.world / max(1e-9, time.perf_counter() - state.t0),
+            "val_psnr_y": state.last_psnr}
+
+
+def save_checkpoint(state: TrainState, folder: str | os.PathLike) -> None:
+    """state.pt + state.json (see ``srcore.train.state``) and the exportable model.pth."""
+    tensors = {"trainable": state.trainable.state_dict(),
+               "ema": state.ema.state_dict() if state.ema is not None else None,
+               "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
+               "torch_rng": [torch.get_rng_state()]}
+    rng = rng_state()
+    meta = {"step": state.step, "epoch": state.epoch, "position": state.position,
+            "rng": [{"python": rng["python"], "numpy": rng["numpy"]}], "config": state.config,
+            "history": state.history, "nodes": state.nodes, "resumed_from": state.resumed_from}
+    write_state(folder, tensors, meta)
+    save_model(Path(folder) / "model.pth", state.export, state.cfg.model,
+               extra={"step": state.step, "stage": state.config["stage"]})
+
+
+def report(state: TrainState) -> None:
+    """Validate (rank 0), record history, checkpoint, and hand metrics to Ray Train."""
+    import ray.train
+
+    if state.rank == 0:
+        state.last_psnr = validate(state)
+    metrics = progress_metrics(state)
+    if state.rank == 0:
+        state.history.append({k: metrics[k] for k in ("step", "epoch", "loss", "lr", "val_psnr_y")})
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if state.rank == 0:
+            save_checkpoint(state, folder)
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report(metrics, checkpoint=checkpoint)
+    _send_progress(state, metrics)
+    log.debug("step %d loss %.4f lr %.3g val PSNR-Y %.2f", state.step, metrics["loss"], metrics["lr"],
+              metrics["val_psnr_y"])
+
+
+def _send_progress(state: TrainState, metrics: dict[str, Any]) -> None:
+    """Rank 0 tells the driver's progress display (when the driver listens) where the run is."""
+    channel = state.config.get("progress")
+    if channel is None or state.rank != 0:
+        return
+    try:
+        channel.put_nowait({"stage": state.config["stage"], **metrics})
+    except Exception:  # a full or vanished display queue must never stop training
+        log.debug("progress update dropped", exc_info=True)
+
+
+def _train_epochs(state: TrainState) -> None:
+    progress_every, last_sent = 1.0, time.perf_counter()
+    while state.step < state.last_step:
+        state.trainable.train()
+        for lr_img, hr_img in epoch_batches(state):
+            train_step(state, lr_img, hr_img)
+            state.faults.after_step(state.step, state.rank, Path(state.config["run_dir"]) / ".failed_once")
+            if state.step % state.cfg.val_every == 0 or state.step == state.last_step:
+                report(state)
+            elif time.perf_counter() - last_sent > progress_every:
+                _send_progress(state, progress_metrics(state))
+                last_sent = time.perf_counter()
+            if state.step >= state.last_step:
+                return
+        state.epoch, state.position = state.epoch + 1, 0
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point. ``config``: {"stage": "teacher"|"distill", "train": dict, "loader": dict,
+    "shards": folder, "cwd": folder to resolve relative paths against, "run_dir": the run's folder,
+    "faults": FaultPlan fields, "progress": optional queue for the driver's display}."""
+    import ray.train
+    import ray.train.torch
+
+    os.chdir(config["cwd"])
+    ctx = ray.train.get_context()
+    try:
+        state = setup(config, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
+        resume(state, load_with_fallback(ray.train.get_checkpoint()))
+        _connect_ranks(state)
+        state.batches = _loader(state)
+        _train_epochs(state)
+    except SrcoreError as exc:
+        # Not retried: the same data and config would fail the same way on every attempt.
+        log.error("%s", exc)
+        ray.train.report({FATAL_KEY: str(exc), "fatal_type": type(exc).__name__})

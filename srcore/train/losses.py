@@ -17,10 +17,11 @@ from torch import nn
 from srcore.errors import ConfigError
 from srcore.models.base import Features
 
-__all__ = ["reconstruction_loss", "depth_mapping", "DistillationLoss"]
+__all__ = ["DistillationLoss", "depth_mapping", "reconstruction_loss"]
 
 
-def reconstruction_loss(sr: torch.Tensor, hr: torch.Tensor, kind: str = "l1", eps: float = 1e-3) -> torch.Tensor:
+def reconstruction_loss(sr: torch.Tensor, hr: torch.Tensor, kind: str = "l1",
+                        eps: float = 1e-3) -> torch.Tensor:
     if kind == "l1":
         return F.l1_loss(sr, hr)
     if kind == "charbonnier":
@@ -46,7 +47,8 @@ def _adapter(c_in: int, c_out: int) -> nn.Module:
 class DistillationLoss(nn.Module):
     """Weighted sum of output, deep-feature and multi-depth feature distillation terms."""
 
-    def __init__(self, student_feats: Features, teacher_feats: Features, w_out: float = 0.0, w_feat: float = 1.0,
+    def __init__(self, student_feats: Features, teacher_feats: Features, w_out: float = 0.0,
+                 w_feat: float = 1.0,
                  w_depth: float = 0.0, depth_weights: Sequence[float] | None = None,
                  depth_map: Sequence[int] | str = "proportional") -> None:
         super().__init__()
@@ -62,7 +64,8 @@ class DistillationLoss(nn.Module):
             _adapter(student_feats.blocks[i].shape[1], teacher_feats.blocks[t].shape[1])
             for i, t in enumerate(self.mapping))
 
-    def forward(self, sr: torch.Tensor, s: Features, t_sr: torch.Tensor, t: Features) -> dict[str, torch.Tensor]:
+    def forward(self, sr: torch.Tensor, s: Features, t_sr: torch.Tensor,
+                t: Features) -> dict[str, torch.Tensor]:
         terms: dict[str, torch.Tensor] = {}
         if self.w_out:
             terms["out"] = self.w_out * F.l1_loss(sr, t_sr)
@@ -70,7 +73,8 @@ class DistillationLoss(nn.Module):
             terms["feat"] = self.w_feat * F.l1_loss(self.feat_adapter(s.deep), t.deep)
         if self.w_depth:
             total = sr.new_zeros(())
-            for i, (tj, w, ad) in enumerate(zip(self.mapping, self.depth_weights, self.depth_adapters)):
+            pairs = zip(self.mapping, self.depth_weights, self.depth_adapters, strict=False)
+            for i, (tj, w, ad) in enumerate(pairs):
                 total = total + w * F.l1_loss(ad(s.blocks[i]), t.blocks[tj])
             terms["depth"] = self.w_depth * total
         return terms

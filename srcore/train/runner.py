@@ -175,7 +175,9 @@ def _raise_fatal(metrics: dict[str, Any]) -> None:
 
     if FATAL_KEY in metrics:
         kind = getattr(errors, str(metrics.get("fatal_type")), SrcoreError)
-        raise (kind if isinstance(kind, type) and issubclass(kind, SrcoreError) else SrcoreError)(metrics[FATAL_KEY])
+        if not (isinstance(kind, type) and issubclass(kind, SrcoreError)):
+            kind = SrcoreError
+        raise kind(metrics[FATAL_KEY])
 
 
 def _trainer(params: Params, stage: str, cfg: TrainParams, storage: str, run_dir: str, progress: Any):
@@ -192,7 +194,8 @@ def _trainer(params: Params, stage: str, cfg: TrainParams, storage: str, run_dir
         train_loop_per_worker, datasets=datasets,
         train_loop_config={"stage": stage, "train": cfg.model_dump(mode="json"),
                            "loader": params.loader.model_dump(mode="json"),
-                           "shards": str(Path(params.prepare.out).resolve()), "cwd": os.getcwd(), "run_dir": run_dir,
+                           "shards": str(Path(params.prepare.out).resolve()), "cwd": os.getcwd(),
+                           "run_dir": run_dir,
                            "faults": faults.from_env().as_dict(), "progress": progress},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
@@ -219,7 +222,6 @@ def run_stage(params: Params, stage: str, address: str | None = None, name: str 
 
     Re-running with the same run name continues from the run's latest checkpoint.
     """
-    stage_params(params, stage)
     address = address or stage_params(params, stage).ray.address
     cfg = check_training_inputs(params, stage, address)
     if name:
@@ -229,23 +231,24 @@ def run_stage(params: Params, stage: str, address: str | None = None, name: str 
     config_digest = _digest(stage, cfg, params)
     done = _finished(run_dir, config_digest, cfg.steps)
     if done is not None:
-        log.info("%s already trained to step %s with these parameters; not training again", cfg.name, cfg.steps)
+        log.info("%s already trained to step %s with these parameters; not training again",
+                 cfg.name, cfg.steps)
         return done
     import ray.train
 
-    ensure_ray(address)
-    if address:
-        check_cluster_fits(cfg, stage, _cluster_cpus(), f"the Ray cluster at {address}")
     quiet = quiet_ray and not is_uri(run_dir)
-    with ray_log_to_file(Path(run_dir) / RAY_LOG) if quiet else nullcontext(), \
-            _progress_channel(on_progress) as progress:
-        try:
-            result = _trainer(params, stage, cfg, storage, run_dir, progress).fit()
-        except ray.train.TrainingFailedError as exc:
-            where = f"; details in {Path(run_dir) / RAY_LOG}" if quiet else ""
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise TrainingFailed(f"{cfg.name}: training failed after {cfg.ray.max_failures} "
-                                 f"retries: {first}{where}") from None
+    with ray_log_to_file(Path(run_dir) / RAY_LOG) if quiet else nullcontext():
+        ensure_ray(address)
+        if address:
+            check_cluster_fits(cfg, stage, _cluster_cpus(), f"the Ray cluster at {address}")
+        with _progress_channel(on_progress) as progress:
+            try:
+                result = _trainer(params, stage, cfg, storage, run_dir, progress).fit()
+            except ray.train.TrainingFailedError as exc:
+                where = f"; details in {Path(run_dir) / RAY_LOG}" if quiet else ""
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise TrainingFailed(f"{cfg.name}: training failed after {cfg.ray.max_failures} "
+                                     f"retries: {first}{where}") from None
     _raise_fatal(dict(result.metrics or {}))
     if result.checkpoint is None:
         raise TrainingFailed(f"run {cfg.name} finished without a checkpoint")

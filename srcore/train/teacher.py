@@ -8,22 +8,9 @@ from pathlib import Path
 from srcore.errors import CheckpointError
 from srcore.models import load_model
 from srcore.models.base import SRModel
+from srcore.train.storage import fetch_to_local, is_uri
 
-__all__ = ["load_teacher", "fetch_to_local"]
-
-
-def fetch_to_local(uri: str, folder: str) -> Path:
-    """Copy an object-store file (s3://..., any pyarrow filesystem URI) into ``folder``."""
-    import pyarrow.fs as pafs
-
-    fs, path = pafs.FileSystem.from_uri(uri)
-    target = Path(folder) / Path(path).name
-    try:
-        with fs.open_input_stream(path) as src, open(target, "wb") as dst:
-            dst.write(src.read())
-    except OSError as exc:
-        raise CheckpointError(f"{uri}: cannot fetch teacher weights ({exc})") from exc
-    return target
+__all__ = ["load_teacher"]
 
 
 def load_teacher(spec: str, scale: int, preset: str | None = None) -> SRModel:
@@ -33,17 +20,23 @@ def load_teacher(spec: str, scale: int, preset: str | None = None) -> SRModel:
         from srcore.tracking.registry import load_registered_model
 
         model = load_registered_model(spec)
-    elif "://" in spec:
+    elif is_uri(spec):
         with tempfile.TemporaryDirectory() as tmp:
-            model = load_model(fetch_to_local(spec, tmp), name=preset, scale=scale)
+            try:
+                local = fetch_to_local(spec, tmp)
+            except OSError as exc:
+                raise CheckpointError(f"{spec}: cannot fetch teacher weights ({exc})") from exc
+            model = load_model(local, name=preset, scale=scale)
     else:
         path = Path(spec)
         if path.is_dir():
             path = path / "model.pth"
         if not path.is_file():
-            raise CheckpointError(f"teacher {spec}: not found; train one first (srcore train --stage teacher) "
-                                  "or point student.teacher at a checkpoint, run folder or models:/ URI")
+            raise CheckpointError(f"teacher {spec}: not found; train one first (srcore train --stage "
+                                  "teacher) or point student.teacher at a checkpoint, run folder or "
+                                  "models:/ URI")
         model = load_model(path, name=preset, scale=scale)
     if model.scale != scale:
-        raise CheckpointError(f"teacher {spec} is x{model.scale} but the student is x{scale}; use matching scales")
+        raise CheckpointError(f"teacher {spec} is x{model.scale} but the student is x{scale}; "
+                              "use matching scales")
     return model

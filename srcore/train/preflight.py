@@ -1,0 +1,104 @@
+"""Checks that a training stage can run, made on the driver before Ray starts.
+
+Each check turns a failure that would otherwise surface minutes later inside a Ray worker (and be
+retried for nothing) into a one-line ``SrcoreError`` naming the parameter and what to do: unknown
+model or overrides, missing shards, a patch larger than the stored sub-images, a batch larger
+than a rank's share of the patches, more CPUs per rank than the machine or cluster has, a missing
+teacher or one of another scale. Single-field rules (gamma, milestones) live in ``srcore.config``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from srcore.config import DistillParams, Params, TrainParams
+from srcore.data.loaders import shard_files
+from srcore.errors import ConfigError, DataError
+from srcore.models.presets import config_for
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MANIFEST", "check_cluster_fits", "check_training_inputs"]
+
+MANIFEST = "manifest.json"
+
+
+def stage_params(params: Params, stage: str) -> TrainParams:
+    if stage not in ("teacher", "distill"):
+        raise ConfigError(f"unknown stage {stage!r}; use teacher or distill")
+    return params.student if stage == "distill" else params.teacher
+
+
+def _section(stage: str) -> str:
+    return "student" if stage == "distill" else "teacher"
+
+
+def _manifest(out: str | os.PathLike) -> dict[str, Any] | None:
+    path = Path(out) / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable ({exc}); run `srcore data prepare` again") from None
+
+
+def _check_patches(params: Params, cfg: TrainParams, stage: str) -> None:
+    """Patch size against the stored sub-images, batch size against each rank's share of them."""
+    manifest = _manifest(params.prepare.out)
+    if manifest is None:
+        log.debug("no %s in %s: patch and batch sizes checked by the loader", MANIFEST, params.prepare.out)
+        return
+    where = Path(params.prepare.out) / MANIFEST
+    crop = int((manifest.get("params") or {}).get("crop_size", 0))
+    lr_side = crop // cfg.scale
+    patch = params.loader.patch_size
+    if crop and patch > lr_side:
+        raise ConfigError(f"loader.patch_size {patch} is larger than the x{cfg.scale} LR sub-images in "
+                          f"{where} ({crop} // {cfg.scale} = {lr_side} px); set loader.patch_size to at most "
+                          f"{lr_side} or prepare again with a larger prepare.crop_size")
+    rows = int(((manifest.get("scales") or {}).get(str(cfg.scale)) or {}).get("rows", -1))
+    ranks, batch = cfg.ray.num_workers, params.loader.batch_size
+    if rows >= 0 and rows // ranks < batch:
+        raise ConfigError(f"loader.batch_size {batch} is more than each of the {ranks} ranks "
+                          f"({_section(stage)}.ray.num_workers) gets: {where} lists {rows} x{cfg.scale} "
+                          "patches; lower loader.batch_size or prepare more data")
+
+
+def _local_cpus() -> float:
+    import ray
+
+    if ray.is_initialized():
+        return float(ray.cluster_resources().get("CPU", 0))
+    return float(os.cpu_count() or 1)
+
+
+def check_cluster_fits(cfg: TrainParams, stage: str, node_cpus: list[float], where: str) -> None:
+    """Every rank must fit on one node, and all ranks on the cluster, or Ray waits for ever."""
+    need, ranks = cfg.ray.cpus_per_worker, cfg.ray.num_workers
+    key = f"{_section(stage)}.ray.cpus_per_worker"
+    if node_cpus and need > max(node_cpus):
+        raise ConfigError(f"{key} {need:g} is more than the {max(node_cpus):g} CPUs of the largest node of "
+                          f"{where}; lower {key}")
+    if node_cpus and need * ranks > sum(node_cpus):
+        raise ConfigError(f"{ranks} ranks x {key} {need:g} = {need * ranks:g} CPUs, but {where} has "
+                          f"{sum(node_cpus):g}; lower {_section(stage)}.ray.num_workers or {key}")
+
+
+def check_training_inputs(params: Params, stage: str, address: str | None = None) -> TrainParams:
+    """Refuse, before anything starts, a stage that cannot train; returns the stage's params."""
+    cfg = stage_params(params, stage)
+    config_for(cfg.model, cfg.scale, **cfg.model_overrides)  # unknown model / bad overrides fail here
+    shard_files(params.prepare.out, cfg.scale)
+    _check_patches(params, cfg, stage)
+    if not address:
+        check_cluster_fits(cfg, stage, [_local_cpus()], "this machine")
+    if isinstance(cfg, DistillParams):
+        from srcore.train.teacher import load_teacher
+
+        load_teacher(cfg.teacher, cfg.scale, cfg.teacher_model)  # missing teacher / scale mismatch fail here
+    return cfg

@@ -1,0 +1,204 @@
+"""Training without Ray: checkpoints that cannot run code, old checkpoints still read, parameters
+refused before Ray starts, epoch-exact batch positions, storage helpers and the fault hook."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from srcore.config import load_params
+from srcore.errors import CheckpointError, ConfigError
+from srcore.train import faults
+from srcore.train.state import load_with_fallback, read_state, restore_rng, rng_state, write_state
+from srcore.train.storage import copy_file, is_uri
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: what a planted checkpoint would do with real code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def _plant(path: Path, marker: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"step": 99, "trainable": _Payload(marker)}, path)
+
+
+def test_planted_state_is_refused_and_older_checkpoint_used(tmp_path, caplog):
+    from ray.train import Checkpoint
+
+    # the payload is live: a full unpickle runs it
+    live = tmp_path / "live-marker"
+    _plant(tmp_path / "probe" / "state.pt", live)
+    torch.load(tmp_path / "probe" / "state.pt", weights_only=False)
+    assert live.exists()
+
+    marker = tmp_path / "marker"
+    run = tmp_path / "run"
+    old, new = run / "checkpoint_2026-01-01_00-00-01", run / "checkpoint_2026-01-01_00-00-02"
+    write_state(old, {"trainable": {"w": torch.ones(2)}}, {"step": 7})
+    _plant(new / "state.pt", marker)
+    with pytest.raises(CheckpointError, match="refused"):
+        read_state(new)
+    with caplog.at_level(logging.WARNING):
+        state = load_with_fallback(Checkpoint(str(new)))
+    assert not marker.exists()
+    assert state["step"] == 7 and torch.equal(state["trainable"]["w"], torch.ones(2))
+    assert "refused" in caplog.text and "resumed from older" in caplog.text
+
+
+def test_single_file_checkpoint_from_before_the_split_still_loads(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.Adam(model.parameters())
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [3, 5], 0.5)
+    random.seed(3)
+    np.random.seed(3)
+    legacy_rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    expected = (random.random(), np.random.rand())
+    torch.save({"trainable": model.state_dict(), "ema": None, "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "step": 4, "epoch": 1, "rng": [legacy_rng],
+                "config": {"stage": "teacher"}, "history": [], "nodes": ["n"], "resumed_from": None},
+               tmp_path / "state.pt")
+    state = read_state(tmp_path)
+    assert state["step"] == 4 and isinstance(state["scheduler"]["milestones"], Counter)
+    restore_rng(state["rng"][0])
+    assert (random.random(), np.random.rand()) == expected
+
+
+def test_rng_state_round_trips_through_the_checkpoint(tmp_path):
+    rng = rng_state()
+    write_state(tmp_path, {"torch_rng": [rng["torch"]]}, {"rng": [{k: rng[k] for k in ("python", "numpy")}]})
+    expected = (random.random(), np.random.rand(), torch.rand(1))
+    restore_rng(read_state(tmp_path)["rng"][0])
+    assert (random.random(), np.random.rand()) == expected[:2] and torch.equal(torch.rand(1), expected[2])
+    assert json.loads((tmp_path / "state.json").read_text())["rng"][0]["numpy"][0] == "MT19937"
+
+
+@pytest.mark.parametrize(("key", "value", "field"), [
+    ("teacher.gamma", -1, "teacher.gamma"), ("teacher.gamma", 1.5, "teacher.gamma"),
+    ("student.gamma", 0, "student.gamma"), ("teacher.milestones", [0.8, 0.5], "teacher.milestones"),
+    ("teacher.milestones", [0.5, 0.5], "teacher.milestones"),
+    ("teacher.milestones", [0.5, 1.0], "teacher.milestones"),
+])
+def test_schedule_values_are_refused_by_name(key, value, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_params(None, {key: value})
+
+
+@pytest.fixture(scope="module")
+def patches(tmp_path_factory):
+    """A prepared folder with a manifest (x2, 48 px HR crops -> 24 px LR, 36 patches)."""
+    from PIL import Image
+
+    from srcore.data.prepare import prepare
+
+    root = tmp_path_factory.mktemp("checks")
+    (root / "raw").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (96, 96, 3), dtype=np.uint8)).save(root / "raw" / f"im{i}.png")
+    prepare(load_params(None, {"prepare.scales": [2], "prepare.crop_size": 48, "prepare.step": 24,
+                               "prepare.workers": 1, "prepare.input": str(root / "raw"),
+                               "prepare.out": str(root / "patches")}).prepare)
+    return root / "patches"
+
+
+def _cli_train(patches: Path, tmp_path: Path, monkeypatch, *sets: str):
+    from srcore.cli import app
+    from srcore.train import runner
+
+    def no_ray(*_a, **_k):
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(runner, "ensure_ray", no_ray)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "none.yaml").write_text("{}\n")
+    args = ["train", "--params", "none.yaml", "--set", f"prepare.out={patches}", "--set", "teacher.scale=2",
+            "--set", "teacher.ray.cpus_per_worker=1", "--set", "loader.patch_size=12"]
+    for s in sets:
+        args += ["--set", s]
+    return CliRunner().invoke(app, args)
+
+
+@pytest.mark.parametrize(("setting", "field"), [
+    ("teacher.gamma=-1", "teacher.gamma"),
+    ("loader.patch_size=500", "loader.patch_size"),
+    ("loader.batch_size=64", "loader.batch_size"),
+    ("teacher.ray.cpus_per_worker=512", "teacher.ray.cpus_per_worker"),
+    ("teacher.ray.num_workers=64", "teacher.ray.num_workers"),
+])
+def test_train_refuses_before_ray_starts(patches, tmp_path, monkeypatch, setting, field):
+    res = _cli_train(patches, tmp_path, monkeypatch, setting)
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2, res.output
+    assert field in text and "Traceback" not in text and "Ray was started" not in text
+
+
+def test_patch_size_message_gives_the_limit(patches, tmp_path, monkeypatch):
+    res = _cli_train(patches, tmp_path, monkeypatch, "loader.patch_size=500")
+    assert "at most 24" in " ".join(res.output.split())
+
+
+def test_epoch_batches_skip_what_a_checkpoint_already_trained():
+    from types import SimpleNamespace
+
+    from srcore.errors import DataError
+    from srcore.train.loop import epoch_batches
+
+    state = SimpleNamespace(epoch=1, position=3, rank=0, world=1, lcfg=SimpleNamespace(batch_size=4),
+                            batches=lambda epoch: iter([(epoch, i) for i in range(5)]))
+    got = []
+    for batch in epoch_batches(state):
+        got.append(batch)
+        assert state.position == batch[1] + 1  # position counts batches trained in this epoch
+    assert got == [(1, 3), (1, 4)]
+    state.batches = lambda epoch: iter([])
+    with pytest.raises(DataError, match="loader.batch_size"):
+        list(epoch_batches(state))
+
+
+def test_fault_plan_comes_only_from_the_test_hook(tmp_path):
+    assert "fail_once_at_step" not in load_params(None).teacher.model_dump()
+    with pytest.raises(ConfigError, match="fail_once_at_step"):
+        load_params(None, {"teacher.fail_once_at_step": 3})
+    assert faults.from_env() == faults.FaultPlan()
+    with faults.injected(stop_at_step=4):
+        plan = faults.from_env()
+    assert plan.last_step(10) == 4 and faults.ENV not in os.environ
+    marker = tmp_path / ".failed_once"
+    fail = faults.FaultPlan(fail_once_at_step=2)
+    fail.after_step(2, rank=1, marker=marker)  # only rank 0 fails
+    with pytest.raises(RuntimeError, match="injected failure"):
+        fail.after_step(2, rank=0, marker=marker)
+    fail.after_step(2, rank=0, marker=marker)  # once
+    os.environ[faults.ENV] = "not json"
+    try:
+        with pytest.raises(ConfigError, match=faults.ENV):
+            faults.from_env()
+    finally:
+        del os.environ[faults.ENV]
+
+
+def test_copy_file_between_local_paths_and_uris(tmp_path):
+    src = tmp_path / "a.bin"
+    src.write_bytes(b"weights")
+    assert is_uri("s3://bucket/x") and is_uri(f"file://{src}")
+    assert not is_uri(src) and not is_uri("models:/m@a")
+    copy_file(src, tmp_path / "sub" / "b.bin")
+    copy_file(f"file://{tmp_path / 'sub' / 'b.bin'}", tmp_path / "c.bin")
+    copy_file(src, f"file://{tmp_path / 'd.bin'}")
+    assert {p.read_bytes() for p in (tmp_path / "c.bin", tmp_path / "d.bin")} == {b"weights"}
+    assert not list(tmp_path.glob(".*.tmp")) and not list((tmp_path / "sub").glob(".*.tmp"))
