@@ -155,11 +155,20 @@ def _fetch_version(uri: str, name: str, alias: str | None, version: str | None) 
                 with atomic_output(path) as dst:
                     shutil.copyfile(files[0], dst)
     except MlflowException as exc:
-        first = str(exc.message).strip().splitlines()[0] if str(exc.message).strip() else type(exc).__name__
-        raise CheckpointError(f"{uri}: cannot load the registered model ({first[:300]})") from None
+        raise CheckpointError(f"{uri}: cannot load the registered model from {server} "
+                              f"({_short_reason(str(exc.message))})") from None
     if alias:
         atomic_write_text(folder / f"@{alias}", f"{mv.version}\n")
     return path
+
+
+def _short_reason(message: str) -> str:
+    """The useful part of an MLflow error: the HTTP client's cause when there is one, else its first line."""
+    cause = re.search(r"Caused by \w+\('([^']+)'", message)
+    if cause:
+        return cause[1]
+    lines = message.strip().splitlines()
+    return lines[0][:300] if lines else "no detail"
 
 
 def load_registered_model(uri: str, offline: bool = False) -> SRModel:
@@ -173,6 +182,7 @@ def load_registered_model(uri: str, offline: bool = False) -> SRModel:
         path = _cached_version(uri, name, alias, version)
     else:
         total = tracking_timeout()
+        import mlflow.artifacts  # noqa: F401  (imported here: importing MLflow must not eat into the deadline)
         with bounded_requests(total):
             path = call_with_deadline(lambda: _fetch_version(uri, name, alias, version), total, uri)
     log.debug("%s -> %s", uri, path)
