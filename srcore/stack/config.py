@@ -58,6 +58,7 @@ class Ports(BaseModel):
     mlflow: int
     prefect: int
     ray: int
+    ray_dashboard: int
 
     @classmethod
     def from_base(cls, base: int) -> Ports:

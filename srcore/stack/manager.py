@@ -8,8 +8,11 @@ what this call started is stopped again, and the error names the service and its
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from srcore.stack.config import StackConfig, StackError
@@ -53,13 +56,29 @@ class UpReport:
     total_s: float = 0.0
 
 
+@contextmanager
+def _exclusive(cfg: StackConfig) -> Iterator[None]:
+    """One ``up``/``down`` at a time per stack folder (a second one fails at once, naming the folder)."""
+    cfg.root.mkdir(parents=True, exist_ok=True)
+    with open(cfg.path(".lock"), "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StackError(f"{cfg.root}: another `srcore stack up/down` is running there") from None
+        yield
+
+
 def _services(cfg: StackConfig) -> list[Service]:
     return [cls(cfg) for wave in WAVES for cls in wave]
 
 
 def up(cfg: StackConfig) -> UpReport:
     """Start every service that is not running; write the env file. Idempotent."""
-    cfg.root.mkdir(parents=True, exist_ok=True)
+    with _exclusive(cfg):
+        return _up(cfg)
+
+
+def _up(cfg: StackConfig) -> UpReport:
     cfg.save()
     cfg.credentials()
     report = UpReport()
@@ -103,6 +122,11 @@ def status(cfg: StackConfig) -> list[ServiceStatus]:
 
 def down(cfg: StackConfig) -> dict[str, list[int]]:
     """Stop what ``up`` started (reverse order); the data stays for the next ``up``."""
+    with _exclusive(cfg):
+        return _down(cfg)
+
+
+def _down(cfg: StackConfig) -> dict[str, list[int]]:
     stopped: dict[str, list[int]] = {}
     errors = []
     for svc in reversed(_services(cfg)):

@@ -392,7 +392,7 @@ class RayCluster(Service):
     """Two Ray nodes on one host: a head on ``ray_head_ip`` and a worker on ``ray_worker_ip``."""
 
     name = "ray"
-    port_names = ("ray",)
+    port_names = ("ray", "ray_dashboard")
 
     @property
     def temp_dir(self) -> Path:
@@ -413,6 +413,8 @@ class RayCluster(Service):
 
     def _ray(self, *args: str) -> None:
         env = service_env(self.cfg)
+        # The raylet waits 15 s by default for its Python agents' ports: too short on a loaded 2-core host.
+        env.setdefault("RAY_agent_register_timeout_ms", "120000")
         res = subprocess.run([_exe("ray"), *args], env=env, capture_output=True, text=True, timeout=300)
         with open(self.log_file, "a") as out:
             out.write(f"$ ray {' '.join(args)}\n{res.stdout}{res.stderr}\n")
@@ -429,7 +431,9 @@ class RayCluster(Service):
         common = [f"--num-cpus={self.cfg.ray_cpus_per_node}", "--disable-usage-stats",
                   f"--temp-dir={self.temp_dir}"]
         head = ["start", "--head", f"--node-ip-address={self.cfg.ray_head_ip}",
-                f"--port={self.cfg.ports.ray}", "--include-dashboard=false", *common]
+                f"--port={self.cfg.ports.ray}", "--include-dashboard=false",
+                # even without the dashboard, the head runs its API on this port (default 8265, often taken)
+                f"--dashboard-port={self.cfg.ports.ray_dashboard}", *common]
         worker = ["start", f"--address={self.cfg.ray_address}", f"--node-ip-address={self.cfg.ray_worker_ip}",
                   *common]
         # `ray start` gives a node a fixed 30 s to register; on a loaded host that can pass, so try twice.
