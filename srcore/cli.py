@@ -223,6 +223,8 @@ def upscale_cmd(
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     tile: Annotated[Optional[int], typer.Option(help="Tile size for large images.")] = None,
     offline: Annotated[bool, typer.Option(help="Load models:/ weights from the local cache only.")] = False,
+    onnx: Annotated[Path | None, typer.Option(help="Run this ONNX file (from `srcore export`) instead of "
+                                                   "--model/--weights; fixed-size graphs are tiled.")] = None,
 ) -> None:
     """Super-resolve one image, or every image of a folder into another folder (PNG files)."""
     from srcore.data.image_io import read_rgb, write_png
@@ -233,13 +235,19 @@ def upscale_cmd(
     failed: list[str] = []
     try:
         jobs = _upscale_jobs(image, output)
-        if weights is None and model != "bicubic":
+        if weights is None and model != "bicubic" and onnx is None:
             _fail(f"{model} needs --weights (a checkpoint or models:/name@alias); without them it would "
                   "write the output of random weights. Only bicubic runs without weights")
         dev = _resolve_device(device)
-        net = _load(model, scale, weights, None, offline).to(dev).eval()
+        if onnx is None:
+            net, tiling = _load(model, scale, weights, None, offline).to(dev).eval(), tile
+        else:
+            from srcore.export import load_exported
+
+            net = load_exported(onnx, dev, fmt="onnx")
+            tiling = net.plan(tile)
         if net.scale != scale:
-            _fail(f"the weights are for x{net.scale}, but --scale is {scale}")
+            _fail(f"the {'ONNX file' if onnx else 'weights'} is for x{net.scale}, but --scale is {scale}")
         for src, dst in jobs:
             try:
                 lr = read_rgb(src)
@@ -257,6 +265,44 @@ def upscale_cmd(
     if failed:
         _fail(f"{len(failed)} of {len(jobs)} images could not be read or were too small: "
               f"{', '.join(failed)}", 1)
+
+
+@app.command("export")
+def export_cmd(
+    out_file: Annotated[Path, typer.Option("--out", help="File to write (.onnx: ONNX, .pt: TorchScript).")],
+    model: Annotated[str, typer.Option(help="Model preset (see `srcore models`).")] = "rlfn",
+    scale: Annotated[int, typer.Option(help="Upscaling factor.")] = 4,
+    weights: Annotated[str | None, typer.Option(help="Checkpoint: srcore, official or BasicSR .pth, "
+                                                     "or models:/name@alias.")] = None,
+    weights_key: Annotated[str | None, typer.Option(help="BasicSR key (params_ema or params).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
+    tile: Annotated[int | None, typer.Option(help="Fixed square input size N (runtimes tile larger images); "
+                                                  "default: dynamic H/W.")] = None,
+    fp16: Annotated[bool, typer.Option(help="Half precision (checked against fp32 within 1e-2).")] = False,
+    offline: Annotated[bool, typer.Option(help="Load models:/ weights from the local cache only.")] = False,
+) -> None:
+    """Export a model to ONNX or TorchScript; the file is written only if it matches PyTorch."""
+    from pydantic import ValidationError
+
+    from srcore.export import ExportOptions, export_model
+
+    try:
+        options = ExportOptions(format=fmt, tile=tile, fp16=fp16)
+    except ValidationError as exc:
+        _fail("; ".join(f"--{e['loc'][0]}: {e['msg']}" for e in exc.errors()))
+    try:
+        net = _load(model, scale, weights, weights_key, offline).eval()
+        report = export_model(net, out_file, options)
+    except SrcoreError as exc:
+        _fail(str(exc))
+    table = Table(title=f"{report.arch} x{report.scale} -> {report.format} ({report.dtype}), "
+                        f"input {'x'.join(map(str, report.size)) if report.size else 'dynamic'}")
+    for col in ("image", "LR size", "max abs diff"):
+        table.add_column(col)
+    for c in report.cases:
+        table.add_row(c.image, f"{c.size[0]}x{c.size[1]}", f"{c.max_abs_diff:.2e}")
+    out.print(table)
+    console.print(f"wrote {out_file} (max abs diff {report.max_abs_diff:.2e} <= {report.tolerance:.0e})")
 
 
 data_app = typer.Typer(help="Training data: the embedded sample set and patch preprocessing.", no_args_is_help=True)
