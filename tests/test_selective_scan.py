@@ -26,6 +26,13 @@ def _run(args, backend, **kw):
                           **kw)
 
 
+def _grads(base, backend):
+    args = [t.clone().requires_grad_() for t in base]
+    y, h = _run(args, backend, return_last_state=True)
+    (y.square().mean() + h.sum()).backward()
+    return [a.grad for a in args]
+
+
 @pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("groups", [1, 2])
 def test_values_match_reference(backend, groups):
@@ -61,12 +68,7 @@ def test_gradients_gradcheck(backend):
 
 def test_gradients_match_reference_float32():
     base = _inputs(bsz=2, dim=6, state=5, length=300, dtype=torch.float32, seed=5)
-    grads = {}
-    for b in ("reference", "cpu"):
-        args = [t.clone().requires_grad_() for t in base]
-        y, h = _run(args, b, return_last_state=True)
-        (y.square().mean() + h.sum()).backward()
-        grads[b] = [a.grad for a in args]
+    grads = {b: _grads(base, b) for b in ("reference", "cpu")}
     for g_ref, g in zip(grads["reference"], grads["cpu"], strict=True):
         assert torch.allclose(g, g_ref, rtol=1e-4, atol=1e-5)
 
@@ -80,12 +82,7 @@ def test_cpu_chunking_boundaries_are_seamless(monkeypatch):
     full = _run(base, "cpu")
     monkeypatch.setattr(ss, "_CHUNK_STEPS", 16)  # 7 chunks, the last one partial
     assert torch.allclose(_run(base, "cpu"), full, atol=1e-12)
-    grads = {}
-    for b in ("reference", "cpu"):
-        args = [t.clone().requires_grad_() for t in base]
-        y, h = _run(args, b, return_last_state=True)
-        (y.square().mean() + h.sum()).backward()
-        grads[b] = [a.grad for a in args]
+    grads = {b: _grads(base, b) for b in ("reference", "cpu")}
     for g_ref, g in zip(grads["reference"], grads["cpu"], strict=True):
         assert torch.allclose(g, g_ref, rtol=1e-9, atol=1e-10)
 

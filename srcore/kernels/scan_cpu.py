@@ -36,6 +36,12 @@ def _row_block(part: int, n_parts: int, rows: int) -> tuple[int, int]:  # pragma
     return part * rows // n_parts, (part + 1) * rows // n_parts
 
 
+@nb.njit(inline="always")
+def _row_coords(r: int, dim: int, per_group: int) -> tuple[int, int, int]:  # pragma: no cover - compiled
+    """Batch, channel and group of row r = b * D + d."""
+    return r // dim, r % dim, (r % dim) // per_group
+
+
 @nb.njit(parallel=True, cache=True, fastmath=_FLAGS)
 def scan_forward(u: np.ndarray, delta: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray, chunk: int,
                  n_parts: int, y: np.ndarray, last: np.ndarray,
@@ -59,8 +65,7 @@ def scan_forward(u: np.ndarray, delta: np.ndarray, a: np.ndarray, b: np.ndarray,
             s = ci * chunk
             e = min(s + chunk, length)
             for r in range(r0, r1):
-                bi, di = r // dim, r % dim
-                gi = di // per_group
+                bi, di, gi = _row_coords(r, dim, per_group)
                 for n in range(n_state):
                     h[n] = last[r, n]
                     starts[ci, r, n] = h[n]
@@ -105,8 +110,7 @@ def scan_backward(u: np.ndarray, delta: np.ndarray, a: np.ndarray, b: np.ndarray
             s = ci * chunk
             e = min(s + chunk, length)
             for r in range(r0, r1):
-                bi, di = r // dim, r % dim
-                gi = di // per_group
+                bi, di, gi = _row_coords(r, dim, per_group)
                 for n in range(n_state):
                     hs[0, n] = starts[ci, r, n]
                     g[n] = carry[r, n]

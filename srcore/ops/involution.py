@@ -2,8 +2,10 @@
 
 ``involution(x, weight, kernel_size, groups)`` applies per-pixel kernels ``weight`` of shape
 (B, groups * k*k, H, W) to ``x`` (B, C, H, W) with stride 1 and same padding. The reference
-back-end unfolds the k*k neighbourhoods (memory k*k times the input); the default back-end
-accumulates one shifted view per tap, which gives the same sums with input-sized memory.
+back-end unfolds the k*k neighbourhoods (memory k*k times the input); the ``shift`` back-end
+accumulates one shifted view per tap, which gives the same sums with input-sized memory; the
+``triton`` back-end (``srcore.kernels.triton.involution``) does it in one kernel. With no back-end
+named, CUDA tensors use triton when it imports, everything else shift.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+
+from srcore.kernels.triton import INSTALL_HINT, interpreted, triton_available
 
 __all__ = ["involution"]
 
@@ -35,8 +39,20 @@ def _involution_shift(x: torch.Tensor, weight: torch.Tensor, k: int, groups: int
     return out.reshape(b, c, h, w)
 
 
+def _resolve_backend(backend: str | None, x: torch.Tensor) -> str:
+    if backend is None:
+        return "triton" if x.is_cuda and triton_available() else "shift"
+    if backend not in ("shift", "unfold", "triton"):
+        raise ValueError(f"involution: unknown backend {backend!r}; use shift, unfold or triton")
+    if backend == "triton" and not triton_available():
+        raise ValueError(INSTALL_HINT)
+    if backend == "triton" and not (x.is_cuda or interpreted()):
+        raise ValueError("involution: backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 on CPU)")
+    return backend
+
+
 def involution(x: torch.Tensor, weight: torch.Tensor, kernel_size: int, groups: int,
-               backend: Literal["shift", "unfold"] = "shift") -> torch.Tensor:
+               backend: Literal["shift", "unfold", "triton"] | None = None) -> torch.Tensor:
     """Apply per-pixel kernels (stride 1, same padding); see the module docstring."""
     b, c, h, w = x.shape
     if c % groups:
@@ -44,5 +60,10 @@ def involution(x: torch.Tensor, weight: torch.Tensor, kernel_size: int, groups: 
     if weight.shape != (b, groups * kernel_size * kernel_size, h, w):
         raise ValueError(f"involution: weight must be {(b, groups * kernel_size**2, h, w)}, "
                          f"got {tuple(weight.shape)}")
-    fn = _involution_unfold if backend == "unfold" else _involution_shift
+    name = _resolve_backend(backend, x)
+    if name == "triton":
+        from srcore.kernels.triton.involution import involution_triton
+
+        return involution_triton(x, weight, kernel_size, groups)
+    fn = _involution_unfold if name == "unfold" else _involution_shift
     return fn(x, weight, kernel_size, groups)

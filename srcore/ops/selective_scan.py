@@ -12,8 +12,12 @@ Back-ends:
 - ``reference``: a plain sequential loop in torch; the truth the tests compare against.
 - ``cpu``: one fused numba pass forward and one backward (the default on CPU; see
   ``srcore.kernels.scan_cpu``); no (B, D, L, N) tensor, state accumulated in float64.
-- ``torch``: a blocked closed form in pure torch (any device; used on CUDA without mamba-ssm).
-- ``cuda``: mamba-ssm's fused kernel when it is importable and the inputs are on CUDA.
+- ``torch``: a blocked closed form in pure torch (any device; the last resort on CUDA).
+- ``triton``: srcore's fused Triton kernels (``srcore.kernels.triton``; the default on CUDA when
+  Triton imports; on CPU only under ``TRITON_INTERPRET=1``, for tests).
+- ``cuda``: mamba-ssm's fused kernel, when it is installed, asked for and the inputs are on CUDA.
+
+On CUDA a call that names no back-end uses triton, else torch; mamba-ssm only when asked for.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from srcore.kernels.triton import INSTALL_HINT, interpreted, triton_available
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -40,8 +46,8 @@ __all__ = [
     "selective_scan_reference",
 ]
 
-Backend = Literal["reference", "cpu", "torch", "cuda"]
-_BACKENDS = ("reference", "cpu", "torch", "cuda")
+Backend = Literal["reference", "cpu", "torch", "triton", "cuda"]
+_BACKENDS = ("reference", "cpu", "torch", "triton", "cuda")
 
 # Steps per chunk of the cpu back-end: its forward keeps the state at each chunk start for the
 # backward, which recomputes the states inside one chunk at a time (a (chunk, N) buffer per thread).
@@ -60,6 +66,8 @@ def _mamba_available() -> bool:
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
     """Back-ends usable for tensors on ``device`` in this environment."""
     backends = ["reference", "cpu", "torch"]
+    if torch.device(device).type == "cuda" and triton_available():
+        backends.append("triton")
     if torch.device(device).type == "cuda" and _mamba_available():
         backends.append("cuda")
     return backends
@@ -242,12 +250,16 @@ def _resolve_backend(backend: str | None, u: torch.Tensor) -> str:
         backend = _DEFAULT_BACKEND.get()
     if backend is None:
         if u.is_cuda:
-            return "cuda" if _mamba_available() else "torch"
+            return "triton" if triton_available() else "torch"
         return "cpu"
     if backend not in _BACKENDS:
-        raise ValueError(f"unknown selective-scan backend {backend!r}; use reference, cpu, torch or cuda")
+        raise ValueError(f"unknown selective-scan backend {backend!r}; use one of {', '.join(_BACKENDS)}")
     if backend == "cpu" and u.device.type != "cpu":
         raise ValueError("backend='cpu' needs CPU tensors; move them with .cpu() or use backend='torch'")
+    if backend == "triton" and not triton_available():
+        raise ValueError(INSTALL_HINT)
+    if backend == "triton" and not (u.is_cuda or interpreted()):
+        raise ValueError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 to run it on CPU)")
     if backend == "cuda" and not (u.is_cuda and _mamba_available()):
         raise ValueError("backend='cuda' needs CUDA tensors and mamba-ssm (pip install 'srcore[cuda]')")
     return backend
@@ -277,6 +289,11 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     Cg = C.unsqueeze(1) if C.ndim == 3 else C
     if Bg.shape[1] != Cg.shape[1] or u.shape[1] % Bg.shape[1]:
         raise ValueError(f"B/C groups {Bg.shape[1]} must divide D={u.shape[1]}")
+    if name == "triton":
+        from srcore.kernels.triton.selective_scan import selective_scan_triton
+
+        y, last = selective_scan_triton(u, delta, A, Bg, Cg, D, z, delta_bias, delta_softplus)
+        return (y, last) if return_last_state else y
     dtype_in = u.dtype
     compute = torch.float64 if dtype_in == torch.float64 else torch.float32
     u_c, delta_c = u.to(compute), delta.to(compute)

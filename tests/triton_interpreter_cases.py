@@ -1,0 +1,106 @@
+"""Cases for srcore's Triton kernels, run by ``test_kernels_triton.py`` in a child process.
+
+Triton decides when it is first imported whether its kernels (its own helpers included) run in
+the interpreter, so these cases run in a fresh interpreter started with TRITON_INTERPRET=1 and
+print, per case, the relative error of every output and gradient against the torch reference.
+Shapes are tiny (the interpreter runs each program in numpy) but cross chunk boundaries, end in a
+partial chunk, use a state size that is not a power of two and groups > 1.
+
+Run: TRITON_INTERPRET=1 python tests/triton_interpreter_cases.py
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from srcore.kernels.triton.involution import involution_triton
+from srcore.kernels.triton.selective_scan import selective_scan_triton
+from srcore.ops import selective_scan
+from srcore.ops.involution import involution
+
+# name -> (bsz, dim, state, length, groups, chunk, with D / z / delta_bias / softplus)
+SCAN_CASES = {
+    "partial_last_chunk_groups2_full": (2, 4, 3, 37, 2, 16, True),  # 3 chunks; N padded to 4
+    "plain_three_groups": (1, 6, 4, 24, 3, 8, False),  # blocks of 2 channels inside each group
+    "one_partial_chunk_full": (1, 8, 5, 19, 1, 32, True),
+}
+# name -> (channels, groups, kernel size, height, width)
+INVOLUTION_CASES = {
+    "k3_groups2": (4, 2, 3, 5, 7),
+    "k5_one_group": (6, 1, 5, 4, 3),
+    "k1_group_per_channel": (3, 3, 1, 2, 5),
+}
+
+
+def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((x.double() - ref.double()).abs().max() / ref.double().abs().max().clamp_min(1e-30)).item()
+
+
+def _scan_inputs(bsz, dim, state, length, groups, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(bsz, dim, length, generator=g), torch.randn(bsz, dim, length, generator=g) * 0.5,
+            -torch.rand(dim, state, generator=g) * 3, torch.randn(bsz, groups, state, length, generator=g),
+            torch.randn(bsz, groups, state, length, generator=g), torch.randn(dim, generator=g),
+            torch.randn(bsz, dim, length, generator=g), torch.randn(dim, generator=g) * 0.5)
+
+
+def scan_case(bsz, dim, state, length, groups, chunk, full) -> dict[str, float]:
+    """Forward, last state and every gradient of the Triton scan vs the float64 reference."""
+    base = _scan_inputs(bsz, dim, state, length, groups)
+    results = {}
+    for name in ("reference", "triton"):
+        args = [(t.double() if name == "reference" else t.clone()).requires_grad_() for t in base]
+        u, delta, A, B, C, D, z, bias = args
+        opt = dict(D=D, z=z, delta_bias=bias, delta_softplus=True) if full else {}
+        if name == "reference":
+            y, last = selective_scan(u, delta, A, B, C, **opt, return_last_state=True, backend="reference")
+        else:
+            y, last = selective_scan_triton(u, delta, A, B, C, **opt, chunk=chunk)
+        (y.square().mean() + (last * 0.3).sum()).backward()
+        used = args if full else args[:5]
+        results[name] = [y.detach(), last.detach()] + [a.grad for a in used]
+    names = ["y", "last", "d_u", "d_delta", "d_A", "d_B", "d_C", "d_D", "d_z", "d_delta_bias"]
+    return {n: rel_err(t, r) for n, r, t in zip(names, results["reference"], results["triton"], strict=False)}
+
+
+def scan_dispatch_case() -> dict[str, float]:
+    """``selective_scan(..., backend="triton")`` with 3-dim B and C, through the public entry point."""
+    u, delta, A, B, C, D, z, bias = _scan_inputs(1, 4, 2, 10, 1, seed=1)
+    kw = dict(D=D, z=z, delta_bias=bias, delta_softplus=True)
+    y = selective_scan(u, delta, A, B[:, 0], C[:, 0], **kw, backend="triton")
+    y_ref = selective_scan(u.double(), delta.double(), A.double(), B[:, 0].double(), C[:, 0].double(),
+                           **{k: v.double() if torch.is_tensor(v) else v for k, v in kw.items()},
+                           backend="reference")
+    return {"y": rel_err(y, y_ref)}
+
+
+def involution_case(channels, groups, k, h, w) -> dict[str, float]:
+    """Output and both gradients of the Triton involution vs the unfold reference in float64."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, channels, h, w, generator=g)
+    weight = torch.randn(2, groups * k * k, h, w, generator=g)
+    results = {}
+    for name in ("unfold", "triton"):
+        xs = (x.double() if name == "unfold" else x.clone()).requires_grad_()
+        ws = (weight.double() if name == "unfold" else weight.clone()).requires_grad_()
+        if name == "unfold":
+            out = involution(xs, ws, k, groups, backend="unfold")
+        else:
+            out = involution_triton(xs, ws, k, groups)
+        out.square().sum().backward()
+        results[name] = [out.detach(), xs.grad, ws.grad]
+    names = ["out", "d_x", "d_weight"]
+    return {n: rel_err(t, r) for n, r, t in zip(names, results["unfold"], results["triton"], strict=True)}
+
+
+def run_all() -> dict[str, dict[str, float]]:
+    out = {f"scan/{n}": scan_case(*c) for n, c in SCAN_CASES.items()}
+    out["scan/dispatch"] = scan_dispatch_case()
+    out.update({f"involution/{n}": involution_case(*c) for n, c in INVOLUTION_CASES.items()})
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(run_all()))
