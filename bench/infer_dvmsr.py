@@ -1,41 +1,73 @@
-"""DVMSR CPU inference: ours (compiled chunked scan) vs the same model on the sequential
-reference scan (and mamba-ssm's reference path when installed), same weights, same input.
+"""DVMSR x4 CPU inference: ours (fused CPU scan) vs the same model, same weights, same input with
+mamba-ssm's ``selective_scan_ref`` as its scan (the official implementation's CPU numerics), and
+vs srcore's sequential reference scan as a second column.
 
-Run: python bench/infer_dvmsr.py [--sizes 64 128]
+Each side is timed in its own phase (warm-up, a pause, then the repeats). Without mamba-ssm
+installed (see bench/peers.py for how it installs on CPU) its column reads nan.
+
+Run: python bench/infer_dvmsr.py [--sizes 64 128] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import time
+from unittest import mock
 
 import torch
 from common import report, timeit
+from peers import mamba_ssm_selective_scan_ref
 
+import srcore.models.dvmsr as dvmsr_module
 from srcore.models import build
+
+PAUSE_S = 0.5
+
+
+def _mamba_ref_scan(scan_ref):
+    """A stand-in for srcore's ``selective_scan`` inside the DVMSR module that calls mamba-ssm's."""
+
+    def scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, backend=None):
+        return scan_ref(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
+
+    return scan
+
+
+def _phase(model, x, repeats: int) -> tuple[float, torch.Tensor]:
+    with torch.no_grad():
+        y = model(x)
+        time.sleep(PAUSE_S)
+        return timeit(lambda: model(x), repeats=repeats, warmup=0), y
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     torch.manual_seed(0)
     model = build("dvmsr", 4).eval()
+    scan_ref = mamba_ssm_selective_scan_ref()
     rows = []
     for size in args.sizes:
         x = torch.rand(1, 3, size, size)
-        with torch.no_grad():
-            t_ours = timeit(lambda: model.set_scan_backend("cpu")(x), repeats=3)
-            y_ours = model(x)
-            t_ref = timeit(lambda: model.set_scan_backend("reference")(x), repeats=1, warmup=0)
-            y_ref = model(x)
-        row = {"lr_size": f"{size}x{size}", "ours_ms": t_ours * 1e3, "reference_ms": t_ref * 1e3,
-               "x_vs_reference": t_ref / t_ours, "max_abs_diff": (y_ours - y_ref).abs().max().item()}
-        if importlib.util.find_spec("mamba_ssm") is not None:
-            row["mamba_ssm"] = "installed (CUDA path only; CPU uses the same reference recurrence)"
+        t_ours, y_ours = _phase(model.set_scan_backend("cpu"), x, args.repeats)
+        row = {"lr_size": f"{size}x{size}", "ours_ms": t_ours * 1e3}
+        if scan_ref is not None:
+            with mock.patch.object(dvmsr_module, "selective_scan", _mamba_ref_scan(scan_ref)):
+                t_peer, y_peer = _phase(model.set_scan_backend(None), x, 1)
+            row.update(mamba_ssm_ref_ms=t_peer * 1e3, x_vs_mamba_ssm_ref=t_peer / t_ours,
+                       max_abs_diff_vs_mamba_ssm_ref=(y_ours - y_peer).abs().max().item())
+        else:
+            row.update(mamba_ssm_ref_ms=float("nan"), x_vs_mamba_ssm_ref=float("nan"),
+                       max_abs_diff_vs_mamba_ssm_ref=float("nan"))
+        t_ref, y_ref = _phase(model.set_scan_backend("reference"), x, 1)
+        row.update(reference_ms=t_ref * 1e3, x_vs_reference=t_ref / t_ours,
+                   max_abs_diff_vs_reference=(y_ours - y_ref).abs().max().item())
         rows.append(row)
     model.set_scan_backend(None)
-    report("infer_dvmsr", rows, "DVMSR x4 CPU forward latency (median)")
+    title = f"DVMSR x4 CPU forward latency, {torch.get_num_threads()} threads (ms, median)"
+    report("infer_dvmsr", rows, title)
 
 
 if __name__ == "__main__":
