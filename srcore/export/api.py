@@ -85,7 +85,7 @@ def export_model(model: SRModel, out: str | os.PathLike, options: ExportOptions)
                           "fixed-size graph that the runtime tiles")
     out = check_output_file(out)
     size = (options.tile, options.tile) if options.tile else None
-    meta = ExportMeta(fmt, arch, model.scale, size, options.dtype)
+    meta = ExportMeta(fmt, arch, model.scale, size, options.dtype, 1 if size else model.min_input_size)
     report = ParityReport(fmt, arch, model.scale, options.dtype, size,
                           options.tolerance or TOLERANCE[options.dtype])
     model = model.eval()

@@ -35,6 +35,7 @@ class ExportMeta:
     scale: int
     size: tuple[int, int] | None  # fixed (H, W) of the graph's input, None when dynamic
     dtype: str  # "float32" | "float16"
+    min_input_size: int = 1  # the model's smallest input side (a fixed-size graph pads, so 1)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -44,7 +45,8 @@ class ExportMeta:
         try:
             d = json.loads(text)
             size = tuple(d["size"]) if d["size"] else None
-            return cls(d["format"], d["arch"], int(d["scale"]), size, d["dtype"])
+            least = int(d.get("min_input_size", 1))
+            return cls(d["format"], d["arch"], int(d["scale"]), size, d["dtype"], least)
         except (ValueError, KeyError, TypeError):
             raise SrcoreError(f"{source}: not an srcore export (no valid {META_KEY} metadata); "
                               "export it with `srcore export`") from None
@@ -66,6 +68,14 @@ class ExportedModel:
     @property
     def scale(self) -> int:
         return self.meta.scale
+
+    @property
+    def arch(self) -> str:
+        return self.meta.arch
+
+    @property
+    def min_input_size(self) -> int:
+        return self.meta.min_input_size
 
     def eval(self) -> ExportedModel:
         return self

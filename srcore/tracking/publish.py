@@ -1,40 +1,40 @@
-"""What the evaluate/register stages do: score a trained model, log the run, register, promote."""
+"""What the register stage does: log a scored model's run, register it, promote it."""
 
 from __future__ import annotations
 
 import logging
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
-import torch
 
 from srcore.config import Params, TrainParams
 from srcore.data.benchmarks import iter_benchmark
-from srcore.evaluation import evaluate_dataset
 from srcore.inference import upscale_image
-from srcore.metrics.efficiency import count_params, measure_latency
 from srcore.models import build, load_model
 from srcore.models.base import SRModel
+from srcore.tracking.packaging import log_model_version, log_onnx
 from srcore.tracking.registry import PromotionPolicy, promote, registered_name
-from srcore.tracking.runs import comparison_grid, configure, flatten, lineage, log_model_version
+from srcore.tracking.runs import comparison_grid, configure, flatten, lineage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["evaluate_checkpoint", "log_and_register"]
+__all__ = ["log_and_register", "local_model_file"]
 
 
-def evaluate_checkpoint(model_path: str, datasets: list[str], scale: int) -> dict[str, float]:
-    """PSNR-Y/SSIM-Y per dataset plus params and CPU latency at 64x64, as flat metrics
-    (``model_path="bicubic"`` scores the bicubic baseline)."""
-    model = (build("bicubic", scale) if model_path == "bicubic" else load_model(model_path)).eval()
-    metrics: dict[str, float] = {}
-    for name in datasets:
-        r = evaluate_dataset(model, name, scale)
-        metrics[f"{name}_psnr_y"], metrics[f"{name}_ssim_y"] = r.psnr_y, r.ssim_y
-    metrics["params"] = float(count_params(model))
-    with torch.no_grad():
-        metrics["latency_ms"] = measure_latency(model, torch.rand(1, 3, 64, 64), warmup=1, repeats=3)
-    return metrics
+@contextmanager
+def local_model_file(model_path: str) -> Iterator[str]:
+    """A local copy of a model kept in an object store (``s3://...``, as training writes it when
+    ``storage_path`` is a URI) for as long as the block runs; local paths pass through unchanged."""
+    from srcore.train.storage import fetch_to_local, is_uri
+
+    if not is_uri(model_path):
+        yield model_path
+        return
+    with tempfile.TemporaryDirectory(prefix="srcore-model-") as tmp:
+        yield str(fetch_to_local(model_path, tmp))
 
 
 def _grid(student: SRModel, teacher_path: str | None, dataset: str, scale: int) -> np.ndarray:
@@ -53,12 +53,21 @@ def log_and_register(params: Params, stage: str, model_path: str, metrics: dict[
                      history: list[dict[str, Any]] | None = None, teacher_path: str | None = None,
                      policy: PromotionPolicy | None = None, register: bool = True) -> dict[str, Any]:
     """One MLflow run for a trained model: params, step metrics, evaluation, lineage, images,
-    the packaged model; then register it as ``srcore-<arch>-x<scale>`` and apply promotion."""
+    the packaged model; then register it as ``srcore-<arch>-x<scale>`` and apply promotion.
+    ``model_path``/``teacher_path`` may be object-store URIs; the run's tag keeps the URI."""
+    with local_model_file(model_path) as local_path, local_model_file(teacher_path or "") as local_teacher:
+        return _log_and_register(params, stage, model_path, local_path, metrics, history,
+                                 local_teacher or None, policy, register)
+
+
+def _log_and_register(params: Params, stage: str, model_path: str, local_path: str, metrics: dict[str, float],
+                      history: list[dict[str, Any]] | None, teacher_path: str | None,
+                      policy: PromotionPolicy | None, register: bool) -> dict[str, Any]:
     import mlflow
 
     cfg: TrainParams = params.student if stage == "distill" else params.teacher
     client = configure()
-    model = load_model(model_path)
+    model = load_model(local_path)
     name = registered_name(model.arch, model.scale)
     with mlflow.start_run(run_name=f"{stage}-{cfg.name}") as run:
         mlflow.log_params(flatten({"stage": stage, "train": cfg.model_dump(mode="json"),
@@ -72,7 +81,9 @@ def log_and_register(params: Params, stage: str, model_path: str, metrics: dict[
         mlflow.set_tags({**lineage(params.prepare.out), "stage": stage, "model_path": str(model_path)})
         dataset = params.eval.datasets[0]
         mlflow.log_image(_grid(model, teacher_path, dataset, model.scale), "comparison_bicubic_student_teacher_hr.png")
-        version = log_model_version(model_path, name, client) if register else None
+        version = log_model_version(local_path, name) if register else None
+        if register:
+            mlflow.set_tags(log_onnx(model))
         run_id = run.info.run_id
     decision = promote(client, name, version, policy or PromotionPolicy()) if register else None
     return {"run_id": run_id, "registered_model": name, "version": version,

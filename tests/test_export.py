@@ -1,0 +1,92 @@
+"""ONNX / TorchScript export: parity with PyTorch, fixed-size graphs tiled, clear refusals, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from srcore.export import ExportedModel, ExportError, ExportOptions, export_model, load_exported
+from srcore.export.api import report_path
+from srcore.inference import upscale_tensor
+from srcore.models import build, save_model
+
+TINY_RLFN = {"feature_channels": 8, "mid_channels": 8, "esa_channels": 4, "num_blocks": 1}
+
+
+def _tiny_rlfn():
+    torch.manual_seed(0)
+    return build("rlfn", 2, **TINY_RLFN).eval()
+
+
+@pytest.mark.parametrize(("fmt", "suffix", "tile"), [("onnx", ".onnx", None), ("torchscript", ".pt", 32)])
+def test_export_matches_pytorch_and_runs_at_other_sizes(tmp_path, fmt, suffix, tile):
+    model = _tiny_rlfn()
+    out = tmp_path / f"rlfn{suffix}"
+    report = export_model(model, out, ExportOptions(format=fmt, tile=tile))
+    assert report.passed and report.max_abs_diff <= 1e-4
+    assert len({c.size for c in report.cases}) >= 2
+    assert {c.image for c in report.cases} >= {"random", "astronaut"}
+    saved = json.loads(report_path(out).read_text())
+    assert saved["passed"] and saved["max_abs_diff"] == report.max_abs_diff
+
+    exported = load_exported(out)
+    assert exported.scale == 2 and exported.meta.size == ((tile, tile) if tile else None)
+    x = torch.rand(1, 3, 37, 29, generator=torch.Generator().manual_seed(3))
+    plan = exported.plan()
+    got = upscale_tensor(exported, x, tile=plan)
+    # PyTorch through the same wrapper: edge tiles of a fixed-size graph are padded to its size.
+    want = upscale_tensor(ExportedModel("pytorch", exported.meta, model), x, tile=plan)
+    assert got.shape == (1, 3, 74, 58)
+    assert float((got - want).abs().max()) <= 1e-4
+
+
+def test_mamba_model_needs_a_fixed_size_and_says_so(tmp_path):
+    model = build("dvmsr", 2, embed_dim=12, depths=(1,), d_state=4)
+    out = tmp_path / "dvmsr.onnx"
+    with pytest.raises(ExportError, match="--tile N"):
+        export_model(model, out, ExportOptions(format="onnx"))
+    assert not out.exists()
+
+
+def test_export_beyond_tolerance_writes_nothing(tmp_path):
+    out = tmp_path / "rlfn.onnx"
+    with pytest.raises(ExportError, match="exceeds the tolerance"):
+        export_model(_tiny_rlfn(), out, ExportOptions(format="onnx", tolerance=1e-12))
+    assert not out.exists() and not report_path(out).exists() and list(tmp_path.iterdir()) == []
+
+
+def test_not_an_export_is_refused(tmp_path):
+    from srcore.errors import SrcoreError
+
+    bogus = tmp_path / "x.onnx"
+    bogus.write_bytes(b"not a model")
+    with pytest.raises(SrcoreError, match="x.onnx"):
+        load_exported(bogus)
+
+
+def test_cli_export_then_upscale_with_onnx_matches_pytorch(tmp_path):
+    from typer.testing import CliRunner
+
+    from srcore.cli import app
+    from srcore.data.image_io import read_rgb, write_png
+
+    ckpt = tmp_path / "rlfn.pth"
+    save_model(ckpt, _tiny_rlfn(), "rlfn")
+    rng = np.random.default_rng(0)
+    write_png(tmp_path / "lr.png", rng.integers(0, 256, (40, 52, 3), dtype=np.uint8))
+    runner = CliRunner()
+    onnx_file = tmp_path / "rlfn.onnx"
+    r = runner.invoke(app, ["export", "--model", "rlfn", "--scale", "2", "--weights", str(ckpt),
+                            "--out", str(onnx_file)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["upscale", str(tmp_path / "lr.png"), str(tmp_path / "onnx.png"), "--onnx",
+                            str(onnx_file), "--scale", "2", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["upscale", str(tmp_path / "lr.png"), str(tmp_path / "torch.png"), "--model",
+                            "rlfn", "--scale", "2", "--weights", str(ckpt), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    a, b = read_rgb(tmp_path / "onnx.png").astype(int), read_rgb(tmp_path / "torch.png").astype(int)
+    assert a.shape == (80, 104, 3) and np.abs(a - b).max() <= 1
