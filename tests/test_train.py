@@ -132,6 +132,17 @@ def test_distillation_resumes_after_forced_stop_and_exports_student_only(teacher
     assert np.isfinite(second.metrics["val_psnr_y"])
 
 
+def test_user_error_inside_a_worker_is_not_retried(workdir, ray_local):
+    from srcore.train.runner import run_stage
+
+    p = params(workdir, **{"teacher.name": "usererror", "teacher.steps": 6, "teacher.val_every": 3,
+                           "teacher.ray.max_failures": 2})
+    with injected(data_error_at_step=2), pytest.raises(DataError, match="injected data error at step 2"):
+        run_stage(p, "teacher")
+    attempts = (workdir / "runs" / "usererror" / ".failed_once.attempts").read_text().splitlines()
+    assert attempts == ["rank 0 step 2"]  # one attempt although two retries were allowed
+
+
 def test_ray_data_backend_matches_shards_and_trains_two_ranks(workdir, ray_local):
     import pyarrow.parquet as pq
 

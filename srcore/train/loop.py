@@ -60,8 +60,8 @@ __all__ = [
     "train_loop_per_worker",
 ]
 
-# Metric key under which a worker reports an error the user must fix (bad data, bad config):
-# the worker returns instead of raising, so Ray's FailureConfig does not retry it, and the
+# Event key under which a worker sends the driver an error the user must fix (bad data, bad
+# config): the worker returns instead of raising, so Ray's FailureConfig does not retry it, and the
 # driver raises it again as the one-line error it is.
 FATAL_KEY = "fatal_error"
 
@@ -362,14 +362,19 @@ def report(state: TrainState) -> None:
 
 
 def _send_progress(state: TrainState, metrics: dict[str, Any]) -> None:
-    """Rank 0 tells the driver's progress display (when the driver listens) where the run is."""
-    channel = state.config.get("progress")
-    if channel is None or state.rank != 0:
+    """Rank 0 tells the driver's progress display where the run is."""
+    if state.rank == 0:
+        _send(state.config, {"stage": state.config["stage"], **metrics})
+
+
+def _send(config: dict[str, Any], event: dict[str, Any]) -> None:
+    channel = config.get("progress")
+    if channel is None:
         return
     try:
-        channel.put_nowait({"stage": state.config["stage"], **metrics})
-    except Exception:  # a full or vanished display queue must never stop training
-        log.debug("progress update dropped", exc_info=True)
+        channel.put_nowait(event)
+    except Exception:  # a full or vanished queue must never stop training
+        log.debug("event to the driver dropped", exc_info=True)
 
 
 def _train_epochs(state: TrainState) -> None:
@@ -392,7 +397,7 @@ def _train_epochs(state: TrainState) -> None:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: {"stage": "teacher"|"distill", "train": dict, "loader": dict,
     "shards": folder, "cwd": folder to resolve relative paths against, "run_dir": the run's folder,
-    "faults": FaultPlan fields, "progress": optional queue for the driver's display}."""
+    "faults": FaultPlan fields, "progress": queue of events for the driver (progress, user errors)}."""
     import ray.train
     import ray.train.torch
 
@@ -407,4 +412,4 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     except SrcoreError as exc:
         # Not retried: the same data and config would fail the same way on every attempt.
         log.error("%s", exc)
-        ray.train.report({FATAL_KEY: str(exc), "fatal_type": type(exc).__name__})
+        _send(config, {FATAL_KEY: str(exc), "fatal_type": type(exc).__name__})

@@ -18,10 +18,10 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from srcore import errors
 from srcore.config import Params, TrainParams
@@ -98,86 +98,119 @@ def ensure_ray(address: str | None, num_cpus: int | None = None) -> None:
 
 
 @contextmanager
-def ray_log_to_file(path: Path) -> Iterator[None]:
-    """Send Ray's stream of worker/actor output and the driver-side ``ray`` loggers to ``path``.
-
-    Ray prints forwarded worker lines through a dispatcher with one named handler; swapping that
-    handler is the only way to keep the lines (in our file) without printing them. Ray's
-    session logs keep everything too (``/tmp/ray/session_latest/logs``).
-    """
-    from ray._private import worker as ray_worker
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", buffering=1) as sink:
-        dispatcher = getattr(ray_worker, "global_worker_stdstream_dispatcher", None)
-
-        def to_file(data: dict[str, Any]) -> None:
-            prefix = f"({data.get('actor_name') or data.get('task_name') or 'worker'} pid={data.get('pid')}) "
-            sink.writelines(prefix + line + "\n" for line in data.get("lines", []))
-
-        previous = list(getattr(dispatcher, "handlers", []))
-        for handler_name, _ in previous:
-            dispatcher.remove_handler(handler_name)
-        if dispatcher is not None:
-            dispatcher.add_handler("srcore_ray_log", to_file)
-        ray_logger = logging.getLogger("ray")
-        file_handler = logging.StreamHandler(sink)
-        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        saved = ray_logger.handlers[:], ray_logger.propagate
-        ray_logger.handlers = [file_handler]
-        ray_logger.propagate = False
-        try:
-            yield
-        finally:
-            ray_logger.handlers, ray_logger.propagate = saved
-            if dispatcher is not None:
-                dispatcher.remove_handler("srcore_ray_log")
-                for handler_name, handler in previous:
-                    dispatcher.add_handler(handler_name, handler)
+def _ray_loggers_to(sink: TextIO) -> Iterator[None]:
+    """The driver-side ``ray`` loggers (start-up, Train controller, Data) write to ``sink``."""
+    ray_logger = logging.getLogger("ray")
+    handler = logging.StreamHandler(sink)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    saved = ray_logger.handlers[:], ray_logger.propagate
+    ray_logger.handlers, ray_logger.propagate = [handler], False
+    try:
+        yield
+    finally:
+        ray_logger.handlers, ray_logger.propagate = saved
 
 
 @contextmanager
-def _progress_channel(on_progress: ProgressCallback | None) -> Iterator[Any]:
-    """A Ray queue that rank 0 fills and a driver thread drains into ``on_progress``."""
-    if on_progress is None:
-        yield None
+def _worker_lines_to(sink: TextIO) -> Iterator[None]:
+    """Lines Ray forwards from workers and actors (controller warnings, tracebacks of retried
+    failures) go to ``sink``. Ray prints them through a dispatcher of named handlers, filled by
+    ``ray.init``; swapping those handlers is the one way to keep the lines without printing them."""
+    from ray._private import worker as ray_worker
+
+    dispatcher = getattr(ray_worker, "global_worker_stdstream_dispatcher", None)
+    if dispatcher is None:  # a Ray without the dispatcher: its default printing stays
+        yield
         return
-    from ray.util.queue import Empty, Queue
 
-    # num_cpus=0: the queue must not take a CPU the training ranks were sized to use.
-    queue = Queue(maxsize=1000, actor_options={"num_cpus": 0})
-    done = threading.Event()
+    def to_file(data: dict[str, Any]) -> None:
+        source = data.get("actor_name") or data.get("task_name") or "worker"
+        sink.writelines(f"({source} pid={data.get('pid')}) {line}\n" for line in data.get("lines", []))
 
-    def pump() -> None:
-        while not done.is_set():
+    previous = list(dispatcher.handlers)
+    for name, _ in previous:
+        dispatcher.remove_handler(name)
+    dispatcher.add_handler("srcore_ray_log", to_file)
+    try:
+        yield
+    finally:
+        dispatcher.remove_handler("srcore_ray_log")
+        for name, handler in previous:
+            dispatcher.add_handler(name, handler)
+
+
+@contextmanager
+def ray_output_to(path: Path, address: str | None) -> Iterator[None]:
+    """Start or connect Ray with its output kept in ``path`` (appended) for the block; Ray's
+    session logs (``/tmp/ray/session_latest/logs``) keep everything as well."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", buffering=1) as sink, _ray_loggers_to(sink):
+        ensure_ray(address)
+        with _worker_lines_to(sink):
+            yield
+
+
+@contextmanager
+def _ray_on_terminal(address: str | None) -> Iterator[None]:
+    ensure_ray(address)
+    yield
+
+
+class _DriverChannel:
+    """A Ray queue the workers fill (rank 0's progress, any rank's user error) and a driver thread
+    drains: progress goes to ``on_progress``, the first user error is kept for ``raise_fatal``."""
+
+    def __init__(self, on_progress: ProgressCallback | None) -> None:
+        from ray.util.queue import Queue
+
+        # num_cpus=0: the queue must not take a CPU the training ranks were sized to use.
+        self.queue = Queue(maxsize=1000, actor_options={"num_cpus": 0})
+        self.on_progress = on_progress
+        self.fatal: dict[str, Any] | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._pump, name="srcore-progress", daemon=True)
+
+    def _handle(self, event: dict[str, Any]) -> None:
+        from srcore.train.loop import FATAL_KEY
+
+        if FATAL_KEY in event:
+            self.fatal = self.fatal or event
+        elif self.on_progress is not None:
             try:
-                on_progress(queue.get(timeout=0.5))
-            except Empty:
-                continue
+                self.on_progress(event)
             except Exception:  # the display must never take the run down
                 log.debug("progress display failed", exc_info=True)
 
-    thread = threading.Thread(target=pump, name="srcore-progress", daemon=True)
-    thread.start()
-    try:
-        yield queue
-    finally:
-        done.set()
-        thread.join(timeout=5)
-        for event in queue.get_nowait_batch(queue.qsize()) if queue.qsize() else []:
-            on_progress(event)
-        queue.shutdown()
+    def _pump(self) -> None:
+        from ray.util.queue import Empty
 
+        while not self._done.is_set():
+            try:
+                self._handle(self.queue.get(timeout=0.5))
+            except Empty:
+                continue
 
-def _raise_fatal(metrics: dict[str, Any]) -> None:
-    """A worker's one-line user error (see ``loop.FATAL_KEY``), raised again on the driver."""
-    from srcore.train.loop import FATAL_KEY
+    def __enter__(self) -> _DriverChannel:
+        self._thread.start()
+        return self
 
-    if FATAL_KEY in metrics:
-        kind = getattr(errors, str(metrics.get("fatal_type")), SrcoreError)
+    def __exit__(self, *exc_info: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
+        for event in self.queue.get_nowait_batch(self.queue.qsize()) if self.queue.qsize() else []:
+            self._handle(event)
+        self.queue.shutdown()
+
+    def raise_fatal(self) -> None:
+        """A worker's one-line user error (see ``loop.FATAL_KEY``), raised again on the driver."""
+        from srcore.train.loop import FATAL_KEY
+
+        if self.fatal is None:
+            return
+        kind = getattr(errors, str(self.fatal.get("fatal_type")), SrcoreError)
         if not (isinstance(kind, type) and issubclass(kind, SrcoreError)):
             kind = SrcoreError
-        raise kind(metrics[FATAL_KEY])
+        raise kind(self.fatal[FATAL_KEY])
 
 
 def _trainer(params: Params, stage: str, cfg: TrainParams, storage: str, run_dir: str, progress: Any):
@@ -237,19 +270,18 @@ def run_stage(params: Params, stage: str, address: str | None = None, name: str 
     import ray.train
 
     quiet = quiet_ray and not is_uri(run_dir)
-    with ray_log_to_file(Path(run_dir) / RAY_LOG) if quiet else nullcontext():
-        ensure_ray(address)
+    with ray_output_to(Path(run_dir) / RAY_LOG, address) if quiet else _ray_on_terminal(address):
         if address:
             check_cluster_fits(cfg, stage, _cluster_cpus(), f"the Ray cluster at {address}")
-        with _progress_channel(on_progress) as progress:
+        with _DriverChannel(on_progress) as channel:
             try:
-                result = _trainer(params, stage, cfg, storage, run_dir, progress).fit()
+                result = _trainer(params, stage, cfg, storage, run_dir, channel.queue).fit()
             except ray.train.TrainingFailedError as exc:
                 where = f"; details in {Path(run_dir) / RAY_LOG}" if quiet else ""
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise TrainingFailed(f"{cfg.name}: training failed after {cfg.ray.max_failures} "
                                      f"retries: {first}{where}") from None
-    _raise_fatal(dict(result.metrics or {}))
+    channel.raise_fatal()
     if result.checkpoint is None:
         raise TrainingFailed(f"run {cfg.name} finished without a checkpoint")
     model_path = f"{run_dir}/model.pth"
