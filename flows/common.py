@@ -26,7 +26,11 @@ def digest(*parts: Any) -> str:
 
 
 def file_digest(path: str) -> str:
-    """Content hash of a file (models are cached on their bytes, never on tensors)."""
+    """Content hash of a local or object-store file (models are cached on their bytes, never on tensors)."""
     from srcore.data.shards import file_sha256
+    from srcore.tracking.publish import local_model_file
 
-    return file_sha256(path) if path != "bicubic" else "bicubic"
+    if path == "bicubic":
+        return "bicubic"
+    with local_model_file(path) as local_path:
+        return file_sha256(local_path)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 from stack_fixtures import REPO
 
 pytest_plugins = ["stack_fixtures"]  # the `stack` fixture
@@ -120,6 +121,43 @@ def test_dvc_push_to_s3_and_pull_back_byte_identical(stack, tmp_path):
     subprocess.run(["rm", "-rf", str(tmp_path / ".dvc" / "cache")], check=True)
     run("pull", "-q")
     assert (tmp_path / "shard.bin").read_bytes() == payload
+
+
+def test_a_model_in_the_bucket_is_hashed_evaluated_and_registered(stack, tmp_path, monkeypatch):
+    """Training with ``storage_path: s3://...`` leaves the model in the bucket: the later stages
+    must hash, load (to evaluate) and register it from there."""
+    from mlflow.tracking import MlflowClient
+
+    from flows.common import file_digest
+    from srcore.config import load_params
+    from srcore.data.shards import file_sha256
+    from srcore.errors import CheckpointError
+    from srcore.models import build, load_model, save_model
+    from srcore.stack.services import SeaweedFS
+    from srcore.tracking.publish import log_and_register
+    from srcore.tracking.registry import PromotionPolicy
+
+    cfg, _ = stack
+    for key, value in cfg.client_env().items():
+        monkeypatch.setenv(key, value)
+    local = tmp_path / "model.pth"
+    model = build("dvmsr", 2, embed_dim=4, depths=[1])
+    save_model(local, model, "dvmsr")
+    SeaweedFS(cfg).client().upload_file(str(local), "ray", "runs/tiny/model.pth")
+    uri = "s3://ray/runs/tiny/model.pth"
+    assert file_digest(uri) == file_sha256(local)
+    loaded = load_model(uri)
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+    with pytest.raises(CheckpointError, match="s3://ray/runs/missing.pth"):
+        load_model("s3://ray/runs/missing.pth")
+    metrics = {"embedded_psnr_y": 30.0, "embedded_ssim_y": 0.9}
+    params = load_params(None, {"eval.datasets": ["embedded"], "prepare.out": str(tmp_path / "patches"),
+                                "student.model": "dvmsr", "student.scale": 2})
+    reg = log_and_register(params, "distill", uri, metrics, policy=PromotionPolicy("embedded_psnr_y"))
+    client = MlflowClient(tracking_uri=cfg.client_env()["MLFLOW_TRACKING_URI"])
+    assert client.get_model_version_by_alias(reg["registered_model"], "champion").version == reg["version"]
+    assert client.get_run(reg["run_id"]).data.tags["model_path"] == uri
+    assert any(reg["run_id"] in key for key in _s3_keys(cfg, "mlflow")), "the run's artifacts are not in S3"
 
 
 def test_down_stops_exactly_what_up_started(stack):

@@ -38,15 +38,33 @@ def save_model(path: str | os.PathLike, model: SRModel, name: str, extra: dict[s
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _read_object(uri: str) -> io.BytesIO:
+    """The bytes of a file in an object store (``s3://...``: training writes there when its
+    ``storage_path`` is a URI), through pyarrow's filesystems (endpoint and keys from the environment)."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+
+    try:
+        fs, key = pafs.FileSystem.from_uri(uri)
+        with fs.open_input_stream(key) as stream:
+            return io.BytesIO(stream.read())
+    except (OSError, pa.ArrowException) as exc:
+        raise CheckpointError(f"{uri}: weights file not found or unreadable ({exc})") from exc
+
+
 def read_checkpoint(source: str | os.PathLike | dict) -> dict:
-    """Load a checkpoint file (on CPU, tensors only) or pass a dict through."""
+    """Load a checkpoint file or object-store URI (on CPU, tensors only) or pass a dict through."""
     if isinstance(source, dict):
         return source
     path = Path(source)
-    if not path.is_file():
+    if "://" in str(source):
+        path, data = str(source), _read_object(str(source))
+    elif not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")
+    else:
+        data = path
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(data, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt/foreign files
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(obj, dict):
