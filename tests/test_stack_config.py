@@ -1,0 +1,75 @@
+"""The stack's settings, env file, PID files and clear errors, without starting any server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from srcore.stack import StackConfig, StackError
+from srcore.stack.config import apply_env_file, read_env_file
+from srcore.stack.process import alive, record, recorded, stop_recorded
+from srcore.stack.services import MLflowServer
+
+
+def test_ports_derive_from_one_base_and_settings_persist(tmp_path):
+    cfg = StackConfig(root=tmp_path / "s", port_base=30000, project_dir=tmp_path)
+    ports = cfg.ports.all()
+    assert len(set(ports.values())) == len(ports) and min(ports.values()) == 30000
+    assert ports["s3_grpc"] == cfg.ports.s3 + 10000
+    cfg.save()
+    again = StackConfig.load(tmp_path / "s")
+    assert again.port_base == 30000 and again.root == cfg.root
+    with pytest.raises(ValueError, match="port_base"):
+        StackConfig(root=tmp_path, port_base=80)
+
+
+def test_credentials_are_generated_once_and_private(tmp_path):
+    cfg = StackConfig(root=tmp_path, project_dir=tmp_path)
+    first = cfg.credentials()
+    assert cfg.credentials() == first
+    assert oct((tmp_path / "credentials.json").stat().st_mode & 0o777) == "0o600"
+    assert first.pg_password in cfg.pg_uri("mlflow")
+
+
+def test_env_file_round_trip_never_overrides_the_callers_environment(tmp_path):
+    cfg = StackConfig(root=tmp_path, port_base=30000, project_dir=tmp_path)
+    cfg.write_env_file()
+    values = read_env_file(cfg.env_file)
+    assert values["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{cfg.ports.mlflow}"
+    assert values["AWS_SECRET_ACCESS_KEY"] == cfg.credentials().s3_secret_key
+    environ = {"MLFLOW_TRACKING_URI": "http://elsewhere:5000"}
+    applied = apply_env_file(cfg.env_file, environ)
+    assert environ["MLFLOW_TRACKING_URI"] == "http://elsewhere:5000" and "MLFLOW_TRACKING_URI" not in applied
+    with pytest.raises(StackError, match="srcore stack up"):
+        read_env_file(tmp_path / "missing")
+
+
+def test_a_busy_port_is_named_with_its_service(tmp_path):
+    with socket.socket() as s:
+        for port in range(31005, 40000, 11):
+            try:
+                s.bind(("127.0.0.1", port))
+                break
+            except OSError:
+                continue
+        s.listen()
+        cfg = StackConfig(root=tmp_path, project_dir=tmp_path, port_base=port - 5)
+        assert cfg.ports.mlflow == port
+        with pytest.raises(StackError, match=rf"port {port} \(mlflow"):
+            MLflowServer(cfg).check_ports()
+
+
+def test_pid_files_recognise_only_our_processes_and_stop_them(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    pid_file = tmp_path / "x.pid"
+    record(pid_file, [proc.pid])
+    assert alive(pid_file) and [p.pid for p in recorded(pid_file)] == [proc.pid]
+    assert stop_recorded(pid_file, grace_s=10) == [proc.pid]
+    assert proc.wait(10) is not None and not pid_file.exists()
+    # A PID file naming a process that started at another time (a reused PID) is not ours.
+    pid_file.write_text(f'[{{"pid": {os.getpid()}, "started": 1.0}}]\n')
+    assert not alive(pid_file)
