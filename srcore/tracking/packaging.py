@@ -7,7 +7,8 @@ Input contract of ``predict`` (also the REST body ``{"inputs": ...}`` of ``mlflo
 
 - an image as uint8 pixels, ``(H, W, 3)`` or a batch ``(N, H, W, 3)`` (RGB, 0..255; JSON: nested
   lists of integers); floats and other dtypes are refused with a message, never rescaled;
-- or base64-encoded PNG/JPEG files, one string or a list of strings (the compact encoding).
+- or base64-encoded PNG/JPEG files (the compact encoding): a list of strings in JSON, a 1-D object
+  array of strings from Python.
 
 Output: uint8 ``(N, sH, sW, 3)`` for pixel input; a list of base64 PNG strings for base64 input.
 Params (per request): ``tile`` (LR tile size, 0 = whole image). Model config (at load): ``device``
