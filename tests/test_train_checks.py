@@ -202,3 +202,14 @@ def test_copy_file_between_local_paths_and_uris(tmp_path):
     copy_file(src, f"file://{tmp_path / 'd.bin'}")
     assert {p.read_bytes() for p in (tmp_path / "c.bin", tmp_path / "d.bin")} == {b"weights"}
     assert not list(tmp_path.glob(".*.tmp")) and not list((tmp_path / "sub").glob(".*.tmp"))
+
+
+def test_training_task_retries_only_errors_that_are_not_the_users():
+    from prefect.states import Failed
+
+    from flows.stages import _retryable
+    from srcore.errors import DataError
+
+    assert not _retryable(None, None, Failed(data=ConfigError("teacher.gamma: bad")))
+    assert not _retryable(None, None, Failed(data=DataError("no shards")))
+    assert _retryable(None, None, Failed(data=RuntimeError("worker died")))

@@ -124,6 +124,8 @@ def _worker_lines_to(sink: TextIO) -> Iterator[None]:
         return
 
     def to_file(data: dict[str, Any]) -> None:
+        if data.get("pid") == "autoscaler":  # periodic cluster status, kept in Ray's own monitor log
+            return
         source = data.get("actor_name") or data.get("task_name") or "worker"
         sink.writelines(f"({source} pid={data.get('pid')}) {line}\n" for line in data.get("lines", []))
 
