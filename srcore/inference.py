@@ -1,13 +1,37 @@
-"""Running a model on images: uint8 in, uint8 out, optionally tile by tile for large inputs."""
+"""Running a model on images: uint8 in, uint8 out, optionally tile by tile for bounded memory.
+
+Tiling contract: the LR image is cut into ``tile`` x ``tile`` cores; each core is run with
+``overlap`` pixels of real image context on every side that has image, and only the core's part of
+the output is kept. When ``overlap`` covers the model's receptive field the result equals
+whole-image inference (up to float rounding). :func:`plan_tiles` measures the receptive field of a
+model once (perturb one input pixel, see how far the output changes) and picks the overlap; for a
+model whose receptive field is the whole image (global pooling, FFT, selective scans) tiling cannot
+be exact, and the plan carries the deviation measured on a probe image so the caller can say so.
+"""
 
 from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from srcore.errors import ConfigError
 from srcore.models.base import SRModel
 
-__all__ = ["to_tensor", "to_uint8", "upscale_tensor", "upscale_image"]
+log = logging.getLogger(__name__)
+
+__all__ = ["TilePlan", "plan_tiles", "receptive_radius", "to_tensor", "to_uint8", "upscale_image",
+           "upscale_tensor"]
+
+MIN_TILE = 16
+# Probe side for the receptive-field measurement: larger than every local model's radius so far
+# (bicubic 2, a stack of 3x3 convs ~ its depth), small enough to be cheap for the Mamba models.
+_PROBE = 48
+# Context given to models whose receptive field is global: past ~32 LR pixels a one-pixel change
+# moves their output by less than 1e-3 (measured on the zoo), so more context buys little.
+GLOBAL_OVERLAP = 32
 
 
 def to_tensor(img: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -20,43 +44,125 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return x[0].clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
-def _tiles(length: int, tile: int, overlap: int) -> list[int]:
-    step = tile - overlap
-    starts = list(range(0, max(length - tile, 0) + 1, step))
-    if starts[-1] + tile < length:
-        starts.append(length - tile)
-    return starts
+@dataclass(frozen=True)
+class TilePlan:
+    """How to tile one model: core ``tile`` size, ``overlap`` context per side, and whether the
+    result equals whole-image inference (``exact``); ``probe_max_dev`` is the largest deviation
+    (in [0, 1] units) seen on a probe image when it is not."""
+
+    tile: int
+    overlap: int
+    exact: bool
+    radius: int | None
+    probe_max_dev: float = 0.0
+
+    def describe(self, arch: str) -> str:
+        """One line for the user: what tiling does to this model's output."""
+        if self.exact:
+            return f"{arch}: tiles of {self.tile} with {self.overlap} px context reproduce whole-image output"
+        why = ("its receptive field is the whole image (global pooling, FFT or scans)" if self.radius is None
+               else f"--tile-overlap {self.overlap} is below its receptive field of {self.radius} px")
+        return (f"{arch}: tiled output is approximate, {why}; on a probe image tiles differed "
+                f"from whole-image output by up to {self.probe_max_dev * 255:.2f}/255; "
+                "omit --tile for exact results")
+
+
+def _check_int(name: str, value: int, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
 
 
 @torch.inference_mode()
-def upscale_tensor(model: SRModel, x: torch.Tensor, tile: int | None = None, overlap: int = 16) -> torch.Tensor:
-    """Super-resolve ``x`` (B, 3, H, W). With ``tile``, process overlapping tiles and keep each
-    tile's centre, so memory is bounded by the tile size; for models with a bounded receptive
-    field smaller than ``overlap / 2`` the result equals whole-image inference."""
-    if tile is None or (x.shape[-2] <= tile and x.shape[-1] <= tile):
-        return model(x)
-    if overlap < 0 or overlap >= tile:
-        raise ValueError(f"overlap must be in [0, tile), got overlap={overlap}, tile={tile}")
+def receptive_radius(model: SRModel, probe: int = _PROBE) -> int | None:
+    """Radius (LR pixels) beyond which one input pixel leaves the output bit-for-bit unchanged,
+    measured by perturbing the centre pixel of a random ``probe`` x ``probe`` image; ``None`` when
+    the change reaches the probe's border (a global receptive field)."""
+    device = next(model.parameters(), torch.empty(0)).device
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, probe, probe, generator=gen).to(device)
+    c = probe // 2
+    bumped = x.clone()
+    bumped[..., c, c] = 1.0 - bumped[..., c, c]
+    diff = (model(bumped) - model(x)).abs().amax(dim=(0, 1))
+    s = diff.shape[-1] // probe
+    changed = diff.reshape(probe, s, probe, s).amax(dim=(1, 3)).nonzero()
+    if changed.numel() == 0:
+        return 0
+    radius = int((changed - c).abs().max())
+    # Reaching the border means the influence was cut off by the probe, not that it ends there.
+    return None if radius >= c - 1 else radius
+
+
+def plan_tiles(model: SRModel, tile: int, overlap: int | None = None) -> TilePlan:
+    """Validate ``tile``/``overlap`` and choose the overlap from the model's receptive field.
+
+    Raises :class:`ConfigError` for a tile below ``MIN_TILE`` or a negative overlap. A user-given
+    ``overlap`` smaller than the receptive field is honoured but marked approximate."""
+    tile = _check_int("--tile", tile, MIN_TILE)
+    if overlap is not None:
+        overlap = _check_int("--tile-overlap", overlap, 0)
+    radius = receptive_radius(model.eval())
+    if overlap is None:
+        overlap = GLOBAL_OVERLAP if radius is None else radius
+    exact = radius is not None and overlap >= radius
+    plan = TilePlan(tile, overlap, exact, radius)
+    if not exact:
+        plan = TilePlan(tile, overlap, exact, radius, _probe_deviation(model, plan))
+    return plan
+
+
+@torch.inference_mode()
+def _probe_deviation(model: SRModel, plan: TilePlan) -> float:
+    """Max |tiled - whole| on a random image just wide enough that no tile sees all of it (two
+    cores plus one overlap; cores capped at 48 px to keep the probe cheap)."""
+    device = next(model.parameters(), torch.empty(0)).device
+    core = min(plan.tile, 48)
+    side = 2 * core + plan.overlap + 8
+    x = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(1)).to(device)
+    probe = TilePlan(core, plan.overlap, plan.exact, plan.radius)
+    return float((_tiled(model, x, probe) - model(x)).abs().max())
+
+
+def _spans(length: int, core: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """(input start, input end, core start, core end) per tile along one axis."""
+    spans = []
+    for c0 in range(0, length, core):
+        c1 = min(c0 + core, length)
+        spans.append((max(0, c0 - overlap), min(length, c1 + overlap), c0, c1))
+    return spans
+
+
+def _tiled(model: SRModel, x: torch.Tensor, plan: TilePlan) -> torch.Tensor:
     s = model.scale
     b, c, h, w = x.shape
     out = x.new_zeros(b, c, h * s, w * s)
-    th, tw = min(tile, h), min(tile, w)
-    ys, xs = _tiles(h, th, overlap), _tiles(w, tw, overlap)
-    half = overlap // 2
-    for i, y0 in enumerate(ys):
-        for j, x0 in enumerate(xs):
-            sr = model(x[..., y0:y0 + th, x0:x0 + tw])
-            # Keep the tile's centre: cut half the overlap on every side that has a neighbour.
-            top = 0 if i == 0 else half
-            left = 0 if j == 0 else half
-            bottom = th if i == len(ys) - 1 else th - half
-            right = tw if j == len(xs) - 1 else tw - half
-            out[..., (y0 + top) * s:(y0 + bottom) * s, (x0 + left) * s:(x0 + right) * s] = \
-                sr[..., top * s:bottom * s, left * s:right * s]
+    for i0, i1, y0, y1 in _spans(h, plan.tile, plan.overlap):
+        for j0, j1, x0, x1 in _spans(w, plan.tile, plan.overlap):
+            sr = model(x[..., i0:i1, j0:j1])
+            top, left, hh, ww = (y0 - i0) * s, (x0 - j0) * s, (y1 - y0) * s, (x1 - x0) * s
+            out[..., y0 * s:y1 * s, x0 * s:x1 * s] = sr[..., top:top + hh, left:left + ww]
     return out
 
 
-def upscale_image(model: SRModel, lr: np.ndarray, device: torch.device | str = "cpu", tile: int | None = None,
-                  overlap: int = 16) -> np.ndarray:
+@torch.inference_mode()
+def upscale_tensor(model: SRModel, x: torch.Tensor, tile: int | TilePlan | None = None,
+                   overlap: int | None = None) -> torch.Tensor:
+    """Super-resolve ``x`` (B, 3, H, W), whole or by tiles (a :class:`TilePlan`, or a tile size and
+    optional overlap from which a plan is made; see the module docstring)."""
+    if tile is None:
+        return model(x)
+    plan = tile
+    if not isinstance(plan, TilePlan):
+        plan = plan_tiles(model, tile, overlap)
+        if not plan.exact:
+            log.warning(plan.describe(getattr(model, "arch", type(model).__name__)))
+    if x.shape[-2] <= plan.tile and x.shape[-1] <= plan.tile:
+        return model(x)
+    return _tiled(model, x, plan)
+
+
+def upscale_image(model: SRModel, lr: np.ndarray, device: torch.device | str = "cpu",
+                  tile: int | TilePlan | None = None, overlap: int | None = None) -> np.ndarray:
     """Super-resolve an HxWx3 uint8 image to uint8."""
     return to_uint8(upscale_tensor(model, to_tensor(lr, device), tile, overlap))

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from srcore.data.image_io import decode_rgb, modcrop, write_png, read_rgb
-from srcore.data.imresize import imresize_np
+from srcore.data.degrade import degrade
+from srcore.data.image_io import decode_rgb, modcrop, read_rgb, write_png
 from srcore.errors import DataError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BenchmarkImage", "DATASETS", "EMBEDDED_IMAGES", "resolve_root", "load_benchmark", "embedded_hr",
-           "degrade"]
+__all__ = ["DATASETS", "EMBEDDED_IMAGES", "BenchmarkImage", "BenchmarkSource", "benchmark_sources",
+           "embedded_hr", "iter_benchmark", "load_benchmark", "load_pair", "resolve_root"]
 
 DATASETS = ("Set5", "Set14", "B100", "Urban100", "Manga109", "DIV2K-val")
 EMBEDDED_IMAGES = ("astronaut", "chelsea", "coffee", "rocket")
@@ -57,11 +57,6 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "srcore"
 
 
-def degrade(hr: np.ndarray, scale: int) -> np.ndarray:
-    """Bicubic LR of an HR uint8 image that is already a multiple of ``scale``."""
-    return imresize_np(hr, scale=1.0 / scale)
-
-
 def embedded_hr() -> list[tuple[str, np.ndarray]]:
     """The embedded benchmark's HR images (colour images shipped inside scikit-image)."""
     from skimage import data as skdata
@@ -85,8 +80,8 @@ def dataset_folder(name: str, data_root: str | os.PathLike | None = None) -> Pat
     canonical = {d.lower(): d for d in DATASETS}.get(name.lower(), name)
     folder = root / canonical / "HR"
     if canonical not in DATASETS and not folder.is_dir():
-        raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS + (EMBEDDED, SAMPLE_VAL))} "
-                        f"or put a folder {folder}")
+        choices = ", ".join(DATASETS + (EMBEDDED, SAMPLE_VAL))
+        raise DataError(f"unknown dataset {name!r}; choose from {choices} or put a folder {folder}")
     return folder
 
 
@@ -118,28 +113,51 @@ def _cached_lr(cache_dir: Path, dataset: str, scale: int, stem: str, hr: np.ndar
     return lr
 
 
+@dataclass(frozen=True)
+class BenchmarkSource:
+    """Where one benchmark image comes from: an HR file, or an embedded image by name. Small and
+    picklable, so worker processes load their own pixels (and share the on-disk LR cache)."""
+
+    dataset: str
+    stem: str
+    path: Path | None = None
+
+
+def benchmark_sources(name: str, data_root: str | os.PathLike | None = None) -> list[BenchmarkSource]:
+    """The images of a benchmark in a stable (sorted) order, without decoding them."""
+    if name == EMBEDDED:
+        return [BenchmarkSource(name, stem) for stem in EMBEDDED_IMAGES]
+    return [BenchmarkSource(name, p.stem, p) for p in _hr_files(dataset_folder(name, data_root), name)]
+
+
+def load_pair(source: BenchmarkSource, scale: int,
+              cache_dir: str | os.PathLike | None = None) -> BenchmarkImage:
+    """Decode one HR image, modcrop it, and fetch (or make and cache) its bicubic LR."""
+    if scale < 1:
+        raise DataError(f"scale must be a positive integer, got {scale}")
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if source.path is not None:
+        raw = source.path.read_bytes()
+        img = decode_rgb(raw, str(source.path))
+    else:
+        img = dict(embedded_hr())[source.stem]
+        raw = img.tobytes() + repr(img.shape).encode()
+    hr = modcrop(img, scale)
+    if min(hr.shape[:2]) < scale:
+        raise DataError(f"{source.path or source.stem}: image {img.shape[1]}x{img.shape[0]} is smaller than "
+                        f"scale {scale}")
+    key = hashlib.sha256(raw + f"|{scale}|{_LR_VERSION}".encode()).hexdigest()
+    lr = _cached_lr(cache, source.dataset, scale, source.stem, hr, key, lambda: degrade(hr, scale))
+    return BenchmarkImage(source.stem, hr, lr)
+
+
 def iter_benchmark(name: str, scale: int, data_root: str | os.PathLike | None = None,
                    cache_dir: str | os.PathLike | None = None) -> Iterator[BenchmarkImage]:
     """Yield the benchmark's images one by one (HR modcropped, LR bicubic, cached)."""
     if scale < 1:
         raise DataError(f"scale must be a positive integer, got {scale}")
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    if name == EMBEDDED:
-        sources = [(stem, None, img) for stem, img in embedded_hr()]
-    else:
-        sources = [(p.stem, p, None) for p in _hr_files(dataset_folder(name, data_root), name)]
-    for stem, path, img in sources:
-        if path is not None:
-            raw = path.read_bytes()
-            img = decode_rgb(raw, str(path))
-        else:
-            raw = img.tobytes() + repr(img.shape).encode()
-        hr = modcrop(img, scale)
-        if min(hr.shape[:2]) < scale:
-            raise DataError(f"{path or stem}: image {img.shape[1]}x{img.shape[0]} is smaller than scale {scale}")
-        key = hashlib.sha256(raw + f"|{scale}|{_LR_VERSION}".encode()).hexdigest()
-        lr = _cached_lr(cache, name, scale, stem, hr, key, lambda: degrade(hr, scale))
-        yield BenchmarkImage(stem, hr, lr)
+    for source in benchmark_sources(name, data_root):
+        yield load_pair(source, scale, cache_dir)
 
 
 def load_benchmark(name: str, scale: int, data_root: str | os.PathLike | None = None,

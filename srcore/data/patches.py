@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from srcore.data.benchmarks import degrade
+from srcore.data.degrade import degrade
 from srcore.data.image_io import modcrop
 
 __all__ = ["crop_starts", "SubImage", "extract_pairs"]
