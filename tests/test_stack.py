@@ -16,11 +16,11 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-from stack_fixtures import REPO
 
 pytest_plugins = ["stack_fixtures"]  # the `stack` fixture
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _env(cfg) -> dict[str, str]:

@@ -413,7 +413,8 @@ class RayCluster(Service):
 
     def _ray(self, *args: str) -> None:
         env = service_env(self.cfg)
-        # The raylet waits 15 s by default for its Python agents' ports: too short on a loaded 2-core host.
+        # The raylet gives its Python agents 15 s to report their ports: too short on a loaded 2-core host.
+        env.setdefault("RAY_raylet_start_wait_time_s", "120")
         env.setdefault("RAY_agent_register_timeout_ms", "120000")
         res = subprocess.run([_exe("ray"), *args], env=env, capture_output=True, text=True, timeout=300)
         with open(self.log_file, "a") as out:
@@ -436,16 +437,17 @@ class RayCluster(Service):
                 f"--dashboard-port={self.cfg.ports.ray_dashboard}", *common]
         worker = ["start", f"--address={self.cfg.ray_address}", f"--node-ip-address={self.cfg.ray_worker_ip}",
                   *common]
-        # `ray start` gives a node a fixed 30 s to register; on a loaded host that can pass, so try twice.
-        for attempt in (1, 2):
+        # `ray start` gives a node a fixed 30 s to register; on a loaded host that can pass, so try again.
+        attempts = 3
+        for attempt in range(1, attempts + 1):
             try:
                 self._ray(*head)
                 self._ray(*worker)
                 break
             except StackError:
-                if attempt == 2:
+                if attempt == attempts:
                     raise
-                log.warning("ray did not start (see %s); retrying once", self.log_file)
+                log.warning("ray did not start (see %s); trying again", self.log_file)
                 self._record()
                 self.stop()
             finally:
@@ -474,7 +476,8 @@ class RayCluster(Service):
 
     def stop(self) -> list[int]:
         # Workers Ray started after `up` (ray::IDLE, agents) are children of the recorded raylets.
-        return stop_recorded(self.pid_file, grace_s=15)
+        # Its GCS ignores SIGTERM for long; nothing of ours needs a graceful Ray exit, so wait briefly.
+        return stop_recorded(self.pid_file, grace_s=5)
 
 
 SERVICES: tuple[type[Service], ...] = (Postgres, SeaweedFS, MLflowServer, PrefectServer, RayCluster,
