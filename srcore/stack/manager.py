@@ -1,6 +1,6 @@
 """``up``, ``status`` and ``down`` for the whole stack.
 
-``up`` starts the services in three waves (storage; servers and Ray; the Prefect worker), each
+``up`` starts the services in three waves (storage and Ray; servers; the Prefect worker), each
 wave's processes launched before any of them is waited for, so slow starts overlap. A service
 whose recorded process still runs is left alone (a second ``up`` is a no-op). If a start fails,
 what this call started is stopped again, and the error names the service and its log.
@@ -30,9 +30,11 @@ __all__ = ["ServiceStatus", "UpReport", "up", "status", "down", "WAVES"]
 
 log = logging.getLogger(__name__)
 
+# Ray starts before the Python servers: its node agents must report within fixed time limits, which
+# is easier while MLflow and Prefect are not importing at the same time.
 WAVES: tuple[tuple[type[Service], ...], ...] = (
-    (SeaweedFS, Postgres),
-    (MLflowServer, PrefectServer, RayCluster),
+    (SeaweedFS, Postgres, RayCluster),
+    (MLflowServer, PrefectServer),
     (PrefectWorker,),
 )
 
