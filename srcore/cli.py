@@ -315,8 +315,12 @@ def data_sample_cmd(
 ) -> None:
     """Write the embedded DF2K-like sample set (scikit-image's colour images); byte-reproducible."""
     from srcore.data.sample import write_sample
+    from srcore.io import check_output_dir
 
-    counts = write_sample(out)
+    try:
+        counts = write_sample(check_output_dir(out))
+    except SrcoreError as exc:
+        _fail(str(exc))
     console.print(f"wrote {counts['train']} training and {counts['val']} validation images to {out}")
 
 
