@@ -49,7 +49,7 @@ def reproduce_patches(cwd: str | os.PathLike = ".", pull: bool = True) -> str:
 
 def manifest_hash(patches: str | os.PathLike) -> str:
     """sha256 of the patch manifest: the version of the prepared shards."""
-    from srcore.data.prepare import MANIFEST
+    from srcore.data.shards import MANIFEST
 
     path = Path(patches) / MANIFEST
     if not path.is_file():
