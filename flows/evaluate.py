@@ -1,19 +1,40 @@
-"""Flow ``evaluate``: benchmarks (PSNR-Y/SSIM-Y) and efficiency of a trained model."""
+"""Flow ``evaluate``: benchmarks (PSNR-Y/SSIM-Y) and efficiency of a trained model.
+
+Scores with the same suite function as ``srcore eval`` and logs the Markdown table and the
+metrics to MLflow (one ``evaluate-<model>`` run); returns the flat metrics.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from prefect import flow, task
 
 from flows.common import digest, file_digest
-from srcore.tracking.publish import evaluate_checkpoint
+from srcore.evaluation import evaluate_checkpoint
 
 
 @task(name="evaluate-checkpoint", persist_result=True,
       cache_key_fn=lambda _c, a: "eval-" + digest(file_digest(a["model_path"]), a["datasets"], a["scale"]))
-def evaluate_task(model_path: str, datasets: list[str], scale: int) -> dict[str, float]:
+def evaluate_task(model_path: str, datasets: list[str], scale: int) -> tuple[dict[str, float], str]:
     return evaluate_checkpoint(model_path, datasets, scale)
+
+
+@task(name="log-evaluation")
+def log_table_task(model_path: str, scale: int, metrics: dict[str, float], table: str) -> None:
+    import mlflow
+
+    from srcore.tracking.runs import configure
+
+    configure()
+    with mlflow.start_run(run_name=f"evaluate-{Path(model_path).stem}-x{scale}"):
+        mlflow.set_tags({"stage": "evaluate", "model_path": str(model_path)})
+        mlflow.log_metrics(metrics)
+        mlflow.log_text(table, f"evaluation/x{scale}.md")
 
 
 @flow(name="evaluate", log_prints=True)
 def evaluate(model_path: str, datasets: list[str], scale: int = 4) -> dict[str, float]:
-    return evaluate_task(model_path, datasets, scale)
+    metrics, table = evaluate_task(model_path, datasets, scale)
+    log_table_task(model_path, scale, metrics, table)
+    return metrics

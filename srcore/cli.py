@@ -85,45 +85,177 @@ def _load(model: str, scale: int, weights: Optional[str], weights_key: Optional[
     return load_model(weights, name=model, scale=scale, key=weights_key)
 
 
+def _eval_entries(models: list[str], weights: list[str], weights_key: str | None, scales: list[int],
+                  device: str) -> list:
+    """One suite entry per --model/--weights pair (weights alone: the checkpoint names its model)."""
+    from srcore.errors import ConfigError
+    from srcore.evaluation import ModelEntry
+
+    if weights and len(models) > 1 and len(models) != len(weights):
+        raise ConfigError(f"{len(models)} --model and {len(weights)} --weights: give one --model per "
+                          "--weights, or one --model for all, or none (the checkpoints name their model)")
+    if not weights:
+        return [ModelEntry(m, lambda s, m=m: _load(m, s, None, None).to(device)) for m in models]
+    entries = []
+    for i, w in enumerate(weights):
+        name = models[i] if len(models) == len(weights) else (models[0] if models else None)
+        net = _load(name, scales[0], w, weights_key) if name else _load_weights_only(w, scales[0])
+        net = net.to(device)
+        if len(scales) == 1 and net.scale != scales[0]:
+            raise ConfigError(f"the weights are for x{net.scale}, but --scale is {scales[0]}")
+        entries.append(ModelEntry(f"{net.arch} ({w if w.startswith('models:/') else Path(w).name})",
+                                  lambda s, net=net: net if s == net.scale else None))
+    return entries
+
+
+def _load_weights_only(weights: str, scale: int):
+    from srcore.models import load_model
+
+    if weights.startswith("models:/"):
+        from srcore.tracking.registry import load_registered_model
+
+        return load_registered_model(weights)
+    return load_model(weights, scale=scale)
+
+
+class _EvalProgress:
+    """Progress for ``eval``: a rich bar on a terminal; in a log, one line when a dataset starts
+    and ends and every ``every`` images, with elapsed time and ETA."""
+
+    def __init__(self, total: int, every: int = 10) -> None:
+        import time
+
+        from rich.progress import TimeRemainingColumn
+
+        self.total, self.every, self.done, self.clock = total, every, 0, time.monotonic
+        self.start = self.clock()
+        self.bar = None
+        if console.is_terminal and sys.stdout.isatty():
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
+            self.task = self.bar.add_task("eval", total=total or None)
+
+    def __enter__(self) -> _EvalProgress:
+        if self.bar is not None:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def _eta(self) -> str:
+        elapsed = self.clock() - self.start
+        left = elapsed / self.done * max(self.total - self.done, 0) if self.done else 0.0
+        return f"elapsed {elapsed:.0f}s, ETA {left:.0f}s"
+
+    def on_image(self, dataset: str, _name: str, done: int, count: int) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.update(self.task, description=f"{dataset} {done}/{count}", advance=1)
+        elif done == count or done % self.every == 0:
+            state = "done" if done == count else f"{done}/{count}"
+            console.print(f"{dataset}: {state} (all: {self.done}/{self.total} images, {self._eta()})",
+                          highlight=False)
+
+
+def _check_eval_outputs(json_out: str | None, csv_out: Path | None, md_out: Path | None,
+                        save_images: Path | None) -> None:
+    from srcore.io import check_output_dir, check_output_file
+
+    for path in (json_out if json_out != "-" else None, csv_out, md_out):
+        if path is not None:
+            check_output_file(path)
+    if save_images is not None:
+        check_output_dir(save_images)
+
+
+def _print_suite(result, stream: Console) -> None:
+    for s, rows in result.tables.items():
+        sets = [d for d in result.datasets if any(d in r.results for r in rows)]
+        table = Table(title=f"x{s}: PSNR-Y / SSIM-Y (border {s})")
+        for col in ["model", "params", "GFLOPs"] + sets:
+            table.add_column(col, justify="left" if col == "model" else "right")
+        for r in rows:
+            table.add_row(r.label, f"{r.params:,}", f"{r.flops_g:.2f}",
+                          *(f"{r.results[d].psnr_y:.2f} / {r.results[d].ssim_y:.4f}" for d in sets))
+        stream.print(table)
+        for r in rows:
+            if r.tiling:
+                console.print(f"[yellow]tiling:[/] {r.tiling}")
+    if result.missing:
+        console.print(f"[yellow]missing datasets (not evaluated):[/] {', '.join(result.missing)}")
+    for s in result.skipped:
+        console.print(f"[yellow]skipped:[/] {s} (the weights are for another scale)")
+
+
 @app.command("eval")
 def eval_cmd(
-    model: Annotated[str, typer.Option(help="Model preset (see `srcore models`).")] = "bicubic",
-    dataset: Annotated[list[str], typer.Option(help="Benchmark name; repeat for several. 'embedded' needs no files.")] = ["Set5"],  # noqa: B006
-    scale: Annotated[int, typer.Option(help="Upscaling factor (2, 3 or 4).")] = 4,
-    weights: Annotated[Optional[str], typer.Option(help="Checkpoint: srcore, official or BasicSR .pth, or models:/name@alias.")] = None,
-    weights_key: Annotated[Optional[str], typer.Option(help="BasicSR key to read (params_ema or params).")] = None,
-    data_root: Annotated[Optional[Path], typer.Option(help="Folder holding <Name>/HR/*.png (default $SRCORE_DATA or ./data/benchmarks).")] = None,
+    model: Annotated[list[str] | None, typer.Option(
+        help="Model preset (see `srcore models`); repeat for several. Default: bicubic, or the "
+             "model the --weights name.")] = None,
+    dataset: Annotated[list[str] | None, typer.Option(
+        help="Benchmark name; repeat for several. 'embedded' needs no files.")] = None,
+    suite: Annotated[str | None, typer.Option(
+        help="A named set of benchmarks: standard = Set5, Set14, B100, Urban100, Manga109.")] = None,
+    scale: Annotated[list[int], typer.Option(
+        help="Upscaling factor (2, 3 or 4); repeat for several.")] = [4],  # noqa: B006
+    weights: Annotated[list[str] | None, typer.Option(
+        help="Checkpoint: srcore, official or BasicSR .pth, or models:/name@alias; repeat for "
+             "several.")] = None,
+    weights_key: Annotated[str | None, typer.Option(
+        help="BasicSR key to read (params_ema or params).")] = None,
+    data_root: Annotated[Path | None, typer.Option(
+        help="Folder holding <Name>/HR/*.png (default $SRCORE_DATA or ./data/benchmarks).")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
-    tile: Annotated[Optional[int], typer.Option(help="Process the LR image in tiles of this size (bounded memory).")] = None,
-    json_out: Annotated[Optional[str], typer.Option("--json", help="Write results as JSON to FILE, or - for stdout.")] = None,
-    save_images: Annotated[Optional[Path], typer.Option(help="Write the SR images under this folder.")] = None,
+    tile: Annotated[int | None, typer.Option(
+        help="Process the LR image in tiles of this size (bounded memory); the overlap follows "
+             "the model's receptive field.")] = None,
+    workers: Annotated[int, typer.Option(help="Processes scoring images in parallel (CPU).")] = 1,
+    address: Annotated[str | None, typer.Option(
+        help="Ray cluster address: score images on its workers (paths must be visible there).")] = None,
+    json_out: Annotated[str | None, typer.Option(
+        "--json", help="Write results (with per-image values) as JSON to FILE, or - for stdout.")] = None,
+    csv_out: Annotated[Path | None, typer.Option(
+        "--csv", help="Write one CSV row per scale, model and dataset.")] = None,
+    md_out: Annotated[Path | None, typer.Option("--markdown", help="Write the tables as Markdown.")] = None,
+    save_images: Annotated[Path | None, typer.Option(help="Write the SR images under this folder.")] = None,
 ) -> None:
-    """Evaluate a model on benchmarks: PSNR-Y / SSIM-Y (border = scale) per dataset."""
-    from srcore.evaluation import evaluate_dataset, total_images
+    """Evaluate models on benchmarks: PSNR-Y / SSIM-Y (border = scale), one table per scale."""
+    from srcore.evaluation import expand_datasets, run_suite, total_images
+    from srcore.io import atomic_write_text
 
+    models = model or ([] if weights else ["bicubic"])
+    names = expand_datasets(([suite] if suite else []) + list(dataset or ([] if suite else ["Set5"])))
     try:
+        if suite is not None and suite not in ("standard",):
+            _fail(f"--suite must be 'standard', got {suite!r}")
+        if workers < 1:
+            _fail(f"--workers must be >= 1, got {workers}")
+        _check_eval_outputs(json_out, csv_out, md_out, save_images)
         dev = _resolve_device(device)
-        net = _load(model, scale, weights, weights_key).to(dev)
-        if net.scale != scale:
-            _fail(f"the weights are for x{net.scale}, but --scale is {scale}")
-        results = {}
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=True) as progress:
-            task = progress.add_task(f"{model} x{scale}", total=total_images(dataset, data_root) or None)
-            for name in dataset:
-                progress.update(task, description=f"{model} x{scale} {name}")
-                results[name] = evaluate_dataset(net, name, scale, data_root, dev, tile, save_images,
-                                                  on_image=lambda _n: progress.advance(task))
+        entries = _eval_entries(models, list(weights or []), weights_key, scale, dev)
+        total = total_images(names, data_root) * len(entries) * len(scale)
+        with _EvalProgress(total) as progress:
+            result = run_suite(entries, names, list(scale), data_root, dev, tile, save_images,
+                               progress.on_image, workers, address)
+        payload = result.as_dict()
+        if len(entries) == 1 and len(result.tables) == 1:
+            row = next(iter(result.tables.values()))[0]
+            payload = {"model": row.label, "scale": scale[0], "weights": (weights or [None])[0],
+                       "results": {k: v.summary() for k, v in row.results.items()}, **payload}
+        _print_suite(result, out if json_out != "-" else console)
+        if csv_out is not None:
+            atomic_write_text(csv_out, result.to_csv())
+            console.print(f"wrote {csv_out}")
+        if md_out is not None:
+            atomic_write_text(md_out, result.to_markdown())
+            console.print(f"wrote {md_out}")
+        _emit_json(payload, json_out)
     except SrcoreError as exc:
         _fail(str(exc))
-    table = Table(title=f"{model} x{scale}" + (f" ({weights})" if weights else ""))
-    for col in ("dataset", "images", "PSNR-Y", "SSIM-Y"):
-        table.add_column(col, justify="left" if col == "dataset" else "right")
-    for name, r in results.items():
-        table.add_row(name, str(r.images), f"{r.psnr_y:.2f}", f"{r.ssim_y:.4f}")
-    out.print(table) if json_out != "-" else console.print(table)
-    _emit_json({"model": model, "scale": scale, "weights": weights,
-                "results": {k: v.summary() for k, v in results.items()}}, json_out)
+    except OSError as exc:
+        _fail(f"{exc.filename or ''}: {exc.strerror or exc}")
 
 
 def _parse_size(text: str) -> tuple[int, int]:

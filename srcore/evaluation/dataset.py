@@ -1,0 +1,180 @@
+"""One benchmark at one scale: super-resolve every LR image, score PSNR-Y/SSIM-Y (border = scale).
+
+Images are independent, so they can be scored by a worker pool: ``workers > 1`` starts that many
+processes on this machine, ``address`` maps the same per-image function over a Ray cluster (every
+node must see the dataset and cache paths). Each worker loads its own pixels from the small,
+picklable :class:`BenchmarkSource` and shares the on-disk LR cache (atomic writes, content-keyed
+names), memory stays bounded per image (``tile``), and results come back in dataset order, so the
+numbers are the same as the sequential path. Progress goes to an ``on_image`` callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from srcore.data.benchmarks import BenchmarkSource, benchmark_sources, count_images, load_pair
+from srcore.data.image_io import write_png
+from srcore.errors import DataError
+from srcore.inference import TilePlan, plan_tiles, upscale_image
+from srcore.metrics import psnr_ssim_y
+from srcore.models.base import SRModel
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DatasetResult", "EvalOptions", "OnImage", "evaluate", "evaluate_dataset", "score_image",
+           "total_images"]
+
+# on_image(dataset, image name, images done, images in the dataset)
+OnImage = Callable[[str, str, int, int], None]
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How to evaluate, shared by every image (picklable: it travels to the workers)."""
+
+    scale: int
+    device: str = "cpu"
+    plan: TilePlan | None = None
+    save_dir: str | None = None
+    cache_dir: str | None = None
+
+
+@dataclass
+class DatasetResult:
+    """Mean PSNR-Y / SSIM-Y of one dataset, plus the per-image values."""
+
+    psnr_y: float
+    ssim_y: float
+    images: int
+    per_image: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        d = asdict(self)
+        d.pop("per_image")
+        return d
+
+
+def score_image(model: SRModel, source: BenchmarkSource, opts: EvalOptions) -> tuple[str, dict[str, float]]:
+    """PSNR-Y and SSIM-Y of one image (and its SR PNG under ``save_dir``)."""
+    item = load_pair(source, opts.scale, opts.cache_dir)
+    sr = upscale_image(model, item.lr, opts.device, tile=opts.plan)
+    if sr.shape != item.hr.shape:
+        raise DataError(f"{source.dataset}/{item.name}: model output {sr.shape} does not match HR "
+                        f"{item.hr.shape}")
+    psnr, ssim = psnr_ssim_y(sr, item.hr, opts.scale)
+    if opts.save_dir is not None:
+        write_png(Path(opts.save_dir) / source.dataset / f"{item.name}_x{opts.scale}.png", sr)
+    return item.name, {"psnr_y": psnr, "ssim_y": ssim}
+
+
+# The model each pool process holds: set once by the pool initializer, read by every task it runs.
+_worker_model: SRModel | None = None
+
+
+def _init_worker(model: SRModel, threads: int) -> None:
+    global _worker_model
+    torch.set_num_threads(threads)
+    _worker_model = model.eval()
+
+
+def _score_in_worker(source: BenchmarkSource, opts: EvalOptions) -> tuple[str, dict[str, float]]:
+    assert _worker_model is not None, "pool process started without a model"
+    return score_image(_worker_model, source, opts)
+
+
+def _run_pool(model: SRModel, sources: list[BenchmarkSource], opts: EvalOptions, workers: int,
+              tick: Callable[[str], None]) -> list[tuple[str, dict[str, float]]]:
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    # spawn, not fork: a forked child of a process that already ran torch's OpenMP pool can hang.
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                             initargs=(model.cpu(), threads)) as pool:
+        futures = {pool.submit(_score_in_worker, s, opts): i for i, s in enumerate(sources)}
+        results: list = [None] * len(sources)
+        for fut in as_completed(futures):
+            results[futures[fut]] = fut.result()
+            tick(results[futures[fut]][0])
+    return results
+
+
+def _run_ray(model: SRModel, sources: list[BenchmarkSource], opts: EvalOptions, address: str,
+             tick: Callable[[str], None]) -> list[tuple[str, dict[str, float]]]:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False)
+    remote = ray.remote(num_cpus=1)(score_image)
+    model_ref = ray.put(model.cpu().eval())
+    pending = {remote.remote(model_ref, s, opts): i for i, s in enumerate(sources)}
+    results: list = [None] * len(sources)
+    waiting = list(pending)
+    while waiting:
+        done, waiting = ray.wait(waiting, num_returns=1)
+        results[pending[done[0]]] = ray.get(done[0])
+        tick(results[pending[done[0]]][0])
+    return results
+
+
+def evaluate_dataset(model: SRModel, dataset: str, scale: int, data_root: str | os.PathLike | None = None,
+                     device: torch.device | str = "cpu", tile: TilePlan | int | None = None,
+                     save_dir: str | os.PathLike | None = None, on_image: OnImage | None = None,
+                     workers: int = 1, address: str | None = None,
+                     cache_dir: str | os.PathLike | None = None) -> DatasetResult:
+    """Evaluate ``model`` on one benchmark at ``scale`` with the field's protocol (border = scale).
+
+    ``workers`` processes (CPU only) or a Ray cluster at ``address`` score the images in parallel;
+    the result is the same as with ``workers=1``."""
+    model.eval()
+    if tile is not None and not isinstance(tile, TilePlan):
+        tile = plan_tiles(model, tile)
+    sources = benchmark_sources(dataset, data_root)
+    opts = EvalOptions(scale, str(device), tile, None if save_dir is None else str(save_dir),
+                       None if cache_dir is None else str(cache_dir))
+    done = 0
+
+    def tick(name: str) -> None:
+        nonlocal done
+        done += 1
+        if on_image is not None:
+            on_image(dataset, name, done, len(sources))
+
+    parallel = address is not None or (workers > 1 and len(sources) > 1 and str(device) == "cpu")
+    if not parallel:
+        scored = []
+        for s in sources:
+            scored.append(score_image(model, s, opts))
+            tick(scored[-1][0])
+    elif address is not None:
+        scored = _run_ray(model, sources, opts, address, tick)
+    else:
+        scored = _run_pool(model, sources, opts, min(workers, len(sources)), tick)
+    per_image = dict(scored)
+    return DatasetResult(
+        psnr_y=float(np.mean([v["psnr_y"] for v in per_image.values()])),
+        ssim_y=float(np.mean([v["ssim_y"] for v in per_image.values()])),
+        images=len(per_image), per_image=per_image)
+
+
+def evaluate(model: SRModel, datasets: list[str], scale: int, data_root: str | os.PathLike | None = None,
+             device: torch.device | str = "cpu", tile: TilePlan | int | None = None,
+             save_dir: str | os.PathLike | None = None, on_image: OnImage | None = None,
+             workers: int = 1, address: str | None = None) -> dict[str, DatasetResult]:
+    """Evaluate on several datasets; see :func:`evaluate_dataset`."""
+    if tile is not None and not isinstance(tile, TilePlan):
+        tile = plan_tiles(model.eval(), tile)
+    return {name: evaluate_dataset(model, name, scale, data_root, device, tile, save_dir, on_image, workers,
+                                   address) for name in datasets}
+
+
+def total_images(datasets: list[str], data_root: str | os.PathLike | None = None) -> int:
+    """Image count over datasets, for progress bars."""
+    return sum(count_images(d, data_root) for d in datasets)

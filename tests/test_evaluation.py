@@ -1,0 +1,103 @@
+"""Evaluation at benchmark scale: worker pool equals the sequential path, the suite's tables and
+files, outputs checked before any compute, progress lines in a log."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from srcore.cli import app
+from srcore.evaluation import ModelEntry, evaluate_dataset, expand_datasets, run_suite
+from srcore.models import build, save_model
+
+runner = CliRunner()
+
+
+def _dataset(root, name="Mine", count=3, seed=0):
+    rng = np.random.default_rng(seed)
+    folder = root / name / "HR"
+    folder.mkdir(parents=True)
+    for i in range(count):
+        img = rng.integers(0, 256, size=(36 + 4 * i, 40, 3), dtype=np.uint8)
+        Image.fromarray(img).save(folder / f"im{i}.png")
+    return root
+
+
+@pytest.mark.slow  # starts two interpreters that import torch (spawn)
+def test_worker_pool_gives_the_sequential_result(tmp_path):
+    root = _dataset(tmp_path)
+    model = build("rlfn", 2, feature_channels=8, mid_channels=8, esa_channels=4)
+    sequential = evaluate_dataset(model, "Mine", 2, root, workers=1)
+    pooled = evaluate_dataset(model, "Mine", 2, root, workers=2)
+    assert list(pooled.per_image) == list(sequential.per_image) == ["im0", "im1", "im2"]
+    assert pooled.per_image == sequential.per_image
+    assert (pooled.psnr_y, pooled.ssim_y) == (sequential.psnr_y, sequential.ssim_y)
+
+
+def test_suite_tables_over_scales_with_a_missing_dataset(tmp_path):
+    root = _dataset(tmp_path)
+    seen = []
+    entry = ModelEntry("bicubic", lambda s: build("bicubic", s))
+    result = run_suite([entry], ["Mine", "Set14"], [2, 3], root,
+                       on_image=lambda d, n, done, count: seen.append((d, done, count)))
+    assert result.missing == ["Set14"] and result.datasets == ["Mine"]
+    assert sorted(result.tables) == [2, 3]
+    row = result.tables[3][0]
+    assert row.arch == "bicubic" and row.params == 0 and set(row.results) == {"Mine"}
+    assert row.results["Mine"].images == 3 and len(row.results["Mine"].per_image) == 3
+    assert seen[-1] == ("Mine", 3, 3) and len(seen) == 6
+    md = result.to_markdown()
+    assert "### x2" in md and "### x3" in md and "Missing datasets (not evaluated): Set14" in md
+    assert len(result.to_csv().strip().splitlines()) == 1 + 2
+    assert result.as_dict()["tables"]["x2"][0]["results"]["Mine"]["per_image"]["im0"]["psnr_y"] > 10
+
+
+def test_standard_suite_expands_in_order():
+    expected = ["Set5", "Set14", "B100", "Urban100", "Manga109", "embedded"]
+    assert expand_datasets(["standard", "Set5", "embedded"]) == expected
+
+
+def test_cli_suite_writes_json_csv_markdown_and_logs_progress(tmp_path):
+    root = _dataset(tmp_path / "root", "Set5", count=2)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["eval", "--suite", "standard", "--scale", "2", "--scale", "4", "--data-root",
+                                 str(root), "--json", str(out / "r.json"), "--csv", str(out / "r.csv"),
+                                 "--markdown", str(out / "r.md")])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("missing datasets") == 1
+    assert "Set14, B100, Urban100, Manga109" in result.output
+    assert "Set5: done" in result.output and "ETA" in result.output  # not a TTY: log lines
+    payload = json.loads((out / "r.json").read_text())
+    assert set(payload["tables"]) == {"x2", "x4"} and payload["missing_datasets"][0] == "Set14"
+    assert (out / "r.md").read_text().startswith("### x2")
+    assert len((out / "r.csv").read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("flag", ["--json", "--csv", "--markdown", "--save-images"])
+def test_cli_refuses_bad_outputs_before_any_compute(tmp_path, monkeypatch, flag):
+    import srcore.evaluation
+
+    def boom(*a, **k):
+        raise AssertionError("evaluation ran before the output check")
+
+    monkeypatch.setattr(srcore.evaluation, "run_suite", boom)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    target = blocker / "sub" / "out"
+    result = runner.invoke(app, ["eval", "--dataset", "embedded", flag, str(target)])
+    assert result.exit_code != 0
+    assert str(blocker) in result.output and "Traceback" not in result.output
+
+
+def test_cli_titles_a_checkpoint_with_its_architecture(tmp_path):
+    path = tmp_path / "tiny.pth"
+    save_model(path, build("rlfn", 2, feature_channels=8, mid_channels=8, esa_channels=4), "rlfn")
+    root = _dataset(tmp_path / "root", "Set5", count=2)
+    result = runner.invoke(app, ["eval", "--weights", str(path), "--data-root", str(root), "--scale", "2",
+                                 "--json", "-"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout[result.stdout.index("{"):])
+    assert payload["model"].startswith("rlfn") and "bicubic" not in payload["model"]
+    assert payload["tables"]["x2"][0]["arch"] == "rlfn"
