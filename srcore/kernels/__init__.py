@@ -1,1 +1,2 @@
-"""Compiled kernels behind ``srcore.ops`` (CPU via numba; CUDA back-ends are optional)."""
+"""Compiled kernels behind ``srcore.ops``: numba on CPU (``scan_cpu``, ``exp_cpu``, ``resize_cpu``),
+Triton for CUDA (``srcore.kernels.triton``, optional, tested on CPU under Triton's interpreter)."""
