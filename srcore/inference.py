@@ -61,7 +61,7 @@ class TilePlan:
         if self.exact:
             return f"{arch}: tiles of {self.tile} with {self.overlap} px context reproduce whole-image output"
         why = ("its receptive field is the whole image (global pooling, FFT or scans)" if self.radius is None
-               else f"--tile-overlap {self.overlap} is below its receptive field of {self.radius} px")
+               else f"an overlap of {self.overlap} px is below its receptive field of {self.radius} px")
         return (f"{arch}: tiled output is approximate, {why}; on a probe image tiles differed "
                 f"from whole-image output by up to {self.probe_max_dev * 255:.2f}/255; "
                 "omit --tile for exact results")
