@@ -125,11 +125,15 @@ def _probe_deviation(model: SRModel, plan: TilePlan) -> float:
 
 
 def _spans(length: int, core: int, overlap: int) -> list[tuple[int, int, int, int]]:
-    """(input start, input end, core start, core end) per tile along one axis."""
+    """(input start, input end, core start, core end) per tile along one axis. Every input window
+    is ``core + 2 * overlap`` wide where the image allows (a short last core borrows more context
+    instead of running on a sliver the model may refuse); extra context never changes the core."""
+    width = min(length, core + 2 * overlap)
     spans = []
     for c0 in range(0, length, core):
         c1 = min(c0 + core, length)
-        spans.append((max(0, c0 - overlap), min(length, c1 + overlap), c0, c1))
+        i0 = max(0, min(c0 - overlap, length - width))
+        spans.append((i0, max(min(length, c1 + overlap), i0 + width), c0, c1))
     return spans
 
 

@@ -93,7 +93,9 @@ def _score_in_worker(source: BenchmarkSource, opts: EvalOptions) -> tuple[str, d
 
 def _run_pool(model: SRModel, sources: list[BenchmarkSource], opts: EvalOptions, workers: int,
               tick: Callable[[str], None]) -> list[tuple[str, dict[str, float]]]:
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    # Workers use this process's thread count: oneDNN convolutions round differently with a different
+    # number of threads, which moves a few uint8 pixels, and the pool must give the sequential result.
+    threads = torch.get_num_threads()
     # spawn, not fork: a forked child of a process that already ran torch's OpenMP pool can hang.
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
@@ -106,15 +108,22 @@ def _run_pool(model: SRModel, sources: list[BenchmarkSource], opts: EvalOptions,
     return results
 
 
+def _score_with_threads(model: SRModel, source: BenchmarkSource, opts: EvalOptions,
+                        threads: int) -> tuple[str, dict[str, float]]:
+    torch.set_num_threads(threads)
+    return score_image(model, source, opts)
+
+
 def _run_ray(model: SRModel, sources: list[BenchmarkSource], opts: EvalOptions, address: str,
              tick: Callable[[str], None]) -> list[tuple[str, dict[str, float]]]:
     import ray
 
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False)
-    remote = ray.remote(num_cpus=1)(score_image)
+    remote = ray.remote(num_cpus=1)(_score_with_threads)
     model_ref = ray.put(model.cpu().eval())
-    pending = {remote.remote(model_ref, s, opts): i for i, s in enumerate(sources)}
+    threads = torch.get_num_threads()  # same kernels, same rounding as the sequential path
+    pending = {remote.remote(model_ref, s, opts, threads): i for i, s in enumerate(sources)}
     results: list = [None] * len(sources)
     waiting = list(pending)
     while waiting:
