@@ -460,14 +460,34 @@ def _overrides(**values) -> dict:
     return {k: v for k, v in values.items() if v not in (None, [], ())}
 
 
+def _shard_bar() -> Progress:
+    """Shards done / total, images per second and time left, for ``data prepare``."""
+    from rich.progress import ProgressColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    class ImagesPerSecond(ProgressColumn):
+        def render(self, task) -> Text:
+            images, elapsed = task.fields.get("images", 0), task.elapsed or 0.0
+            return Text(f"{images / elapsed:.2f} img/s" if elapsed and images else "- img/s")
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("shards"),
+                    ImagesPerSecond(), TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+
+
 @data_app.command("prepare")
 def data_prepare_cmd(
     params: Annotated[Path, typer.Option(help="Parameters file (section 'prepare').")] = Path("params.yaml"),
-    input_dir: Annotated[Optional[Path], typer.Option("--input", help="Raw HR folder (overrides params).")] = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output folder for x{s}/*.parquet.")] = None,
+    input_dir: Annotated[str | None, typer.Option(
+        "--input", help="Raw HR folder or s3://bucket/prefix (overrides params).")] = None,
+    out_dir: Annotated[str | None, typer.Option(
+        "--out", help="Output folder or s3://bucket/prefix for x{s}/*.parquet.")] = None,
     scale: Annotated[Optional[list[int]], typer.Option(help="Scale to prepare; repeat for several.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Worker processes (0 = all cores).")] = None,
     on_bad: Annotated[Optional[str], typer.Option(help="skip (report and continue) or fail.")] = None,
+    executor: Annotated[str | None, typer.Option(
+        help="local (process pool) or ray (one task per shard).")] = None,
+    address: Annotated[str | None, typer.Option(
+        help="Ray cluster HOST:PORT (implies --executor ray).")] = None,
 ) -> None:
     """Cut HR/LR sub-image pairs into Parquet shards (resumable; only stale shards are rebuilt)."""
     from srcore.config import load_params
@@ -475,13 +495,18 @@ def data_prepare_cmd(
 
     try:
         cfg = load_params(params if params.exists() or params != Path("params.yaml") else None, _overrides(**{
-            "prepare.input": str(input_dir) if input_dir else None, "prepare.out": str(out_dir) if out_dir else None,
-            "prepare.scales": scale, "prepare.workers": workers, "prepare.on_bad": on_bad})).prepare
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console) as progress:
-            task = progress.add_task("preparing", total=None)
-            summary = prepare(cfg, on_progress=lambda n: progress.advance(task, n),
-                              on_total=lambda n: progress.update(task, total=n))
+            "prepare.input": input_dir, "prepare.out": out_dir,
+            "prepare.scales": scale, "prepare.workers": workers, "prepare.on_bad": on_bad,
+            "prepare.executor": executor or ("ray" if address else None),
+            "prepare.address": address})).prepare
+        with _shard_bar() as progress:
+            task = progress.add_task("preparing", total=None, images=0)
+
+            def done(images: int) -> None:
+                progress.update(task, advance=1, images=progress.tasks[task].fields["images"] + images)
+
+            summary = prepare(cfg, on_progress=done,
+                              on_total=lambda images, shards: progress.update(task, total=shards))
     except SrcoreError as exc:
         _fail(str(exc))
     rows = ", ".join(f"x{s}: {n} pairs" for s, n in summary.rows.items())

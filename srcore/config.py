@@ -48,6 +48,9 @@ class PrepareParams(_Section):
     rows_per_group: int = Field(16, ge=1)
     workers: int = Field(0, ge=0, description="0 = all cores")
     on_bad: Literal["skip", "fail"] = "skip"
+    executor: Literal["local", "ray"] = Field(
+        "local", description="local: a process pool on this machine; ray: one Ray task per shard")
+    address: str | None = Field(None, description="Ray cluster HOST:PORT for executor ray; None starts a local Ray")
 
     @field_validator("scales")
     @classmethod

@@ -13,6 +13,11 @@ of workers or on the run.
 Pool workers die with the command: on Linux the kernel kills them when the parent dies
 (``PR_SET_PDEATHSIG``), elsewhere a thread in each worker watches the parent's pid. Temporary
 files an interrupted run left behind are removed when the next run starts.
+
+The same shard job runs on either executor (``prepare.executor``): ``local``, a process pool on
+this machine, or ``ray``, one Ray task per shard on a cluster (``srcore.data.prepare_ray``); the
+bytes written do not depend on which. Input and output are a local folder or ``s3://bucket/prefix``
+(``srcore.data.store``); on a cluster a local folder must be mounted at the same path on every node.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import yaml
@@ -39,21 +45,25 @@ from srcore.config import PrepareParams
 from srcore.data.image_io import decode_rgb
 from srcore.data.patches import crop_starts, extract_pairs
 from srcore.data.shards import MANIFEST, encode_rows, file_sha256, write_shard
+from srcore.data.store import Bucket, Folder, StoreUnavailable, is_s3, open_store
 from srcore.errors import DataError
-from srcore.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PrepareSummary", "prepare", "MANIFEST", "FORMAT_VERSION", "dvc_hash_of"]
+__all__ = ["FORMAT_VERSION", "MANIFEST", "LocalPool", "PrepareSummary", "ShardExecutor", "dvc_hash_of",
+           "executor_for", "prepare"]
 
 # Bump when the bytes written for the same input and parameters change.
 FORMAT_VERSION = 2
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+# How a run is executed, not what it makes: left out of the manifest, so that its bytes do not
+# depend on the executor or the number of workers.
+_RUN_ONLY = {"workers", "executor", "address"}
 
 
 @dataclass
 class PrepareSummary:
-    out: Path
+    out: Path | str  # a local folder, or the s3:// location
     images: int
     rows: dict[int, int]
     built_shards: int
@@ -63,12 +73,16 @@ class PrepareSummary:
 
 @dataclass(frozen=True)
 class _ShardJob:
-    """One image group and the shard files (one per scale) still to build from it."""
+    """One image group and the shard files (one per scale) still to build from it. ``source``
+    and ``out`` are locations (folder or ``s3://``); relative folders resolve against ``cwd``,
+    the driver's working directory, wherever the job runs."""
 
     index: int
-    paths: tuple[str, ...]
+    names: tuple[str, ...]  # image files, relative to source
     shards: dict[int, dict]  # scale -> {"file": path relative to out, "fingerprint": ...}
+    source: str
     out: str
+    cwd: str
     crop: int
     step: int
     thresh: int
@@ -77,10 +91,14 @@ class _ShardJob:
     on_bad: str
 
 
-def _cut(path: str, job: _ShardJob) -> tuple[dict[int, list[dict]] | None, str | None]:
-    """One image -> rows per scale, or the reason it was rejected."""
+def _cut(src: Folder | Bucket, name: str, job: _ShardJob) -> tuple[dict[int, list[dict]] | None, str | None]:
+    """One image -> rows per scale, or the reason it was rejected. An unreachable object store
+    is not the image's fault: that error propagates (a Ray task retries it)."""
+    path = src.path(name)
     try:
-        img = decode_rgb(Path(path).read_bytes(), path, convert=False)
+        img = decode_rgb(src.read_bytes(name), path, convert=False)
+    except StoreUnavailable:
+        raise
     except (DataError, OSError) as exc:
         return None, str(exc)
     h, w = img.shape[:2]
@@ -98,30 +116,35 @@ def _build_shard(job: _ShardJob) -> tuple[int, dict[int, dict], list[dict]]:
     rows: dict[int, list[dict]] = {s: [] for s in job.shards}
     images: list[str] = []
     bad: list[dict] = []
-    for path in job.paths:
-        per_scale, reason = _cut(path, job)
+    src, dest = open_store(job.source, base=job.cwd), open_store(job.out, base=job.cwd)
+    for name in job.names:
+        per_scale, reason = _cut(src, name, job)
         if reason is not None:
-            bad.append({"file": Path(path).stem, "reason": reason, "shard": job.index})
+            bad.append({"file": Path(name).stem, "reason": reason, "shard": job.index})
             continue
         if bad and job.on_bad == "fail":
             continue
-        images.append(Path(path).stem)
+        images.append(Path(name).stem)
         for s in job.shards:
             rows[s].extend(per_scale[s])
     if bad and job.on_bad == "fail":
         return job.index, {}, bad
     entries = {}
     for s, planned in job.shards.items():
-        path = Path(job.out) / planned["file"]
-        write_shard(path, rows[s], job.encoding, job.rows_per_group)
-        entries[s] = {**planned, "sha256": file_sha256(path), "rows": len(rows[s]), "images": images,
-                      "bytes": path.stat().st_size}
+        with dest.staged(planned["file"]) as path:
+            write_shard(path, rows[s], job.encoding, job.rows_per_group)
+            digest, size = file_sha256(path), path.stat().st_size
+        entries[s] = {**planned, "sha256": digest, "rows": len(rows[s]), "images": images, "bytes": size}
     return job.index, entries, bad
 
 
 def _init_worker(parent: int) -> None:
     _die_with_parent(parent)
-    # One compute thread per process: the pool already uses every core.
+    one_thread_each()
+
+
+def one_thread_each() -> None:
+    """One compute thread per process: the pool (or Ray's one CPU per task) already uses every core."""
     import numba
     import torch
 
@@ -150,20 +173,20 @@ def _watch_parent(parent: int, interval: float = 0.5) -> None:
     os._exit(1)
 
 
-def _shard_intact(path: Path, entry: dict) -> bool:
+def _shard_intact(out: Folder | Bucket, name: str, entry: dict) -> bool:
     """The file is the one the manifest recorded: same size, then same sha256."""
-    if not path.is_file() or path.stat().st_size != entry.get("bytes"):
+    if out.size(name) != entry.get("bytes"):
         return False
-    if file_sha256(path) != entry.get("sha256"):
-        log.warning("%s: content does not match the manifest's sha256; rebuilding it", path)
+    if out.sha256(name) != entry.get("sha256"):
+        log.warning("%s: content does not match the manifest's sha256; rebuilding it", out.path(name))
         return False
     return True
 
 
-def _list_inputs(folder: Path) -> list[Path]:
-    if not folder.is_dir():
+def _list_inputs(folder: Folder | Bucket) -> list[str]:
+    if not folder.is_folder():
         raise DataError(f"input folder {folder} not found; create it (srcore data sample) or pass --input")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    files = folder.files()
     if not files:
         raise DataError(f"input folder {folder} is empty; put HR images there")
     return files
@@ -197,47 +220,80 @@ def dvc_hash_of(folder: Path, dvc_file: Path = Path("data.dvc")) -> str | None:
     return None
 
 
-def _load_manifest(out: Path) -> dict:
+def _load_manifest(out: Folder | Bucket) -> dict:
     try:
-        return json.loads((out / MANIFEST).read_text())
+        return json.loads(out.read_bytes(MANIFEST))
+    except StoreUnavailable:
+        raise
     except (OSError, ValueError):
         return {}
 
 
-def _write_manifest(out: Path, manifest: dict) -> None:
-    atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+def _write_manifest(out: Folder | Bucket, manifest: dict) -> None:
+    out.write_bytes(MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
 
 
-def _iter_built(jobs: list[_ShardJob], workers: int) -> Iterator[tuple[int, dict[int, dict], list[dict]]]:
-    if workers <= 1 or len(jobs) <= 1:
-        yield from map(_build_shard, jobs)
-        return
-    # spawn: forking a parent that already runs numba/torch threads is not safe.
-    with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
-        yield from pool.imap_unordered(_build_shard, jobs)
+Built = tuple[int, dict[int, dict], list[dict]]  # shard index, manifest entries per scale, rejected images
+
+
+class ShardExecutor(Protocol):
+    """Runs shard jobs somewhere and yields each result as it finishes (any order). Closing the
+    iterator early stops the work still outstanding."""
+
+    def run(self, jobs: list[_ShardJob]) -> Iterator[Built]: ...
+
+
+class LocalPool:
+    """Shard jobs in a process pool on this machine (``workers`` processes, 0 = one per core)."""
+
+    def __init__(self, workers: int = 0) -> None:
+        self.workers = workers or os.cpu_count() or 1
+
+    def run(self, jobs: list[_ShardJob]) -> Iterator[Built]:
+        workers = min(self.workers, len(jobs))
+        if workers <= 1:
+            yield from map(_build_shard, jobs)
+            return
+        # spawn: forking a parent that already runs numba/torch threads is not safe.
+        with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
+            yield from pool.imap_unordered(_build_shard, jobs)
+
+
+def executor_for(params: PrepareParams) -> ShardExecutor:
+    """The executor ``params.executor`` names."""
+    if params.executor == "ray":
+        from srcore.data.prepare_ray import RayTasks
+
+        return RayTasks(params.address)
+    return LocalPool(params.workers)
 
 
 def prepare(params: PrepareParams, on_progress: Callable[[int], None] | None = None,
-            on_total: Callable[[int], None] | None = None) -> PrepareSummary:
-    """Build (or update) the shards described by ``params``; see the module docstring."""
-    src, out = Path(params.input), Path(params.out)
+            on_total: Callable[[int, int], None] | None = None,
+            executor: ShardExecutor | None = None) -> PrepareSummary:
+    """Build (or update) the shards described by ``params``; see the module docstring.
+
+    ``on_total(images, shards)`` is called once with the work left; ``on_progress(images)`` once
+    per finished shard, with its number of images. ``executor`` defaults to ``executor_for(params)``.
+    """
+    src, out = open_store(params.input), open_store(params.out)
     files = _list_inputs(src)
     _remove_temporaries(out)
-    hashes = [(p.stem, file_sha256(p)) for p in files]
+    hashes = [(Path(n).stem, src.sha256(n)) for n in files]
     n_per = params.images_per_shard
     groups = [list(range(i, min(i + n_per, len(files)))) for i in range(0, len(files), n_per)]
     old = _load_manifest(out)
     old_shards = {(int(s), e["file"]): e
                   for s, v in old.get("scales", {}).items() for e in v.get("shards", [])}
-    workers = params.workers or os.cpu_count() or 1
     bad: list[dict] = []
     built = reused = 0
     manifest = {
         "format": FORMAT_VERSION, "code_version": __version__, "complete": False,
-        "input": {"path": str(src), "dvc_md5": dvc_hash_of(src),
+        "input": {"path": str(src),
+                  "dvc_md5": None if is_s3(params.input) else dvc_hash_of(Path(params.input)),
                   "sha256": hashlib.sha256("".join(f"{n}:{d};" for n, d in hashes).encode()).hexdigest(),
                   "images": len(files)},
-        "params": params.model_dump(mode="json"),
+        "params": params.model_dump(mode="json", exclude=_RUN_ONLY),
         "scales": {str(s): {"rows": 0, "shards": []} for s in params.scales},
         "bad": bad,
     }
@@ -248,7 +304,7 @@ def prepare(params: PrepareParams, on_progress: Callable[[int], None] | None = N
             name = f"x{s}/shard-{k:05d}.parquet"
             fp = _fingerprint(params, s, [hashes[i] for i in group])
             prev = old_shards.get((s, name))
-            if prev and prev.get("fingerprint") == fp and _shard_intact(out / name, prev):
+            if prev and prev.get("fingerprint") == fp and _shard_intact(out, name, prev):
                 manifest["scales"][str(s)]["shards"].append(prev)
                 bad.extend(b for b in old.get("bad", []) if b.get("shard") == k and b not in bad)
                 reused += 1
@@ -257,12 +313,12 @@ def prepare(params: PrepareParams, on_progress: Callable[[int], None] | None = N
         if plan:
             todo.append((k, plan))
     if on_total:
-        on_total(sum(len(groups[k]) for k, _ in todo))
+        on_total(sum(len(groups[k]) for k, _ in todo), len(todo))
 
-    jobs = [_ShardJob(k, tuple(str(files[i]) for i in groups[k]), plan, str(out),
+    jobs = [_ShardJob(k, tuple(files[i] for i in groups[k]), plan, params.input, params.out, os.getcwd(),
                       params.crop_size, params.step, params.thresh_size, params.encoding,
                       params.rows_per_group, params.on_bad) for k, plan in todo]
-    results = _iter_built(jobs, min(workers, max(1, len(jobs))))
+    results = (executor or executor_for(params)).run(jobs) if jobs else iter(())
     try:
         for k, entries, rejected in results:
             if params.on_bad == "skip":
@@ -287,7 +343,8 @@ def prepare(params: PrepareParams, on_progress: Callable[[int], None] | None = N
     manifest["complete"] = True
     _write_manifest(out, manifest)
     _remove_stale(out, manifest)
-    return PrepareSummary(out, len(files), {int(s): v["rows"] for s, v in manifest["scales"].items()},
+    return PrepareSummary(params.out if is_s3(params.out) else Path(params.out), len(files),
+                          {int(s): v["rows"] for s, v in manifest["scales"].items()},
                           built, reused, bad)
 
 
@@ -299,20 +356,17 @@ def _finalised(manifest: dict) -> dict:
     return manifest
 
 
-def _remove_stale(out: Path, manifest: dict) -> None:
+def _remove_stale(out: Folder | Bucket, manifest: dict) -> None:
     """Delete shard files that the manifest no longer lists (removed scales, fewer images)."""
     keep = {e["file"] for v in manifest["scales"].values() for e in v["shards"]}
-    for path in out.glob("x*/*.parquet"):
-        rel = path.relative_to(out).as_posix()
-        if rel not in keep:
-            path.unlink()
-    for folder in out.glob("x*"):
-        if folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
+    for name in out.shards():
+        if name not in keep:
+            out.delete(name)
+    out.tidy()
 
 
-def _remove_temporaries(out: Path) -> None:
+def _remove_temporaries(out: Folder | Bucket) -> None:
     """Delete the half-written files (``.<name>.*.tmp``) an interrupted run left behind."""
-    for tmp in [*out.glob(".*.tmp"), *out.glob("x*/.*.tmp")]:
+    for tmp in out.temporaries():
         log.info("removing %s, left by an interrupted run", tmp)
         tmp.unlink(missing_ok=True)

@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import os
-import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,8 +25,9 @@ from typing import Any, TextIO
 from srcore import errors
 from srcore.config import Params, TrainParams
 from srcore.data.loaders import ray_dataset, shard_files
-from srcore.errors import ConfigError, SrcoreError
+from srcore.errors import SrcoreError
 from srcore.io import atomic_write_bytes
+from srcore.raycluster import ensure_ray
 from srcore.train import faults
 from srcore.train.preflight import check_cluster_fits, check_training_inputs, stage_params
 from srcore.train.state import read_state
@@ -39,6 +39,7 @@ __all__ = ["StageResult", "TrainingFailed", "ensure_ray", "run_stage", "storage_
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 RAY_LOG = "ray.log"
+_ADDRESS_SETTING = "teacher.ray.address / --address"
 
 
 class TrainingFailed(SrcoreError):
@@ -58,43 +59,6 @@ def storage_root(cfg: TrainParams) -> str:
     """Absolute local path or object-store URI where Ray keeps this run."""
     path = cfg.ray.storage_path
     return path if is_uri(path) else str(Path(path).resolve())
-
-
-def _check_address(address: str) -> None:
-    target = address.split("://", 1)[-1]
-    host, _, port = target.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"Ray address {address!r} must look like HOST:PORT (e.g. 127.0.0.2:6379)")
-    try:
-        with socket.create_connection((host, int(port)), timeout=3):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc}); "
-                          "start it (ray start --head) or fix teacher.ray.address / --address") from None
-
-
-def ensure_ray(address: str | None, num_cpus: int | None = None) -> None:
-    """Connect to ``address`` or start a local, loopback-only Ray (no-op when already connected)."""
-    import ray
-
-    if address:
-        _check_address(address)  # also when already connected: a wrong address must not pass silently
-    if ray.is_initialized():
-        return
-    if address:
-        ray.init(address=address, log_to_driver=True)
-        return
-    # A single-node Ray binds to this host's external address unless told it is a lone node. The
-    # flag is set for the start-up only: left in this process's environment it would mark any
-    # cluster started later from here (``ray start`` subprocesses) as single-node too.
-    key = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-    before = os.environ.get(key)
-    os.environ.setdefault(key, "0")
-    try:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
-    finally:
-        if before is None:
-            os.environ.pop(key, None)
 
 
 @contextmanager
@@ -147,14 +111,14 @@ def ray_output_to(path: Path, address: str | None) -> Iterator[None]:
     session logs (``/tmp/ray/session_latest/logs``) keep everything as well."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", buffering=1) as sink, _ray_loggers_to(sink):
-        ensure_ray(address)
+        ensure_ray(address, setting=_ADDRESS_SETTING)
         with _worker_lines_to(sink):
             yield
 
 
 @contextmanager
 def _ray_on_terminal(address: str | None) -> Iterator[None]:
-    ensure_ray(address)
+    ensure_ray(address, setting=_ADDRESS_SETTING)
     yield
 
 

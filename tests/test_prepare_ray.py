@@ -1,0 +1,201 @@
+"""`srcore data prepare` on Ray: one task per shard on a two-node local cluster (127.0.0.2 and
+127.0.0.3, one CPU each) writes the same bytes as the local process pool, survives a worker
+node whose raylet is killed mid-run (the rerun gives the same bytes), and reads from and writes
+to S3 (a moto server on loopback) with the same shards."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import free_port
+from PIL import Image
+
+from srcore.config import PrepareParams
+from srcore.data.prepare import LocalPool, prepare
+from srcore.data.prepare_ray import PrepareFailed, RayTasks
+from srcore.data.store import StoreUnavailable, open_store
+from srcore.errors import DataError
+
+pytestmark = pytest.mark.slow  # a two-node cluster takes 20-70 s to start on two busy cores
+
+RAW = "s3://hr-images/raw"
+_S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def _images(folder: Path, n: int = 6, size: tuple[int, int] = (72, 96)) -> None:
+    """``n`` noise images plus one too small to cut (a deterministic bad-file reason)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / f"img{i:02d}.png")
+    Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(folder / "tiny.png")
+
+
+def _params(src: str, out: str, **kw) -> PrepareParams:
+    base = dict(input=src, out=out, scales=(2, 4), crop_size=48, step=24, images_per_shard=1,
+                rows_per_group=4, workers=1)
+    return PrepareParams(**{**base, **kw})
+
+
+def _reference(src: Path, out: Path) -> Path:
+    """The local pool's output for ``src``, written to ``out`` (the manifest records that path)
+    and then moved aside, so that another run can write to the same path and be compared."""
+    prepare(_params(str(src), str(out)), executor=LocalPool(1))
+    return out.rename(out.with_name(out.name + "-local"))
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _add_node(cluster, tries: int = 3, **args):
+    """``cluster.add_node``, tried again when the node does not register within Ray's fixed 30 s
+    (a busy host); the processes a failed try started (children of this process) are ended."""
+    import psutil
+
+    me = psutil.Process()
+    for attempt in range(tries):
+        before = {c.pid for c in me.children(recursive=True)}
+        try:
+            return cluster.add_node(**args)
+        except Exception:
+            for child in me.children(recursive=True):
+                if child.pid not in before:
+                    child.kill()
+            if attempt == tries - 1:
+                raise
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    """A head on 127.0.0.2 and a worker on 127.0.0.3 (one CPU each), this process connected as
+    the driver; every process of both nodes is ended afterwards."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    saved = {k: os.environ.get(k) for k in [*_S3_ENV, "RAY_USAGE_STATS_ENABLED"]}
+    os.environ.update({**_S3_ENV, "RAY_USAGE_STATS_ENABLED": "0"})  # the nodes' workers inherit these
+    ray.shutdown()  # an in-process local Ray left by an earlier test
+    cluster = Cluster()
+    try:
+        _add_node(cluster, node_ip_address="127.0.0.2", num_cpus=1, include_dashboard=False)
+        worker = _add_node(cluster, node_ip_address="127.0.0.3", num_cpus=1)
+        ray.init(address=cluster.address)
+        yield cluster, worker
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Raw images and the local pool's output for them (the reference bytes)."""
+    root = tmp_path_factory.mktemp("prepare-ray")
+    _images(root / "raw")
+    _reference(root / "raw", root / "out")
+    return root
+
+
+def test_ray_tasks_write_the_local_pools_bytes(two_nodes, data, tmp_path):
+    cluster, _ = two_nodes
+    out = data / "out"
+    totals, done = [], []
+    summary = prepare(_params(str(data / "raw"), str(out), executor="ray", address=cluster.address),
+                      on_progress=done.append,
+                      on_total=lambda images, shards: totals.append((images, shards)))
+    assert _tree(out) == _tree(data / "out-local")  # shards, their sha256 and the manifest, byte for byte
+    shards = sum(k.endswith(".parquet") for k in _tree(out))
+    assert totals == [(7, 7)] and done == [1] * 7 and summary.built_shards == shards == 14
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] and [b["file"] for b in manifest["bad"]] == ["tiny"]
+    assert "executor" not in manifest["params"] and "workers" not in manifest["params"]
+    again = prepare(_params(str(data / "raw"), str(out), executor="ray"), executor=RayTasks(cluster.address))
+    assert again.built_shards == 0 and again.reused_shards == 14
+
+
+def test_user_errors_come_back_once_and_unwrapped(two_nodes, data, tmp_path):
+    cluster, _ = two_nodes
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "x2").write_text("a file where the scale folder goes\n")
+    with pytest.raises(OSError, match="x2"):  # OutputError: a SrcoreError, raised on the driver as it was
+        prepare(_params(str(data / "raw"), str(blocked)), executor=RayTasks(cluster.address, max_retries=0))
+    with pytest.raises(DataError, match="smaller than one 48x48"):
+        prepare(_params(str(data / "raw"), str(tmp_path / "strict"), on_bad="fail"),
+                executor=RayTasks(cluster.address))
+
+
+def test_s3_input_and_output_give_the_same_shards(two_nodes, data, monkeypatch):
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    cluster, _ = two_nodes
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")  # forwarded to the tasks
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="hr-images")
+        for p in sorted((data / "raw").iterdir()):
+            s3.upload_file(str(p), "hr-images", f"raw/{p.name}")
+        ref = _tree(data / "out-local")
+        local = json.loads((data / "out-local" / "manifest.json").read_text())
+        for executor in (RayTasks(cluster.address), LocalPool(1)):
+            prefix = f"patches-{type(executor).__name__}"
+            out = f"s3://hr-images/{prefix}"
+            prepare(_params(RAW, out), executor=executor)
+            keys = [o["Key"] for o in s3.list_objects_v2(Bucket="hr-images", Prefix=prefix)["Contents"]]
+            got = {k.split("/", 1)[1]: s3.get_object(Bucket="hr-images", Key=k)["Body"].read() for k in keys}
+            assert {k: hashlib.sha256(v).hexdigest() for k, v in got.items() if k.endswith(".parquet")} == \
+                   {k: v for k, v in ref.items() if k.endswith(".parquet")}
+            manifest = json.loads(got["manifest.json"])
+            assert manifest["input"]["path"] == RAW
+            assert manifest["params"] == {**local["params"], "input": RAW, "out": out}
+            assert manifest["scales"] == local["scales"]
+            # the one bad file's reason names it where it was read
+            assert manifest["bad"] == [{**b, "reason": b["reason"].replace(str(data / "raw"), RAW)}
+                                       for b in local["bad"]]
+        with pytest.raises(DataError, match="s3://nobucket"):
+            prepare(_params("s3://nobucket/raw", str(data / "never")), executor=LocalPool(1))
+    finally:
+        server.stop()
+    with pytest.raises(StoreUnavailable):  # nothing listens any more: worth a retry, not a bad image
+        open_store("s3://hr-images/raw").read_bytes("img00.png")
+
+
+def test_killed_worker_node_mid_run_leaves_no_partial_shard_and_rerun_is_identical(two_nodes, tmp_path):
+    """Runs last: it takes the worker node down for the rest of the module. The images are larger
+    here, so that shards are still being written on the worker node when its raylet dies."""
+    cluster, worker = two_nodes
+    _images(tmp_path / "raw", n=8, size=(360, 480))
+    out = tmp_path / "out"
+    local = _reference(tmp_path / "raw", out)
+    params = _params(str(tmp_path / "raw"), str(out), executor="ray", address=cluster.address)
+    killed = []
+
+    def kill_worker_node(images: int) -> None:
+        if not killed:
+            killed.append(worker.raylet_socket_name)
+            worker.kill_raylet()
+
+    try:
+        prepare(params, on_progress=kill_worker_node)
+    except PrepareFailed:
+        pass  # every retry was spent while the node was being declared dead: the rerun finishes
+    assert killed
+    reference = _tree(local)
+    visible = {k: v for k, v in _tree(out).items()
+               if k.endswith(".parquet") and not Path(k).name.startswith(".")}
+    assert all(reference[k] == v for k, v in visible.items())  # no visible shard is partial
+    prepare(params)
+    assert _tree(out) == reference
