@@ -11,9 +11,9 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from srcore.console import ProgressDisplay, fmt
 from srcore.errors import SrcoreError
 
 app = typer.Typer(help="Lightweight single-image super-resolution: models, data, training, evaluation.",
@@ -51,8 +51,18 @@ def _resolve_device(device: str) -> str:
     return device
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from srcore import __version__
+
+        out.print(f"srcore {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False) -> None:
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+         version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                               help="Print the version and exit.")] = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False)])
 
@@ -116,47 +126,6 @@ def _load_weights_only(weights: str, scale: int):
 
         return load_registered_model(weights)
     return load_model(weights, scale=scale)
-
-
-class _EvalProgress:
-    """Progress for ``eval``: a rich bar on a terminal; in a log, one line when a dataset starts
-    and ends and every ``every`` images, with elapsed time and ETA."""
-
-    def __init__(self, total: int, every: int = 10) -> None:
-        import time
-
-        from rich.progress import TimeRemainingColumn
-
-        self.total, self.every, self.done, self.clock = total, every, 0, time.monotonic
-        self.start = self.clock()
-        self.bar = None
-        if console.is_terminal and sys.stdout.isatty():
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
-            self.task = self.bar.add_task("eval", total=total or None)
-
-    def __enter__(self) -> _EvalProgress:
-        if self.bar is not None:
-            self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
-
-    def _eta(self) -> str:
-        elapsed = self.clock() - self.start
-        left = elapsed / self.done * max(self.total - self.done, 0) if self.done else 0.0
-        return f"elapsed {elapsed:.0f}s, ETA {left:.0f}s"
-
-    def on_image(self, dataset: str, _name: str, done: int, count: int) -> None:
-        self.done += 1
-        if self.bar is not None:
-            self.bar.update(self.task, description=f"{dataset} {done}/{count}", advance=1)
-        elif done == count or done % self.every == 0:
-            state = "done" if done == count else f"{done}/{count}"
-            console.print(f"{dataset}: {state} (all: {self.done}/{self.total} images, {self._eta()})",
-                          highlight=False)
 
 
 def _check_eval_outputs(json_out: str | None, csv_out: Path | None, md_out: Path | None,
@@ -236,9 +205,12 @@ def eval_cmd(
         dev = _resolve_device(device)
         entries = _eval_entries(models, list(weights or []), weights_key, scale, dev)
         total = total_images(names, data_root) * len(entries) * len(scale)
-        with _EvalProgress(total) as progress:
-            result = run_suite(entries, names, list(scale), data_root, dev, tile, save_images,
-                               progress.on_image, workers, address)
+        with ProgressDisplay(console, "eval", total=total or None, unit="images", transient=True) as display:
+            def on_image(dataset: str, _name: str, _done: int, _count: int) -> None:
+                display.update(advance=1, description=dataset)
+
+            result = run_suite(entries, names, list(scale), data_root, dev, tile, save_images, on_image,
+                               workers, address)
         payload = result.as_dict()
         if len(entries) == 1 and len(result.tables) == 1:
             row = next(iter(result.tables.values()))[0]
@@ -274,7 +246,7 @@ def profile_cmd(
     all_models: Annotated[bool, typer.Option("--all", help="Profile every zoo model.")] = False,
     scale: Annotated[int, typer.Option(help="Upscaling factor.")] = 4,
     input_size: Annotated[str, typer.Option("--input", help="LR input HxW.")] = "256x256",
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     repeats: Annotated[int, typer.Option(help="Timed repeats (median reported).")] = 5,
     weights: Annotated[Optional[str], typer.Option(help="Optional checkpoint (its config decides the model).")] = None,
     json_out: Annotated[Optional[str], typer.Option("--json", help="Write JSON to FILE, or - for stdout.")] = None,
@@ -290,14 +262,12 @@ def profile_cmd(
     names = preset_names() if all_models else [model]
     rows = []
     try:
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console,
-                      transient=True) as progress:
-            task = progress.add_task("profiling", total=len(names))
+        with ProgressDisplay(console, "profiling", total=len(names), unit="models", transient=True) as display:
             for name in names:
-                progress.update(task, description=f"profiling {name}")
+                display.update(description=f"profiling {name}")
                 net = load_model(weights, name=name, scale=scale) if weights else build(name, scale)
                 rows.append(profile_model(net, name, scale, h, w, dev, repeats=repeats).as_dict())
-                progress.advance(task)
+                display.update(advance=1)
     except SrcoreError as exc:
         _fail(str(exc))
     table = Table(title=f"efficiency x{scale}, input 1x3x{h}x{w}, {dev}")
@@ -390,7 +360,7 @@ def upscale_cmd(
                 console.print(f"[yellow]skipped:[/] {exc}")
                 failed.append(src.name)
                 continue
-            write_png(dst, upscale_image(net, lr, dev, tile=tile))
+            write_png(dst, upscale_image(net, lr, dev, tile=tiling))
             console.print(f"wrote {dst}")
     except SrcoreError as exc:
         _fail(str(exc))
@@ -460,20 +430,6 @@ def _overrides(**values) -> dict:
     return {k: v for k, v in values.items() if v not in (None, [], ())}
 
 
-def _shard_bar() -> Progress:
-    """Shards done / total, images per second and time left, for ``data prepare``."""
-    from rich.progress import ProgressColumn, TimeRemainingColumn
-    from rich.text import Text
-
-    class ImagesPerSecond(ProgressColumn):
-        def render(self, task) -> Text:
-            images, elapsed = task.fields.get("images", 0), task.elapsed or 0.0
-            return Text(f"{images / elapsed:.2f} img/s" if elapsed and images else "- img/s")
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("shards"),
-                    ImagesPerSecond(), TimeElapsedColumn(), TimeRemainingColumn(), console=console)
-
-
 @data_app.command("prepare")
 def data_prepare_cmd(
     params: Annotated[Path, typer.Option(help="Parameters file (section 'prepare').")] = Path("params.yaml"),
@@ -499,14 +455,14 @@ def data_prepare_cmd(
             "prepare.scales": scale, "prepare.workers": workers, "prepare.on_bad": on_bad,
             "prepare.executor": executor or ("ray" if address else None),
             "prepare.address": address})).prepare
-        with _shard_bar() as progress:
-            task = progress.add_task("preparing", total=None, images=0)
+        with ProgressDisplay(console, "preparing", unit="shards", fields=("speed",)) as display:
+            images = [0]
 
-            def done(images: int) -> None:
-                progress.update(task, advance=1, images=progress.tasks[task].fields["images"] + images)
+            def done(n: int) -> None:
+                images[0] += n
+                display.update(advance=1, speed=fmt(images[0] / max(display.elapsed(), 1e-9), ".2f", " img/s"))
 
-            summary = prepare(cfg, on_progress=done,
-                              on_total=lambda images, shards: progress.update(task, total=shards))
+            summary = prepare(cfg, on_progress=done, on_total=lambda _images, shards: display.update(total=shards))
     except SrcoreError as exc:
         _fail(str(exc))
     rows = ", ".join(f"x{s}: {n} pairs" for s, n in summary.rows.items())

@@ -21,7 +21,7 @@ LAYERS: dict[str, int] = {
     "srcore.models": 3,
     "srcore.inference": 4, "srcore.evaluation": 4, "srcore.train": 4, "srcore.tracking": 4,
     "srcore.export": 4,
-    "srcore.stack": 5, "srcore.cli": 5, "flows": 5,
+    "srcore.stack": 5, "srcore.console": 5, "srcore.cli": 5, "flows": 5,
 }
 
 

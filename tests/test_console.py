@@ -1,0 +1,46 @@
+"""Progress displays in a log (not a terminal): readable lines, one per finished dataset, an end line."""
+
+import io
+
+from rich.console import Console
+
+from srcore.console import ProgressDisplay, fmt
+
+
+def _log_console() -> tuple[Console, io.StringIO]:
+    buf = io.StringIO()
+    return Console(file=buf, width=200), buf
+
+
+def test_log_lines_per_dataset_and_at_the_end():
+    console, buf = _log_console()
+    with ProgressDisplay(console, "eval", total=5, unit="images", log_every=3600) as display:
+        for _ in range(3):
+            display.update(advance=1, description="Set5")
+        for _ in range(2):
+            display.update(advance=1, description="Set14")
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("Set5: 3/5 images") and "ETA" in lines[0]
+    assert lines[1].startswith("Set14: 5/5 images") and "elapsed" in lines[1]
+
+
+def test_timed_lines_carry_fields_and_unknown_totals():
+    console, buf = _log_console()
+    with ProgressDisplay(console, "preparing", unit="shards", fields=("speed",), log_every=0) as display:
+        display.update(advance=1, speed=fmt(2.5, ".2f", " img/s"))
+        display.update(advance=1, speed=fmt(float("nan"), ".2f"))
+    lines = buf.getvalue().splitlines()
+    assert lines[0].startswith("preparing: 1 shards, speed 2.50 img/s")
+    assert lines[1].startswith("preparing: 2 shards (")  # a missing value is left out, not printed as nan
+
+
+def test_no_end_line_when_the_work_failed():
+    console, buf = _log_console()
+    try:
+        with ProgressDisplay(console, "train", total=10, log_every=3600) as display:
+            display.update(completed=4)
+            raise RuntimeError("boom")
+    except RuntimeError:
+        pass
+    assert buf.getvalue() == ""
