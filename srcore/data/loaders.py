@@ -15,7 +15,6 @@ into equal streams per rank.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 from collections.abc import Iterator, Sequence
@@ -27,7 +26,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from srcore.data.shards import MANIFEST, decode_patch, shard_encoding
+from srcore.data.shards import MANIFEST, decode_patch, read_manifest, shard_encoding
 from srcore.errors import DataError
 
 __all__ = ["shard_files", "ShardPairs", "augment_pair", "random_crop_pair", "samples_per_rank", "ray_dataset",
@@ -44,13 +43,10 @@ def shard_files(root: str | os.PathLike, scale: int) -> list[Path]:
     root = Path(root)
     path = root / MANIFEST
     rerun = f"run `srcore data prepare` (with scale {scale}) to finish it"
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
+    manifest = read_manifest(root)
+    if manifest is None:
         raise DataError(f"no shards in {root} ({MANIFEST} not found); "
-                        f"run `srcore data prepare` (with scale {scale}) first") from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable manifest ({exc}); {rerun}") from None
+                        f"run `srcore data prepare` (with scale {scale}) first")
     if manifest.get("complete") is not True:
         raise DataError(f"{path}: the prepare run that wrote it did not finish; {rerun}")
     entries = manifest.get("scales", {}).get(str(scale), {}).get("shards", [])

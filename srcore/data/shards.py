@@ -9,8 +9,10 @@ so a reader never sees a partial file.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -18,12 +20,24 @@ import pyarrow.parquet as pq
 
 from srcore.data.image_io import decode_rgb, png_bytes
 from srcore.data.patches import SubImage
+from srcore.errors import DataError
 from srcore.io import atomic_output
 
-__all__ = ["MANIFEST", "SCHEMA", "encode_rows", "write_shard", "read_shard", "decode_patch", "file_sha256"]
+__all__ = ["MANIFEST", "SCHEMA", "read_manifest", "encode_rows", "write_shard", "read_shard", "decode_patch", "file_sha256"]
 
 # The file beside the shards that lists them (written by ``srcore.data.prepare``).
 MANIFEST = "manifest.json"
+
+
+def read_manifest(root: str | os.PathLike) -> dict | None:
+    """The manifest of a prepared folder, or None when there is none; unreadable -> DataError."""
+    path = Path(root) / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable manifest ({exc}); run `srcore data prepare` again") from None
 
 SCHEMA = pa.schema([
     ("image", pa.string()), ("index", pa.int32()), ("y", pa.int32()), ("x", pa.int32()), ("scale", pa.int8()),

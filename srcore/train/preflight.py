@@ -9,7 +9,6 @@ teacher or one of another scale. Single-field rules (gamma, milestones) live in 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -17,14 +16,13 @@ from typing import Any
 
 from srcore.config import DistillParams, Params, TrainParams
 from srcore.data.loaders import shard_files
+from srcore.data.shards import MANIFEST, read_manifest
 from srcore.errors import ConfigError, DataError
 from srcore.models.presets import config_for
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MANIFEST", "check_cluster_fits", "check_training_inputs"]
-
-MANIFEST = "manifest.json"
+__all__ = ["check_cluster_fits", "check_training_inputs"]
 
 
 def stage_params(params: Params, stage: str) -> TrainParams:
@@ -37,19 +35,9 @@ def _section(stage: str) -> str:
     return "student" if stage == "distill" else "teacher"
 
 
-def _manifest(out: str | os.PathLike) -> dict[str, Any] | None:
-    path = Path(out) / MANIFEST
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable ({exc}); run `srcore data prepare` again") from None
-
-
 def _check_patches(params: Params, cfg: TrainParams, stage: str) -> None:
     """Patch size against the stored sub-images, batch size against each rank's share of them."""
-    manifest = _manifest(params.prepare.out)
+    manifest = read_manifest(params.prepare.out)
     if manifest is None:
         log.debug("no %s in %s: patch and batch sizes checked by the loader", MANIFEST, params.prepare.out)
         return
