@@ -8,7 +8,7 @@ from typing import Any
 from prefect import task
 from rich.console import Console
 
-from flows.progress import training_bar
+from srcore.console import training_bar
 from srcore.config import Params
 from srcore.errors import SrcoreError
 from srcore.train.runner import run_stage

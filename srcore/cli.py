@@ -488,7 +488,7 @@ def _parse_sets(items: Optional[list[str]]) -> dict:
 
 def _train(stage: str, params: Path, profile: Optional[str], sets: Optional[list[str]], address: Optional[str],
            name: Optional[str], extra: dict) -> None:
-    from flows.progress import training_bar
+    from srcore.console import training_bar
     from srcore.config import load_params
     from srcore.train.runner import run_stage
 

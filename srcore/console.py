@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
-__all__ = ["ProgressDisplay", "fmt"]
+__all__ = ["ProgressDisplay", "fmt", "training_bar"]
 
 
 def fmt(value: Any, spec: str, unit: str = "") -> str:
@@ -72,7 +73,7 @@ class ProgressDisplay:
         eta = ""
         if self.total and self.completed:
             eta = f", ETA {elapsed / self.completed * max(self.total - self.completed, 0):.0f}s"
-        extra = "".join(f", {f} {v}" for f, v in self.values.items() if v != "-")
+        extra = "".join(f", {v}" for v in self.values.values() if v != "-")
         unit = f" {self.unit}" if self.unit else ""
         self.console.print(f"{self.label}: {done}{unit}{extra} (elapsed {elapsed:.0f}s{eta})", highlight=False)
 
@@ -91,3 +92,31 @@ class ProgressDisplay:
                             **self.values)
         elif self.elapsed() - self.last_line >= self.log_every or (self.total and self.completed >= self.total):
             self._line()
+
+
+@contextmanager
+def training_bar(console: Console, label: str) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """One display per training stage, fed by the metrics dicts rank 0 reports (step, steps, loss,
+    samples_per_s, val_psnr_y); yields the callback. The display appears with the first report,
+    so a run refused before training prints only its error."""
+    display: ProgressDisplay | None = None
+    stack: ProgressDisplay | nullcontext = nullcontext()
+
+    def update(event: dict[str, Any]) -> None:
+        nonlocal display, stack
+        if display is None:
+            display = stack = ProgressDisplay(console, label, unit="steps", fields=("loss", "speed", "psnr"))
+            display.__enter__()
+        loss, psnr = fmt(event.get("loss"), ".4f"), fmt(event.get("val_psnr_y"), ".2f", " dB")
+        display.update(completed=event.get("step", 0), total=event.get("steps"),
+                       loss="-" if loss == "-" else f"loss {loss}",
+                       speed=fmt(event.get("samples_per_s"), ".1f", " samples/s"),
+                       psnr="-" if psnr == "-" else f"val PSNR-Y {psnr}")
+
+    try:
+        yield update
+    except BaseException as exc:
+        stack.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    else:
+        stack.__exit__(None, None, None)

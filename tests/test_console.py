@@ -31,7 +31,7 @@ def test_timed_lines_carry_fields_and_unknown_totals():
         display.update(advance=1, speed=fmt(2.5, ".2f", " img/s"))
         display.update(advance=1, speed=fmt(float("nan"), ".2f"))
     lines = buf.getvalue().splitlines()
-    assert lines[0].startswith("preparing: 1 shards, speed 2.50 img/s")
+    assert lines[0].startswith("preparing: 1 shards, 2.50 img/s")
     assert lines[1].startswith("preparing: 2 shards (")  # a missing value is left out, not printed as nan
 
 
@@ -44,3 +44,17 @@ def test_no_end_line_when_the_work_failed():
     except RuntimeError:
         pass
     assert buf.getvalue() == ""
+
+
+def test_training_bar_in_a_log_and_silent_without_reports():
+    from srcore.console import training_bar
+
+    console, buf = _log_console()
+    with training_bar(console, "teacher"):
+        pass
+    assert buf.getvalue() == ""  # a run refused before training prints only its error
+    with training_bar(console, "teacher") as on_progress:
+        on_progress({"step": 5, "steps": 10, "loss": 0.1234, "samples_per_s": 3.25})
+        on_progress({"step": 10, "steps": 10, "loss": 0.05, "samples_per_s": 3.3, "val_psnr_y": 29.0})
+    last = buf.getvalue().splitlines()[-1]
+    assert last.startswith("teacher: 10/10 steps, loss 0.0500, 3.3 samples/s, val PSNR-Y 29.00 dB")
