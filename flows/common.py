@@ -14,10 +14,7 @@ DEFAULT_PARAMS = "params.yaml"
 def params_with(params_file: str = DEFAULT_PARAMS, profile: str | None = None,
                 overrides: dict[str, Any] | None = None) -> Params:
     """params.yaml with a profile and dotted overrides applied (validated)."""
-    extra = dict(overrides or {})
-    if profile:
-        extra["profile"] = profile
-    return load_params(params_file, extra)
+    return load_params(params_file, overrides, profile=profile)
 
 
 def digest(*parts: Any) -> str:

@@ -450,7 +450,7 @@ def data_prepare_cmd(
     from srcore.data.prepare import prepare
 
     try:
-        cfg = load_params(params if params.exists() or params != Path("params.yaml") else None, _overrides(**{
+        cfg = load_params(params, _overrides(**{
             "prepare.input": input_dir, "prepare.out": out_dir,
             "prepare.scales": scale, "prepare.workers": workers, "prepare.on_bad": on_bad,
             "prepare.executor": executor or ("ray" if address else None),
@@ -494,10 +494,7 @@ def _train(stage: str, params: Path, profile: Optional[str], sets: Optional[list
 
     verbose = logging.getLogger().isEnabledFor(logging.DEBUG)  # --verbose: Ray's own output stays visible
     try:
-        overrides = {**_parse_sets(sets), **extra}
-        if profile:
-            overrides["profile"] = profile
-        cfg = load_params(params if params.exists() or params != Path("params.yaml") else None, overrides)
+        cfg = load_params(params, {**_parse_sets(sets), **extra}, profile=profile)
         with training_bar(console, name or stage) as on_progress:
             result = run_stage(cfg, stage, address=address, name=name, on_progress=on_progress,
                                quiet_ray=not verbose)

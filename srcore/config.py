@@ -174,12 +174,21 @@ def _format_errors(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_params(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> Params:
-    """Read and validate ``params.yaml`` (a missing default file means all defaults).
+def load_params(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None,
+                profile: str | None = None) -> Params:
+    """Read and validate ``params.yaml``; the one merge of file, profile and overrides that the CLI
+    and the flows share.
 
-    ``overrides`` maps dotted keys (``"prepare.scales"``) to values applied on top of the file.
+    A missing default file (``None`` or ``params.yaml``) means all defaults; another named file must
+    exist. ``profile`` selects an entry of ``profiles:``; ``overrides`` maps dotted keys
+    (``"prepare.scales"``) to values applied last.
     """
     file = Path(path) if path is not None else DEFAULT_PARAMS_FILE
+    if file == DEFAULT_PARAMS_FILE and not file.exists():
+        path = None
+    overrides = dict(overrides or {})
+    if profile:
+        overrides["profile"] = profile
     data: dict[str, Any] = {}
     if file.is_file():
         try:
@@ -190,7 +199,6 @@ def load_params(path: str | os.PathLike | None = None, overrides: dict[str, Any]
             raise ConfigError(f"{file}: expected a mapping of sections at the top level")
     elif path is not None:
         raise ConfigError(f"{file}: parameters file not found")
-    overrides = dict(overrides or {})
     profile = overrides.pop("profile", data.get("profile"))
     if profile is not None:
         profiles = data.get("profiles") or {}
