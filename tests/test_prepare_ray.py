@@ -7,21 +7,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from conftest import free_port
+from local_ray_cluster import local_cluster
 from PIL import Image
 
 from srcore.config import PrepareParams
+from srcore.data import prepare as prep
 from srcore.data.prepare import LocalPool, prepare
 from srcore.data.prepare_ray import PrepareFailed, RayTasks
 from srcore.data.store import StoreUnavailable, open_store
-from srcore.errors import DataError
+from srcore.errors import ConfigError, DataError
 
-pytestmark = pytest.mark.slow  # a two-node cluster takes 20-70 s to start on two busy cores
+REPO = Path(__file__).resolve().parents[1]
+# the cluster tests: a two-node cluster takes 20-70 s to start on two busy cores
+cluster_test = pytest.mark.slow
 
 RAW = "s3://hr-images/raw"
 _S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -55,45 +59,28 @@ def _tree(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _add_node(cluster, tries: int = 3, **args):
-    """``cluster.add_node``, tried again when the node does not register within Ray's fixed 30 s
-    (a busy host); the processes a failed try started (children of this process) are ended."""
-    import psutil
+def test_dvc_stage_tracks_every_parameter_that_shapes_the_bytes():
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["prepare"]
+    listed = {p.removeprefix("prepare.") for p in stage["params"]}
+    assert listed == set(PrepareParams.model_fields) - prep._RUN_ONLY
+    assert prep._RUN_ONLY < set(PrepareParams.model_fields)
 
-    me = psutil.Process()
-    for attempt in range(tries):
-        before = {c.pid for c in me.children(recursive=True)}
-        try:
-            return cluster.add_node(**args)
-        except Exception:
-            for child in me.children(recursive=True):
-                if child.pid not in before:
-                    child.kill()
-            if attempt == tries - 1:
-                raise
+
+def test_locations_other_than_folders_and_s3_are_refused():
+    with pytest.raises(ConfigError, match="only local folders and s3://"):
+        open_store("gs://bucket/raw")
+    with pytest.raises(ConfigError, match="needs a bucket"):
+        open_store("s3://")
+    bucket = open_store("s3://bucket/some/prefix/")
+    assert bucket.path("x2/shard-00000.parquet") == "s3://bucket/some/prefix/x2/shard-00000.parquet"
+    assert str(open_store("data/raw", base="/elsewhere")) == "data/raw"
 
 
 @pytest.fixture(scope="module")
 def two_nodes():
-    """A head on 127.0.0.2 and a worker on 127.0.0.3 (one CPU each), this process connected as
-    the driver; every process of both nodes is ended afterwards."""
-    import ray
-    from ray.cluster_utils import Cluster
-
-    saved = {k: os.environ.get(k) for k in [*_S3_ENV, "RAY_USAGE_STATS_ENABLED"]}
-    os.environ.update({**_S3_ENV, "RAY_USAGE_STATS_ENABLED": "0"})  # the nodes' workers inherit these
-    ray.shutdown()  # an in-process local Ray left by an earlier test
-    cluster = Cluster()
-    try:
-        _add_node(cluster, node_ip_address="127.0.0.2", num_cpus=1, include_dashboard=False)
-        worker = _add_node(cluster, node_ip_address="127.0.0.3", num_cpus=1)
-        ray.init(address=cluster.address)
-        yield cluster, worker
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    """A head on 127.0.0.2 and a worker on 127.0.0.3 (one CPU each), this process the driver."""
+    with local_cluster(2, env=_S3_ENV) as (cluster, workers):
+        yield cluster, workers[0]
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +92,7 @@ def data(tmp_path_factory):
     return root
 
 
+@cluster_test
 def test_ray_tasks_write_the_local_pools_bytes(two_nodes, data, tmp_path):
     cluster, _ = two_nodes
     out = data / "out"
@@ -122,6 +110,7 @@ def test_ray_tasks_write_the_local_pools_bytes(two_nodes, data, tmp_path):
     assert again.built_shards == 0 and again.reused_shards == 14
 
 
+@cluster_test
 def test_user_errors_come_back_once_and_unwrapped(two_nodes, data, tmp_path):
     cluster, _ = two_nodes
     blocked = tmp_path / "blocked"
@@ -134,6 +123,7 @@ def test_user_errors_come_back_once_and_unwrapped(two_nodes, data, tmp_path):
                 executor=RayTasks(cluster.address))
 
 
+@cluster_test
 def test_s3_input_and_output_give_the_same_shards(two_nodes, data, monkeypatch):
     import boto3
     from moto.server import ThreadedMotoServer
@@ -173,6 +163,7 @@ def test_s3_input_and_output_give_the_same_shards(two_nodes, data, monkeypatch):
         open_store("s3://hr-images/raw").read_bytes("img00.png")
 
 
+@cluster_test
 def test_killed_worker_node_mid_run_leaves_no_partial_shard_and_rerun_is_identical(two_nodes, tmp_path):
     """Runs last: it takes the worker node down for the rest of the module. The images are larger
     here, so that shards are still being written on the worker node when its raylet dies."""

@@ -51,7 +51,7 @@ from srcore.errors import DataError
 log = logging.getLogger(__name__)
 
 __all__ = ["FORMAT_VERSION", "MANIFEST", "LocalPool", "PrepareSummary", "ShardExecutor", "dvc_hash_of",
-           "executor_for", "prepare"]
+           "executor_for", "one_thread_each", "prepare"]
 
 # Bump when the bytes written for the same input and parameters change.
 FORMAT_VERSION = 2

@@ -23,6 +23,7 @@ import os
 from collections.abc import Iterator
 
 from srcore.data import prepare as prep
+from srcore.data.store import is_s3
 from srcore.errors import SrcoreError
 from srcore.raycluster import ensure_ray
 
@@ -59,7 +60,8 @@ class RayTasks:
         import ray
 
         ensure_ray(self.address, setting="prepare.address / --address")
-        env = {k: os.environ[k] for k in _FORWARDED_ENV if os.environ.get(k)}
+        s3 = any(is_s3(j.source) or is_s3(j.out) for j in jobs)
+        env = {k: os.environ[k] for k in _FORWARDED_ENV if s3 and os.environ.get(k)}
         task = ray.remote(_shard_task).options(
             name="prepare-shard", num_cpus=1, max_retries=self.max_retries, retry_exceptions=[OSError],
             **({"runtime_env": {"env_vars": env}} if env else {}))

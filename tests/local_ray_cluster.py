@@ -1,0 +1,62 @@
+"""A multi-node Ray cluster on one host, for tests and benchmarks: nodes on 127.0.0.2, 127.0.0.3, ...
+(the loopback addresses Ray accepts here for several nodes), one CPU each unless told otherwise.
+
+``local_cluster(nodes)`` starts the head and ``nodes - 1`` workers, connects this process as the
+driver, and on exit disconnects and ends every process of every node it started (and only
+those: other Ray clusters on the host are left alone).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+
+def add_node(cluster: Any, tries: int = 3, **args: Any) -> Any:
+    """``cluster.add_node``, tried again when the node does not register within Ray's fixed 30 s
+    (a busy host); the processes a failed try started (children of this process) are ended."""
+    import psutil
+
+    me = psutil.Process()
+    for attempt in range(tries):
+        before = {c.pid for c in me.children(recursive=True)}
+        try:
+            return cluster.add_node(**args)
+        except Exception:
+            for child in me.children(recursive=True):
+                if child.pid not in before:
+                    child.kill()
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def local_cluster(nodes: int = 2, cpus_per_node: int = 1, env: dict[str, str] | None = None
+                  ) -> Iterator[tuple[Any, list[Any]]]:
+    """Yields the cluster and its worker nodes (the head is ``cluster.head_node``). ``env`` is set
+    in this process while the nodes start, so their workers inherit it, and restored afterwards."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    env = {**(env or {}), "RAY_USAGE_STATS_ENABLED": "0"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    ray.shutdown()  # an in-process local Ray left by earlier work
+    cluster = Cluster()
+    try:
+        add_node(cluster, node_ip_address="127.0.0.2", num_cpus=cpus_per_node, include_dashboard=False)
+        workers = [add_node(cluster, node_ip_address=f"127.0.0.{3 + i}", num_cpus=cpus_per_node)
+                   for i in range(nodes - 1)]
+        ray.init(address=cluster.address)
+        yield cluster, workers
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
