@@ -21,20 +21,22 @@ def evaluate_task(model_path: str, datasets: list[str], scale: int) -> tuple[dic
 
 
 @task(name="log-evaluation")
-def log_table_task(model_path: str, scale: int, metrics: dict[str, float], table: str) -> None:
+def log_table_task(model_path: str, scale: int, metrics: dict[str, float], table: str,
+                   parent_run_id: str | None = None) -> None:
     import mlflow
 
     from srcore.tracking.runs import configure
 
     configure()
-    with mlflow.start_run(run_name=f"evaluate-{Path(model_path).stem}-x{scale}"):
+    with mlflow.start_run(run_name=f"evaluate-{Path(model_path).stem}-x{scale}", parent_run_id=parent_run_id):
         mlflow.set_tags({"stage": "evaluate", "model_path": str(model_path)})
         mlflow.log_metrics(metrics)
         mlflow.log_text(table, f"evaluation/x{scale}.md")
 
 
 @flow(name="evaluate", log_prints=True)
-def evaluate(model_path: str, datasets: list[str], scale: int = 4) -> dict[str, float]:
+def evaluate(model_path: str, datasets: list[str], scale: int = 4,
+             parent_run_id: str | None = None) -> dict[str, float]:
     metrics, table = evaluate_task(model_path, datasets, scale)
-    log_table_task(model_path, scale, metrics, table)
+    log_table_task(model_path, scale, metrics, table, parent_run_id)
     return metrics

@@ -1,7 +1,8 @@
 """Flow ``retrain``: preprocess -> train_teacher -> distill -> evaluate -> register, as subflows.
 
 Re-running with nothing changed hits every cache: no preprocessing, no training, the same
-registered champion.
+registered champion. One MLflow parent run ``retrain-<flow run>`` holds the teacher's and the
+student's runs (the student's tagged with the teacher's run id) and the evaluation runs.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 
 from flows.common import DEFAULT_PARAMS, params_with
 from flows.distill import distill
@@ -17,6 +19,7 @@ from flows.preprocess import preprocess
 from flows.register import register
 from flows.train_teacher import train_teacher
 from srcore.errors import ConfigError
+from srcore.tracking.live import parent_run
 
 
 @flow(name="retrain", log_prints=True)
@@ -30,16 +33,20 @@ def retrain(params_file: str = DEFAULT_PARAMS, profile: str | None = None,
         raise ConfigError(f"teacher.scale {params.teacher.scale} and student.scale {params.student.scale} "
                           "differ; the student learns from this teacher, so set both alike")
     manifest = preprocess(pull)
-    teacher = train_teacher(manifest, params_file, profile, overrides, address)
-    extra = {**(overrides or {}), "student.teacher": teacher["model_path"]}
-    student = distill(manifest, params_file=params_file, profile=profile, overrides=extra, address=address)
-    datasets = list(params.eval.datasets)
-    scale = params.student.scale
-    ev_student = evaluate(student["model_path"], datasets, scale)
-    ev_teacher = evaluate(teacher["model_path"], datasets, scale)
-    bicubic = evaluate("bicubic", datasets, scale)
-    reg = register("distill", student["model_path"], ev_student, teacher["model_path"], params_file, profile,
-                   extra, gate_metric, margin, max_params, max_latency_ms, student.get("history"))
+    with parent_run(f"retrain-{flow_run.get_name() or 'local'}", {"stage": "retrain",
+                                                                  "profile": str(params.profile)}) as parent:
+        teacher = train_teacher(manifest, params_file, profile, overrides, address, parent_run_id=parent)
+        extra = {**(overrides or {}), "student.teacher": teacher["model_path"]}
+        student = distill(manifest, params_file=params_file, profile=profile, overrides=extra,
+                          address=address, parent_run_id=parent, teacher_run_id=teacher["run_id"])
+        datasets = list(params.eval.datasets)
+        scale = params.student.scale
+        ev_student = evaluate(student["model_path"], datasets, scale, parent_run_id=parent)
+        ev_teacher = evaluate(teacher["model_path"], datasets, scale, parent_run_id=parent)
+        bicubic = evaluate("bicubic", datasets, scale, parent_run_id=parent)
+        reg = register("distill", student["model_path"], ev_student, teacher["model_path"], params_file,
+                       profile, extra, gate_metric, margin, max_params, max_latency_ms,
+                       student.get("history"), run_id=student["run_id"])
     summary = {"datasets": datasets, "scale": scale, "bicubic": bicubic, "teacher": ev_teacher,
                "student": ev_student,
                "teacher_model": teacher["model_path"], "student_model": student["model_path"], **reg}

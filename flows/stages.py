@@ -1,4 +1,5 @@
-"""The Ray Train task shared by the train_teacher and distill flows, with its console progress bar."""
+"""The Ray Train task shared by the train_teacher and distill flows, with its console progress bar
+and its live-tracked MLflow run (``srcore.tracking.live``)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from rich.console import Console
 from srcore.console import training_bar
 from srcore.config import Params
 from srcore.errors import SrcoreError
-from srcore.train.runner import run_stage
+from srcore.tracking.live import run_tracked_stage
 
 
 def _retryable(task, task_run, state) -> bool:
@@ -31,9 +32,15 @@ def _retryable(task, task_run, state) -> bool:
 # A retried task re-runs the same Ray run name, so Ray resumes from its latest checkpoint.
 @task(name="ray-train", retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=_retryable,
       task_run_name="ray-train-{stage}")
-def train_stage(params: Params, stage: str, address: str | None = None) -> dict[str, Any]:
+def train_stage(params: Params, stage: str, address: str | None = None, parent_run_id: str | None = None,
+                teacher_run_id: str | None = None) -> dict[str, Any]:
     # Ray's own output goes to the run folder's ray.log unless debug logging (--verbose) is on.
     verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
-    with training_bar(Console(stderr=True), stage) as on_progress:
-        r = run_stage(params, stage, address=address, on_progress=on_progress, quiet_ray=not verbose)
-    return {"model_path": r.model_path, "metrics": r.metrics, "run_dir": r.run_dir, "history": r.history}
+    console = Console(stderr=True)
+    with training_bar(console, stage) as on_progress:
+        r, run = run_tracked_stage(params, stage, address=address, on_progress=on_progress,
+                                   quiet_ray=not verbose, parent_run_id=parent_run_id,
+                                   teacher_run_id=teacher_run_id,
+                                   announce=lambda run: console.print(f"MLflow ({stage}): {run.url}"))
+    return {"model_path": r.model_path, "metrics": r.metrics, "run_dir": r.run_dir, "history": r.history,
+            "run_id": run.run_id}

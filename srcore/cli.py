@@ -490,14 +490,16 @@ def _train(stage: str, params: Path, profile: Optional[str], sets: Optional[list
            name: Optional[str], extra: dict) -> None:
     from srcore.console import training_bar
     from srcore.config import load_params
-    from srcore.train.runner import run_stage
+    from srcore.tracking.live import run_tracked_stage
 
     verbose = logging.getLogger().isEnabledFor(logging.DEBUG)  # --verbose: Ray's own output stays visible
     try:
         cfg = load_params(params, {**_parse_sets(sets), **extra}, profile=profile)
+        # Logged to MLFLOW_TRACKING_URI when set, else to the local store (mlflow.db here).
         with training_bar(console, name or stage) as on_progress:
-            result = run_stage(cfg, stage, address=address, name=name, on_progress=on_progress,
-                               quiet_ray=not verbose)
+            result, _run = run_tracked_stage(cfg, stage, address=address, name=name, on_progress=on_progress,
+                                             quiet_ray=not verbose,
+                                             announce=lambda run: console.print(f"MLflow: {run.url}"))
     except SrcoreError as exc:
         _fail(str(exc))
     m = result.metrics

@@ -115,6 +115,7 @@ class TrainParams(_Section):
     compile: bool = False
     channels_last: bool = False
     val_every: int = Field(200, ge=1)
+    log_every: int = Field(20, ge=1, description="steps between live metric points (MLflow, rank 0)")
     val_dataset: str = "sample-val"
     seed: int = 0
     ray: RayParams = RayParams()

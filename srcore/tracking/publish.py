@@ -17,7 +17,7 @@ from srcore.models import build, load_model
 from srcore.models.base import SRModel
 from srcore.tracking.packaging import log_model_version, log_onnx
 from srcore.tracking.registry import PromotionPolicy, promote, registered_name
-from srcore.tracking.runs import comparison_grid, configure, flatten, lineage
+from srcore.tracking.runs import comparison_grid, configure, lineage, stage_params
 
 log = logging.getLogger(__name__)
 
@@ -51,41 +51,44 @@ def _grid(student: SRModel, teacher_path: str | None, dataset: str, scale: int) 
 
 def log_and_register(params: Params, stage: str, model_path: str, metrics: dict[str, float],
                      history: list[dict[str, Any]] | None = None, teacher_path: str | None = None,
-                     policy: PromotionPolicy | None = None, register: bool = True) -> dict[str, Any]:
-    """One MLflow run for a trained model: params, step metrics, evaluation, lineage, images,
-    the packaged model; then register it as ``srcore-<arch>-x<scale>`` and apply promotion.
-    ``model_path``/``teacher_path`` may be object-store URIs; the run's tag keeps the URI."""
+                     policy: PromotionPolicy | None = None, register: bool = True,
+                     run_id: str | None = None) -> dict[str, Any]:
+    """The MLflow run of a trained model completed: evaluation, lineage, images, the packaged model;
+    then register it as ``srcore-<arch>-x<scale>`` and apply promotion. ``run_id``: the stage's
+    live-tracked run (``srcore.tracking.live``) to complete; without it a new run gets the params
+    and ``history`` as step metrics. ``model_path``/``teacher_path`` may be object-store URIs; the
+    run's tag keeps the URI."""
     with local_model_file(model_path) as local_path, local_model_file(teacher_path or "") as local_teacher:
         return _log_and_register(params, stage, model_path, local_path, metrics, history,
-                                 local_teacher or None, policy, register)
+                                 local_teacher or None, policy, register, run_id)
 
 
 def _log_and_register(params: Params, stage: str, model_path: str, local_path: str, metrics: dict[str, float],
                       history: list[dict[str, Any]] | None, teacher_path: str | None,
-                      policy: PromotionPolicy | None, register: bool) -> dict[str, Any]:
+                      policy: PromotionPolicy | None, register: bool, run_id: str | None) -> dict[str, Any]:
     import mlflow
 
     cfg: TrainParams = params.student if stage == "distill" else params.teacher
     client = configure()
     model = load_model(local_path)
     name = registered_name(model.arch, model.scale)
-    with mlflow.start_run(run_name=f"{stage}-{cfg.name}") as run:
-        mlflow.log_params(flatten({"stage": stage, "train": cfg.model_dump(mode="json"),
-                                   "loader": params.loader.model_dump(mode="json"),
-                                   "prepare": params.prepare.model_dump(mode="json")}))
-        for h in history or []:
-            for key in ("loss", "lr", "val_psnr_y"):
-                if key in h and h[key] == h[key]:
-                    mlflow.log_metric(f"train_{key}", float(h[key]), step=int(h["step"]))
+    with mlflow.start_run(run_id=run_id, run_name=None if run_id else f"{stage}-{cfg.name}") as run:
+        if run_id is None:
+            mlflow.log_params(stage_params(params, stage))
+            for h in history or []:
+                for key in ("loss", "lr", "val_psnr_y"):
+                    if key in h and h[key] == h[key]:
+                        mlflow.log_metric(f"train_{key}", float(h[key]), step=int(h["step"]))
         mlflow.log_metrics(metrics)
         mlflow.set_tags({**lineage(params.prepare.out), "stage": stage, "model_path": str(model_path)})
         dataset = params.eval.datasets[0]
-        mlflow.log_image(_grid(model, teacher_path, dataset, model.scale), "comparison_bicubic_student_teacher_hr.png")
+        mlflow.log_image(_grid(model, teacher_path, dataset, model.scale),
+                         "comparison_bicubic_student_teacher_hr.png")
         version = log_model_version(local_path, name) if register else None
         if register:
             mlflow.set_tags(log_onnx(model))
         run_id = run.info.run_id
     decision = promote(client, name, version, policy or PromotionPolicy()) if register else None
     return {"run_id": run_id, "registered_model": name, "version": version,
-            "promoted": decision.promoted if decision else None, "reason": decision.reason if decision else None,
-            "tracking_uri": mlflow.get_tracking_uri()}
+            "promoted": decision.promoted if decision else None,
+            "reason": decision.reason if decision else None, "tracking_uri": mlflow.get_tracking_uri()}

@@ -29,7 +29,8 @@ from srcore.errors import ConfigError
 log = logging.getLogger(__name__)
 
 __all__ = ["tracking_uri", "reading_uri", "tracking_timeout", "bounded_requests", "call_with_deadline",
-           "configure", "flatten", "lineage", "comparison_grid", "log_model_version", "EXPERIMENT"]
+           "configure", "flatten", "lineage", "comparison_grid", "log_model_version", "run_url",
+           "stage_params", "EXPERIMENT"]
 
 EXPERIMENT = "srcore"
 LOCAL_STORE = "mlflow.db"
@@ -135,6 +136,13 @@ def configure(experiment: str = EXPERIMENT):
     return client
 
 
+def run_url(uri: str, experiment_id: str, run_id: str) -> str:
+    """Where a person looks at a run: the server's page, or the local store and how to browse it."""
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"run {run_id} in {uri} (browse it: mlflow ui --backend-store-uri {uri})"
+
+
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested params -> {"a.b": "value"} (MLflow params are flat strings)."""
     out: dict[str, str] = {}
@@ -145,6 +153,14 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             out[key] = str(v)
     return out
+
+
+def stage_params(params, stage: str) -> dict[str, str]:
+    """The flat MLflow params of a training stage's run: its recipe, the loader and the patches."""
+    cfg = params.student if stage == "distill" else params.teacher
+    return flatten({"stage": stage, "train": cfg.model_dump(mode="json"),
+                    "loader": params.loader.model_dump(mode="json"),
+                    "prepare": params.prepare.model_dump(mode="json")})
 
 
 def _git_commit() -> str:

@@ -3,8 +3,10 @@
 Named steps over one ``TrainState``: ``setup`` (config, seeds, models, optimiser, schedule),
 ``resume`` (from the run's newest readable checkpoint), ``train_step`` (one batch: ``compute_loss``,
 backward, optimiser, schedule, EMA), ``validate`` (PSNR-Y on the held-out set), ``report`` (metrics
-to Ray Train and the driver's progress display) and ``save_checkpoint``. Changing the loss touches
-``compute_loss``; changing the optimiser or schedule touches ``make_optimizer``/``make_schedule``.
+to Ray Train and the driver's progress display), ``log_point`` (every ``log_every`` steps, the loss
+terms, learning rate, throughput and memory for live tracking) and ``save_checkpoint``. Changing
+the loss touches ``compute_loss``; changing the optimiser or schedule touches ``make_optimizer``/
+``make_schedule``.
 
 Recipe: Adam with the papers' settings, MultiStep decay at fixed fractions of the run, optional
 gradient clipping, an EMA of the weights (validated and exported), bf16 autocast on CUDA, optional
@@ -54,6 +56,7 @@ __all__ = [
     "FATAL_KEY",
     "TrainState",
     "compute_loss",
+    "log_point",
     "make_optimizer",
     "make_schedule",
     "milestone_steps",
@@ -125,6 +128,10 @@ class TrainState:
     samples: int = 0
     t0: float = field(default_factory=time.perf_counter)
     last_psnr: float = math.nan
+    # Loss terms summed on the device since the last live point (read once per ``log_every`` steps).
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    term_steps: int = 0
+    logged_at: tuple[float, int] = field(default_factory=lambda: (time.perf_counter(), 0))  # (time, samples)
 
     @property
     def distill(self) -> bool:
@@ -281,14 +288,25 @@ def compute_loss(state: TrainState, lr_img: torch.Tensor, hr_img: torch.Tensor) 
     sr, feats = state.runner(lr_img)
     loss = reconstruction_loss(sr.float(), hr_img, cfg.loss)
     if state.teacher is None:
+        _add_terms(state, {"rec": loss})
         return loss
     loss = loss * cfg.w_rec
     with torch.no_grad():
         t_feats = state.teacher.forward_features(lr_img)
         t_sr = state.teacher.reconstruct(t_feats, lr_img)
-    for term in state.trainable.distill(sr, feats, t_sr, t_feats).values():
+    terms = state.trainable.distill(sr, feats, t_sr, t_feats)
+    _add_terms(state, {"rec": loss, **{f"distill_{k}": v for k, v in terms.items()}})
+    for term in terms.values():
         loss = loss + term
     return loss
+
+
+def _add_terms(state: TrainState, terms: dict[str, torch.Tensor]) -> None:
+    """Running sums of the weighted loss terms, kept on the device (no host sync per step)."""
+    for name, value in terms.items():
+        value = value.detach().float()
+        state.terms[name] = state.terms[name] + value if name in state.terms else value
+    state.term_steps += 1
 
 
 def train_step(state: TrainState, lr_img: torch.Tensor, hr_img: torch.Tensor) -> None:
@@ -326,6 +344,29 @@ def progress_metrics(state: TrainState) -> dict[str, Any]:
             "val_psnr_y": state.last_psnr}
 
 
+def _peak_memory_mb(device: torch.device) -> float:
+    """The rank's peak memory: CUDA's max allocated on a GPU, the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def log_point(state: TrainState) -> dict[str, Any]:
+    """One live tracking point: mean loss terms since the last point (``loss_rec``, ``loss_distill_*``),
+    learning rate, samples/s over the interval (all ranks) and peak memory; resets the sums."""
+    now, samples = time.perf_counter(), state.samples
+    since, before = state.logged_at
+    steps = max(1, state.term_steps)
+    point: dict[str, Any] = {f"loss_{k}": v.item() / steps for k, v in state.terms.items()}
+    point.update(step=state.step, lr=state.scheduler.get_last_lr()[0],
+                 samples_per_s=(samples - before) * state.world / max(1e-9, now - since),
+                 memory_peak_mb=_peak_memory_mb(state.device))
+    state.terms, state.term_steps, state.logged_at = {}, 0, (now, samples)
+    return point
+
+
 def save_checkpoint(state: TrainState, folder: str | os.PathLike) -> None:
     """state.pt + state.json (see ``srcore.train.state``) and the exportable model.pth."""
     tensors = {"trainable": state.trainable.state_dict(),
@@ -356,7 +397,7 @@ def report(state: TrainState) -> None:
             save_checkpoint(state, folder)
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(metrics, checkpoint=checkpoint)
-    _send_progress(state, metrics)
+    _send_progress(state, {**metrics, "kind": "validation"})
     log.debug("step %d loss %.4f lr %.3g val PSNR-Y %.2f", state.step, metrics["loss"], metrics["lr"],
               metrics["val_psnr_y"])
 
@@ -384,6 +425,8 @@ def _train_epochs(state: TrainState) -> None:
         for lr_img, hr_img in epoch_batches(state):
             train_step(state, lr_img, hr_img)
             state.faults.after_step(state.step, state.rank, Path(state.config["run_dir"]) / ".failed_once")
+            if state.rank == 0 and state.step % state.cfg.log_every == 0:
+                _send_progress(state, {"kind": "log", **log_point(state)})
             if state.step % state.cfg.val_every == 0 or state.step == state.last_step:
                 report(state)
             elif time.perf_counter() - last_sent > progress_every:
