@@ -40,6 +40,7 @@ def report(name: str, rows: list[dict], title: str) -> None:
         table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r.values()))
     Console().print(table)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    meta = {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "machine": platform.machine(), "processor": platform.processor()}
+    meta = {"python": platform.python_version(), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "machine": platform.machine(),
+            "processor": platform.processor()}
     (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")

@@ -54,8 +54,8 @@ def ray_train(params, workers: int, steps: int, warmup: int, storage: str) -> fl
     def run(n: int, name: str) -> float:
         p = load_params(None, {**MODEL, "teacher.steps": n, "teacher.val_every": n, "teacher.name": name,
                                "teacher.val_dataset": "embedded", "teacher.ray.num_workers": workers,
-                               "teacher.ray.cpus_per_worker": 2 / workers, "teacher.ray.storage_path": storage,
-                               "prepare.out": params.prepare.out})
+                               "teacher.ray.cpus_per_worker": 2 / workers,
+                               "teacher.ray.storage_path": storage, "prepare.out": params.prepare.out})
         r = run_stage(p, "teacher")
         return float(r.metrics["samples_per_s"]), n
 
@@ -75,7 +75,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=10)
     args = ap.parse_args()
     params = load_params("params.yaml", MODEL)
-    rows = [{"runner": "plain loop (1 process, 2 threads)", "samples_per_s": plain(params, args.steps, args.warmup)}]
+    rows = [{"runner": "plain loop (1 process, 2 threads)",
+             "samples_per_s": plain(params, args.steps, args.warmup)}]
     with tempfile.TemporaryDirectory() as storage:
         for workers in (1, 2):
             rows.append({"runner": f"Ray Train, {workers} worker(s)",

@@ -25,8 +25,8 @@ from srcore.models import build, load_model, preset_names  # noqa: E402
 HERE = Path(__file__).resolve().parent
 # (label, preset, weights file or None for bicubic)
 WEIGHTED = [("bicubic", "bicubic", None), ("DVMSR (NTIRE 2024)", "dvmsr", "dvmsr_ntire2024_x4.pth"),
-            ("DVMSR (release, EMA)", "dvmsr", "dvmsr_release_x4.pth"), ("IBMDN", "ibmdn", "ibmdn_ntire2025_x4.pth"),
-            ("RLFN", "rlfn", "rlfn_ntire2024_x4.pth")]
+            ("DVMSR (release, EMA)", "dvmsr", "dvmsr_release_x4.pth"),
+            ("IBMDN", "ibmdn", "ibmdn_ntire2025_x4.pth"), ("RLFN", "rlfn", "rlfn_ntire2024_x4.pth")]
 
 
 def plot(scores: list[dict]) -> None:
@@ -69,16 +69,19 @@ def main() -> None:
         model = build(name, 4).eval()
         r = profile_model(model, name, 4, 256, 256, "cpu", repeats=args.repeats, warmup=1).as_dict()
         with torch.no_grad():
-            r["latency_64_ms"] = measure_latency(model, torch.rand(1, 3, 64, 64), warmup=1, repeats=args.repeats)
+            r["latency_64_ms"] = measure_latency(model, torch.rand(1, 3, 64, 64), warmup=1,
+                                                 repeats=args.repeats)
         rows.append(r)
         print(f"profiled {name}")
 
     scores = []
     for label, name, weights in WEIGHTED:
-        model = build(name, 4) if weights is None else load_model(args.weights_dir / weights, name=name, scale=4)
+        model = (build(name, 4) if weights is None
+                 else load_model(args.weights_dir / weights, name=name, scale=4))
         res = evaluate_dataset(model, "Set5", 4, args.data_root)
         params = sum(p.numel() for p in model.parameters())
-        scores.append({"label": label, "model": name, "params": params, "psnr_y": res.psnr_y, "ssim_y": res.ssim_y})
+        scores.append({"label": label, "model": name, "params": params,
+                       "psnr_y": res.psnr_y, "ssim_y": res.ssim_y})
         print(f"evaluated {label}: {res.psnr_y:.2f}")
 
     lines = [
@@ -90,11 +93,13 @@ def main() -> None:
         "official implementation (it cannot see inside mamba-ssm's fused kernel). Activations: elements of",
         "all convolution outputs. Latency: median of repeats after warm-up, random weights.",
         "",
-        "| model | params | GFLOPs | GFLOPs (plain fvcore) | activations (M) | latency 64x64 (ms) | latency 256x256 (ms) |",
+        "| model | params | GFLOPs | GFLOPs (plain fvcore) | activations (M) "
+        "| latency 64x64 (ms) | latency 256x256 (ms) |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['params']:,} | {r['flops_g']:.2f} | {r['flops_fvcore_plain_g']:.2f} | "
+        lines.append(f"| {r['model']} | {r['params']:,} | {r['flops_g']:.2f} | "
+                     f"{r['flops_fvcore_plain_g']:.2f} | "
                      f"{r['activations_m']:.1f} | {r['latency_64_ms']:.0f} | {r['latency_ms']:.0f} |")
     lines += ["", "## Set5 x4 with official weights (PSNR-Y / SSIM-Y, border 4)", "",
               "| model | params | PSNR-Y | SSIM-Y |", "|---|---:|---:|---:|"]

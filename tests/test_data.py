@@ -23,7 +23,8 @@ def _images(folder: Path, n: int, size=(100, 124), seed=0) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for i in range(n):
-        Image.fromarray(rng.integers(0, 256, size=size + (3,), dtype=np.uint8)).save(folder / f"img{i:02d}.png")
+        Image.fromarray(rng.integers(0, 256, size=size + (3,), dtype=np.uint8)).save(
+            folder / f"img{i:02d}.png")
 
 
 def _params(src: Path, out: Path, **kw) -> PrepareParams:
@@ -55,7 +56,8 @@ def test_prepare_rows_match_imresize_and_worker_count_does_not_matter(tmp_path):
     _images(src, 5)
     one = prepare(_params(src, tmp_path / "one", workers=1))
     two = prepare(_params(src, tmp_path / "two", workers=2))
-    assert one.rows == two.rows and one.rows[2] == 5 * 4 * 5  # 100x124: 4 x 5 offsets (last ones flush with the border)
+    # 100x124: 4 x 5 offsets (last ones flush with the border)
+    assert one.rows == two.rows and one.rows[2] == 5 * 4 * 5
     shards_one = {k: v for k, v in _tree_digest(tmp_path / "one").items() if k.endswith(".parquet")}
     shards_two = {k: v for k, v in _tree_digest(tmp_path / "two").items() if k.endswith(".parquet")}
     assert shards_one == shards_two
@@ -67,7 +69,8 @@ def test_prepare_rows_match_imresize_and_worker_count_does_not_matter(tmp_path):
                 np.testing.assert_array_equal(hr, full[row["y"]:row["y"] + 48, row["x"]:row["x"] + 48])
                 lr_full = imresize_np(full, scale=1 / s)
                 c = 48 // s
-                np.testing.assert_array_equal(lr, lr_full[row["y"] // s:row["y"] // s + c, row["x"] // s:row["x"] // s + c])
+                np.testing.assert_array_equal(
+                    lr, lr_full[row["y"] // s:row["y"] // s + c, row["x"] // s:row["x"] // s + c])
     manifest = json.loads((tmp_path / "one" / "manifest.json").read_text())
     assert manifest["scales"]["4"]["rows"] == one.rows[4]
     assert all(len(e["sha256"]) == 64 for e in manifest["scales"]["2"]["shards"])
@@ -138,7 +141,8 @@ def test_loader_ranks_cover_each_sample_once_with_equal_steps(tmp_path):
     total = sum(1 for f in files for _ in read_shard(f))
     seen, counts = [], []
     for rank in range(3):
-        ds = ShardPairs(files, 4, patch_size=12, rank=rank, world_size=3, seed=1, augment=False, shuffle_buffer=1)
+        ds = ShardPairs(files, 4, patch_size=12, rank=rank, world_size=3, seed=1, augment=False,
+                        shuffle_buffer=1)
         ds.set_epoch(2)
         pairs = list(ds)
         counts.append(len(pairs))

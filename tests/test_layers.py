@@ -60,7 +60,8 @@ def upward_imports(root: Path = REPO) -> list[str]:
         for lineno, module in _imports(path):
             there = _room(module)
             if there is not None and LAYERS[there] > LAYERS[here]:
-                problems.append(f"{path.relative_to(root)}:{lineno}: {here} imports {module} (a room above it)")
+                problems.append(
+                    f"{path.relative_to(root)}:{lineno}: {here} imports {module} (a room above it)")
     return problems
 
 
@@ -79,7 +80,8 @@ def test_checker_sees_an_upward_import(tmp_path):
     (tmp_path / "srcore" / "data").mkdir(parents=True)
     (tmp_path / "flows").mkdir()
     (tmp_path / "srcore" / "data" / "bad.py").write_text("def f():\n    from srcore.models import build\n")
-    assert upward_imports(tmp_path) == ["srcore/data/bad.py:2: srcore.data imports srcore.models (a room above it)"]
+    assert upward_imports(tmp_path) == [
+        "srcore/data/bad.py:2: srcore.data imports srcore.models (a room above it)"]
 
 
 @pytest.mark.parametrize("module", ["srcore.config", "srcore.io", "srcore.errors"])
@@ -87,6 +89,7 @@ def test_bottom_rooms_import_nothing_heavy(module):
     import subprocess
     import sys
 
-    code = f"import sys, {module}; print(sorted(m for m in ('torch', 'srcore.models', 'srcore.data') if m in sys.modules))"
+    code = (f"import sys, {module}; "
+            "print(sorted(m for m in ('torch', 'srcore.models', 'srcore.data') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"

@@ -27,7 +27,7 @@ def test_seq0_steps_are_four_neighbours_inside_a_stripe(h, w, shift):
     widths = stripe_widths(w, stripe, shift)
     bounds = np.cumsum([0] + widths)
     stripe_of_col = np.searchsorted(bounds, np.arange(w), side="right") - 1
-    for a, b in zip(order[:-1], order[1:]):
+    for a, b in zip(order[:-1], order[1:], strict=True):
         (ya, xa), (yb, xb) = divmod(int(a), w), divmod(int(b), w)
         if stripe_of_col[xa] == stripe_of_col[xb]:
             assert abs(ya - yb) + abs(xa - xb) == 1

@@ -49,7 +49,9 @@ def _contributions(in_len: int, out_len: int, scale: float, antialias: bool) -> 
     return indices[:, keep].astype(np.int64) - 1, weights[:, keep]
 
 
-def resize_weights(in_len: int, out_len: int, scale: float, antialias: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def resize_weights(
+    in_len: int, out_len: int, scale: float, antialias: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """MATLAB's (out_len, taps) zero-based source indices, mirrored symmetrically into
     [0, in_len), and their float64 weights."""
     raw, weights = _contributions(in_len, out_len, scale, antialias)
@@ -110,7 +112,7 @@ def _resize_dim(x: torch.Tensor, dim: int, out_len: int, scale: float, antialias
         for r, starts, weights in phases:
             n = len(range(r, out_len, period))
             dst = out[lead + (slice(r, None, period),)]
-            for k, (s0, wk) in enumerate(zip(starts, weights)):
+            for k, (s0, wk) in enumerate(zip(starts, weights, strict=True)):
                 src = xp[lead + (slice(s0, s0 + stride * (n - 1) + 1, stride),)]
                 if k == 0:
                     torch.mul(src, wk, out=dst) if dst.is_contiguous() else dst.copy_(src * wk)

@@ -23,7 +23,8 @@ from srcore.data.patches import SubImage
 from srcore.errors import DataError
 from srcore.io import atomic_output
 
-__all__ = ["MANIFEST", "SCHEMA", "read_manifest", "encode_rows", "write_shard", "read_shard", "decode_patch", "file_sha256"]
+__all__ = ["MANIFEST", "SCHEMA", "read_manifest", "encode_rows", "write_shard", "read_shard", "decode_patch",
+           "file_sha256"]
 
 # The file beside the shards that lists them (written by ``srcore.data.prepare``).
 MANIFEST = "manifest.json"

@@ -29,7 +29,8 @@ def _check_pair(img1: np.ndarray, img2: np.ndarray, border: int) -> None:
                 f"{name}: float values must lie in [0, 255], got [{img.min():.3g}, {img.max():.3g}]; "
                 "scale [0, 1] images by 255")
     if img1.shape != img2.shape:
-        raise ValueError(f"shape mismatch: {img1.shape} vs {img2.shape}; crop both to the same size (modcrop)")
+        raise ValueError(f"shape mismatch: {img1.shape} vs {img2.shape}; "
+                         "crop both to the same size (modcrop)")
     if border < 0:
         raise ValueError(f"border must be >= 0, got {border}")
     h, w = img1.shape[:2]

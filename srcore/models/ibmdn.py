@@ -50,7 +50,8 @@ class IBMDNConfig(ModelConfig):
 
     def model_post_init(self, _ctx) -> None:
         if len(self.placement) != self.num_blocks:
-            raise ValueError(f"placement has {len(self.placement)} entries but num_blocks is {self.num_blocks}")
+            raise ValueError(f"placement has {len(self.placement)} entries "
+                             f"but num_blocks is {self.num_blocks}")
         if self.channels % 16:
             raise ValueError(f"channels must be a multiple of 16 (involution groups), got {self.channels}")
 
@@ -140,7 +141,8 @@ class CCA(nn.Module):
 
 
 class IBMDB(nn.Module):
-    """Multi-depth distillation block (RFDB-style): three distil/refine stages, BSConvS tail, fuse, attention."""
+    """Multi-depth distillation block (RFDB-style): three distil/refine stages, BSConvS tail,
+    fuse, attention."""
 
     def __init__(self, channels: int, ops: tuple[str, str, str], chfab: bool) -> None:
         super().__init__()
@@ -180,7 +182,8 @@ class IBMDN(SRModel):
             self.add_module(f"B{i + 1}", IBMDB(c, ops, cfg.chfab))
         self.c = nn.Sequential(nn.Conv2d(c * cfg.num_blocks, c, 1), nn.LeakyReLU(0.05))
         self.LR_conv = BSConvU(c, c)
-        self.upsampler = nn.Sequential(nn.Conv2d(c, 3 * cfg.scale**2, 3, padding=1), nn.PixelShuffle(cfg.scale))
+        self.upsampler = nn.Sequential(nn.Conv2d(c, 3 * cfg.scale**2, 3, padding=1),
+                                       nn.PixelShuffle(cfg.scale))
 
     def forward_features(self, x: torch.Tensor) -> Features:
         fea = self.fea_conv(x)

@@ -20,8 +20,10 @@ from srcore.ops.nss import nss_indices
 
 __all__ = ["MaIR", "MaIRConfig", "TINY", "SMALL", "convert_official"]
 
-TINY = {"embed_dim": 60, "depths": (6, 6, 6, 6), "d_state": 1, "ssm_ratio": 1.1, "mlp_ratio": 1.6, "scan_len": 8}
-SMALL = {"embed_dim": 60, "depths": (6, 6, 6, 6), "d_state": 16, "ssm_ratio": 1.4, "mlp_ratio": 1.6, "scan_len": 4}
+TINY = {"embed_dim": 60, "depths": (6, 6, 6, 6), "d_state": 1, "ssm_ratio": 1.1, "mlp_ratio": 1.6,
+        "scan_len": 8}
+SMALL = {"embed_dim": 60, "depths": (6, 6, 6, 6), "d_state": 16, "ssm_ratio": 1.4, "mlp_ratio": 1.6,
+         "scan_len": 4}
 _SEQS = 4
 
 
@@ -62,9 +64,12 @@ class VMM(nn.Module):
         self.conv2d = nn.Conv2d(d, d, 3, padding=1, groups=d)
         self.x_proj_weight = nn.Parameter(torch.randn(_SEQS, r + 2 * n, d) * d**-0.5)
         self.dt_projs_weight = nn.Parameter(torch.empty(_SEQS, d, r).uniform_(-(r**-0.5), r**-0.5))
-        dt = torch.exp(torch.rand(_SEQS, d) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)).clamp(min=1e-4)
+        dt = torch.exp(
+            torch.rand(_SEQS, d) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3)
+        ).clamp(min=1e-4)
         self.dt_projs_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
-        self.A_logs = nn.Parameter(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(_SEQS * d, 1))
+        self.A_logs = nn.Parameter(
+            torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(_SEQS * d, 1))
         self.Ds = nn.Parameter(torch.ones(_SEQS * d))
         self.gating = SSA(d)
         self.out_norm = nn.LayerNorm(d)

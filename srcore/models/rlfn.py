@@ -72,7 +72,8 @@ class RLFN(SRModel):
         for i in range(cfg.num_blocks):
             self.add_module(f"block_{i + 1}", RLFB(c, cfg.mid_channels, cfg.esa_channels))
         self.conv_2 = nn.Conv2d(c, c, 3, padding=1)
-        self.upsampler = nn.Sequential(nn.Conv2d(c, 3 * cfg.scale**2, 3, padding=1), nn.PixelShuffle(cfg.scale))
+        self.upsampler = nn.Sequential(nn.Conv2d(c, 3 * cfg.scale**2, 3, padding=1),
+                                       nn.PixelShuffle(cfg.scale))
 
     def forward_features(self, x: torch.Tensor) -> Features:
         if min(x.shape[-2:]) < self.min_input_size:

@@ -49,7 +49,8 @@ class FourierUnit(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         spec = torch.fft.rfft2(x.float(), norm="ortho")
-        stacked = torch.stack((spec.real, spec.imag), dim=2).reshape(b, 2 * c, h, -1)  # c0.re, c0.im, c1.re ...
+        # Channel order: c0.re, c0.im, c1.re ...
+        stacked = torch.stack((spec.real, spec.imag), dim=2).reshape(b, 2 * c, h, -1)
         stacked = F.gelu(self.conv_layer(stacked)).view(b, c, 2, h, -1)
         spec = torch.complex(stacked[:, :, 0], stacked[:, :, 1])
         return torch.fft.irfft2(spec, s=(h, w), norm="ortho").to(x.dtype)
@@ -88,14 +89,16 @@ class DynamicDWConv(nn.Module):
         self.attention.conv1 = nn.Conv2d(dim, dim // 8, 1)
         self.attention.conv2 = nn.Conv2d(dim // 8, num_kernels, 1)
         self.aggregation = nn.Module()
-        self.aggregation.weight = nn.Parameter(torch.randn(num_kernels, dim, 1, kernel_size, kernel_size) * 0.02)
+        self.aggregation.weight = nn.Parameter(
+            torch.randn(num_kernels, dim, 1, kernel_size, kernel_size) * 0.02)
         self.aggregation.bias = nn.Parameter(torch.zeros(num_kernels, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         pooled = x.mean(dim=(2, 3), keepdim=True)
         att = torch.sigmoid(self.attention.conv2(F.gelu(self.attention.conv1(pooled)))).view(b, -1)
-        weight = torch.einsum("bk,kcxyz->bcxyz", att, self.aggregation.weight).reshape(b * c, 1, self.k, self.k)
+        weight = torch.einsum("bk,kcxyz->bcxyz", att, self.aggregation.weight).reshape(
+            b * c, 1, self.k, self.k)
         bias = (att @ self.aggregation.bias).reshape(b * c)
         # All samples in one grouped conv: the batch folds into the channel axis.
         out = F.conv2d(x.reshape(1, b * c, h, w), weight, bias, padding=self.k // 2, groups=b * c)
