@@ -11,8 +11,9 @@ from srcore.errors import ConfigError
 from srcore.inference import TilePlan, plan_tiles, receptive_radius, upscale_tensor
 from srcore.models import build, list_presets
 
-# Mamba presets shrunk to one block: same architecture (global scans), fast enough for a test.
-_SMALL = {"dvmsr": {"embed_dim": 8, "depths": (1,)}, "mair": {"embed_dim": 8, "depths": (1,)}}
+# Mamba presets and SRConvNet shrunk: same architecture (global scans, pooling), fast enough for a test.
+_SMALL = {"dvmsr": {"embed_dim": 8, "depths": (1,)}, "mair": {"embed_dim": 8, "depths": (1,)},
+          "srconvnet": {"dim": 16, "num_blocks": 2, "num_heads": 2}}
 # Measured: a one-pixel change reaches the whole image through global pooling (IBMDN's CCA,
 # SRConvNet's dynamic convolution and Fourier unit, RLFN's ESA pooling) or scans (DVMSR, MaIR).
 _GLOBAL = {"dvmsr", "dvmsr_teacher", "mair_t", "mair_s", "srconvnet", "ibmdn", "rlfn"}
