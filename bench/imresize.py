@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 from common import report, timeit
-
 from references import matlab_imresize_numpy, matlab_round_uint8
+
 from srcore.data.imresize import imresize_np
 
 
@@ -31,7 +31,8 @@ def main() -> None:
     (lr_a, up_a), (lr_b, up_b) = ours(), peer()
     t_ours, t_peer = timeit(ours, repeats=3), timeit(peer, repeats=1, warmup=0)
     report("imresize", [{
-        "task": "2040x1356 RGB /4 then x4", "ours_s": t_ours, "numpy_loop_s": t_peer, "speedup": t_peer / t_ours,
+        "task": "2040x1356 RGB /4 then x4", "ours_s": t_ours, "numpy_loop_s": t_peer,
+        "speedup": t_peer / t_ours,
         "lr_identical": bool(np.array_equal(lr_a, lr_b)), "up_identical": bool(np.array_equal(up_a, up_b)),
     }], "MATLAB bicubic imresize: ours vs numpy reference")
 

@@ -15,8 +15,14 @@ from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 __all__ = ["ProgressDisplay", "fmt", "training_bar"]
 
@@ -75,7 +81,8 @@ class ProgressDisplay:
             eta = f", ETA {elapsed / self.completed * max(self.total - self.completed, 0):.0f}s"
         extra = "".join(f", {v}" for v in self.values.values() if v != "-")
         unit = f" {self.unit}" if self.unit else ""
-        self.console.print(f"{self.label}: {done}{unit}{extra} (elapsed {elapsed:.0f}s{eta})", highlight=False)
+        self.console.print(f"{self.label}: {done}{unit}{extra} (elapsed {elapsed:.0f}s{eta})",
+                           highlight=False)
 
     def update(self, completed: int | None = None, advance: int = 0, total: int | None = None,
                description: str | None = None, **fields: str) -> None:
@@ -90,7 +97,8 @@ class ProgressDisplay:
         if self.bar is not None:
             self.bar.update(self.task, completed=self.completed, total=self.total, description=self.label,
                             **self.values)
-        elif self.elapsed() - self.last_line >= self.log_every or (self.total and self.completed >= self.total):
+        elif (self.elapsed() - self.last_line >= self.log_every
+              or (self.total and self.completed >= self.total)):
             self._line()
 
 

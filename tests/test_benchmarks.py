@@ -2,10 +2,10 @@ import json
 
 import numpy as np
 import pytest
+from conftest import BENCHMARKS, require
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import BENCHMARKS, require
 from srcore.cli import app
 from srcore.data.benchmarks import load_benchmark
 from srcore.errors import DataError

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from conftest import free_port, REPO
-
+from conftest import REPO, free_port
 
 
 def _run(cwd: Path, *args: str, env: dict | None = None) -> str:
@@ -73,7 +71,8 @@ def project(tmp_path: Path) -> Path:
     _run(root, "git", "init", "-q")
     dvc(root, "init", "-q")
     dvc(root, "remote", "add", "-d", "local", str(tmp_path / "remote"))
-    (root / "params.yaml").write_text((root / "params.yaml").read_text().replace("workers: 0 ", "workers: 2 "))
+    params = root / "params.yaml"
+    params.write_text(params.read_text().replace("workers: 0 ", "workers: 2 "))
     srcore(root, "data", "sample", "--out", "data/raw/sample")
     return root
 
@@ -89,12 +88,13 @@ def test_sample_matches_pinned_hash_and_stage_round_trips(project: Path, tmp_pat
     assert "up to date" in dvc(project, "status")
     assert list((project / "data" / "patches" / "x4").glob("*.parquet"))
     dvc(project, "push")
-    before = {p.relative_to(project).as_posix(): p.read_bytes() for p in (project / "data" / "patches").rglob("*")
+    patches = project / "data" / "patches"
+    before = {p.relative_to(project).as_posix(): p.read_bytes() for p in patches.rglob("*")
               if p.is_file()}
     shutil.rmtree(project / "data" / "patches")
     shutil.rmtree(project / ".dvc" / "cache")
     dvc(project, "pull")
-    after = {p.relative_to(project).as_posix(): p.read_bytes() for p in (project / "data" / "patches").rglob("*")
+    after = {p.relative_to(project).as_posix(): p.read_bytes() for p in patches.rglob("*")
              if p.is_file()}
     assert before == after
     # a changed parameter makes the stage stale
@@ -119,7 +119,8 @@ def test_s3_remote_on_loopback(project: Path):
     server.start()
     try:
         endpoint = f"http://127.0.0.1:{port}"
-        creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+        creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                 "AWS_DEFAULT_REGION": "us-east-1"}
         s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
                           aws_secret_access_key="testing", region_name="us-east-1")
         s3.create_bucket(Bucket="srcore-data")

@@ -1,7 +1,6 @@
 import json
 
 import pytest
-
 import torch
 from torch import nn
 from typer.testing import CliRunner
@@ -42,11 +41,13 @@ def test_mair_plain_fvcore_leaves_out_exactly_the_scans():
 
 def test_profile_cli_json(tmp_path):
     out = tmp_path / "p.json"
-    result = runner.invoke(app, ["profile", "--model", "rlfn", "--scale", "4", "--input", "32x32", "--repeats", "1",
+    result = runner.invoke(app, ["profile", "--model", "rlfn", "--scale", "4", "--input", "32x32",
+                                 "--repeats", "1",
                                  "--json", str(out)])
     assert result.exit_code == 0, result.output
     row = json.loads(out.read_text())
-    assert set(row) >= {"model", "scale", "input", "params", "flops_g", "activations_m", "latency_ms", "peak_mem_mb"}
+    assert set(row) >= {"model", "scale", "input", "params", "flops_g", "activations_m", "latency_ms",
+                        "peak_mem_mb"}
     assert row["params"] == 317_218 and row["input"] == "32x32" and row["latency_ms"] > 0
     bad = runner.invoke(app, ["profile", "--model", "rlfn", "--input", "big"])
     assert bad.exit_code != 0 and "256x256" in bad.output

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 import torch
-
 from references import matlab_imresize_numpy, matlab_round_uint8
+
 from srcore.data.imresize import imresize, imresize_np
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from conftest import WEIGHTS, load_fixture, require
+
 from srcore.errors import CheckpointError, ConfigError
 from srcore.models import build, load_model, load_weights, save_model
 from srcore.models.checkpoint import read_checkpoint
@@ -74,7 +74,8 @@ def test_official_dvmsr_weights_load_strictly(weights):
         assert other is not model
 
 
-@pytest.mark.parametrize("name,weights", [("ibmdn", "ibmdn_ntire2025_x4.pth"), ("rlfn", "rlfn_ntire2024_x4.pth")])
+@pytest.mark.parametrize("name,weights",
+                         [("ibmdn", "ibmdn_ntire2025_x4.pth"), ("rlfn", "rlfn_ntire2024_x4.pth")])
 def test_official_zoo_weights_load_strictly(name, weights):
     load_model(require(WEIGHTS / weights), name=name, scale=4)
 

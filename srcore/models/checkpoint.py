@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from srcore.io import atomic_write_bytes
 from srcore.errors import CheckpointError
+from srcore.io import atomic_write_bytes
 from srcore.models.base import SRModel
 from srcore.models.presets import Preset, build, preset
 
@@ -26,7 +26,8 @@ FORMAT = "srcore-model"
 _STRIP_PREFIXES = ("module.", "_orig_mod.", "model.")
 
 
-def save_model(path: str | os.PathLike, model: SRModel, name: str, extra: dict[str, Any] | None = None) -> None:
+def save_model(path: str | os.PathLike, model: SRModel, name: str,
+               extra: dict[str, Any] | None = None) -> None:
     """Write ``model`` (preset ``name``) in our format, atomically."""
     payload = {"format": FORMAT, "version": 1, "model": name, "arch": model.arch,
                "config": model.config.model_dump(mode="json"),
@@ -66,14 +67,16 @@ def read_checkpoint(source: str | os.PathLike | dict) -> dict:
     try:
         obj = torch.load(data, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt/foreign files
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint "
+                              f"({type(exc).__name__}: {exc})") from exc
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
     return obj
 
 
 def extract_state_dict(ckpt: dict, key: str | None = None) -> tuple[dict, str]:
-    """(state dict, layout) from any accepted layout; ``key`` picks ``params``/``params_ema`` in BasicSR files."""
+    """(state dict, layout) from any accepted layout; ``key`` picks ``params``/``params_ema`` in
+    BasicSR files."""
     if ckpt.get("format") == FORMAT:
         return ckpt["state_dict"], "srcore"
     if "params_ema" in ckpt or "params" in ckpt:
@@ -107,13 +110,16 @@ def _mismatch_message(model: SRModel, sd: dict, label: str) -> str | None:
               for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
     if not (missing or unexpected or shapes):
         return None
-    parts = [f"{label} does not fit {model.arch} x{model.scale} ({sum(p.numel() for p in model.parameters())} params)"]
+    count = sum(p.numel() for p in model.parameters())
+    parts = [f"{label} does not fit {model.arch} x{model.scale} ({count} params)"]
     if shapes:
         hint = " (weights for another scale?)" if any(k.startswith(("upsample", "upsampler", "upsampling"))
                                                       for k in shapes) else ""
-        parts.append(f"shape mismatches{hint}: " + "; ".join(shapes[:6]) + (" ..." if len(shapes) > 6 else ""))
+        parts.append(f"shape mismatches{hint}: " + "; ".join(shapes[:6])
+                     + (" ..." if len(shapes) > 6 else ""))
     if missing:
-        parts.append(f"missing keys ({len(missing)}): " + ", ".join(missing[:6]) + (" ..." if len(missing) > 6 else ""))
+        parts.append(f"missing keys ({len(missing)}): " + ", ".join(missing[:6])
+                     + (" ..." if len(missing) > 6 else ""))
     if unexpected:
         parts.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(unexpected[:6])
                      + (" ..." if len(unexpected) > 6 else ""))
@@ -161,7 +167,8 @@ def load_model(source: str | os.PathLike | dict, name: str | None = None, scale:
         load_weights(model, ckpt, label=str(source))
         return model
     if name is None:
-        raise CheckpointError(f"{source}: an official checkpoint needs --model to say which architecture it is")
+        raise CheckpointError(f"{source}: an official checkpoint needs --model to say which "
+                              "architecture it is")
     model = build(name, scale or 4, **overrides)
     load_weights(model, ckpt, name=name, key=key, label=str(source) if not isinstance(source, dict) else None)
     return model

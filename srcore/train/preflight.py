@@ -12,12 +12,11 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 from srcore.config import DistillParams, Params, TrainParams
 from srcore.data.loaders import shard_files
 from srcore.data.shards import MANIFEST, read_manifest
-from srcore.errors import ConfigError, DataError
+from srcore.errors import ConfigError
 from srcore.models.presets import config_for
 
 log = logging.getLogger(__name__)
