@@ -9,8 +9,8 @@ from typing import Any
 from prefect import task
 from rich.console import Console
 
-from srcore.console import training_bar
 from srcore.config import Params
+from srcore.console import training_bar
 from srcore.errors import SrcoreError
 from srcore.tracking.live import run_tracked_stage
 

@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -26,7 +26,7 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _emit_json(payload: dict, target: Optional[str]) -> None:
+def _emit_json(payload: dict, target: str | None) -> None:
     if target is None:
         return
     text = json.dumps(payload, indent=2)
@@ -81,7 +81,7 @@ def models_cmd(scale: Annotated[int, typer.Option(help="Scale to count parameter
     out.print(table)
 
 
-def _load(model: str, scale: int, weights: Optional[str], weights_key: Optional[str], offline: bool = False):
+def _load(model: str, scale: int, weights: str | None, weights_key: str | None, offline: bool = False):
     from srcore.models import build, load_model
 
     if weights is None:
@@ -242,14 +242,16 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 @app.command("profile")
 def profile_cmd(
-    model: Annotated[Optional[str], typer.Option(help="Model preset.")] = None,
+    model: Annotated[str | None, typer.Option(help="Model preset.")] = None,
     all_models: Annotated[bool, typer.Option("--all", help="Profile every zoo model.")] = False,
     scale: Annotated[int, typer.Option(help="Upscaling factor.")] = 4,
     input_size: Annotated[str, typer.Option("--input", help="LR input HxW.")] = "256x256",
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
     repeats: Annotated[int, typer.Option(help="Timed repeats (median reported).")] = 5,
-    weights: Annotated[Optional[str], typer.Option(help="Optional checkpoint (its config decides the model).")] = None,
-    json_out: Annotated[Optional[str], typer.Option("--json", help="Write JSON to FILE, or - for stdout.")] = None,
+    weights: Annotated[str | None, typer.Option(
+        help="Optional checkpoint (its config decides the model).")] = None,
+    json_out: Annotated[str | None, typer.Option(
+        "--json", help="Write JSON to FILE, or - for stdout.")] = None,
 ) -> None:
     """Parameters, FLOPs (fvcore convention, scan counted), activations, latency, peak memory."""
     from srcore.metrics.efficiency import profile_model
@@ -262,7 +264,8 @@ def profile_cmd(
     names = preset_names() if all_models else [model]
     rows = []
     try:
-        with ProgressDisplay(console, "profiling", total=len(names), unit="models", transient=True) as display:
+        with ProgressDisplay(console, "profiling", total=len(names), unit="models",
+                             transient=True) as display:
             for name in names:
                 display.update(description=f"profiling {name}")
                 net = load_model(weights, name=name, scale=scale) if weights else build(name, scale)
@@ -277,7 +280,8 @@ def profile_cmd(
     for _, title in cols:
         table.add_column(title, justify="left" if title == "model" else "right")
     for r in rows:
-        table.add_row(r["model"], f"{r['params']:,}", f"{r['flops_g']:.2f}", f"{r['flops_fvcore_plain_g']:.2f}",
+        table.add_row(r["model"], f"{r['params']:,}", f"{r['flops_g']:.2f}",
+                      f"{r['flops_fvcore_plain_g']:.2f}",
                       f"{r['activations_m']:.2f}", f"{r['latency_ms']:.1f}", f"{r['peak_mem_mb']:.0f}")
     out.print(table) if json_out != "-" else console.print(table)
     _emit_json(rows[0] if len(rows) == 1 else {"rows": rows}, json_out)
@@ -321,9 +325,9 @@ def upscale_cmd(
     output: Annotated[Path, typer.Argument(help="Where to write the SR PNG (a folder when IMAGE is one).")],
     model: Annotated[str, typer.Option(help="Model preset.")] = "bicubic",
     scale: Annotated[int, typer.Option(help="Upscaling factor.")] = 4,
-    weights: Annotated[Optional[str], typer.Option(help="Checkpoint path or models:/name@alias.")] = None,
+    weights: Annotated[str | None, typer.Option(help="Checkpoint path or models:/name@alias.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
-    tile: Annotated[Optional[int], typer.Option(help="Tile size for large images.")] = None,
+    tile: Annotated[int | None, typer.Option(help="Tile size for large images.")] = None,
     offline: Annotated[bool, typer.Option(help="Load models:/ weights from the local cache only.")] = False,
     onnx: Annotated[Path | None, typer.Option(help="Run this ONNX file (from `srcore export`) instead of "
                                                    "--model/--weights; fixed-size graphs are tiled.")] = None,
@@ -407,13 +411,15 @@ def export_cmd(
     console.print(f"wrote {out_file} (max abs diff {report.max_abs_diff:.2e} <= {report.tolerance:.0e})")
 
 
-data_app = typer.Typer(help="Training data: the embedded sample set and patch preprocessing.", no_args_is_help=True)
+data_app = typer.Typer(help="Training data: the embedded sample set and patch preprocessing.",
+                       no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 
 @data_app.command("sample")
 def data_sample_cmd(
-    out: Annotated[Path, typer.Option(help="Folder to write train/*.png and val/HR/*.png into.")] = Path("data/raw/sample"),
+    out: Annotated[Path, typer.Option(
+        help="Folder to write train/*.png and val/HR/*.png into.")] = Path("data/raw/sample"),
 ) -> None:
     """Write the embedded DF2K-like sample set (scikit-image's colour images); byte-reproducible."""
     from srcore.data.sample import write_sample
@@ -437,9 +443,9 @@ def data_prepare_cmd(
         "--input", help="Raw HR folder or s3://bucket/prefix (overrides params).")] = None,
     out_dir: Annotated[str | None, typer.Option(
         "--out", help="Output folder or s3://bucket/prefix for x{s}/*.parquet.")] = None,
-    scale: Annotated[Optional[list[int]], typer.Option(help="Scale to prepare; repeat for several.")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Worker processes (0 = all cores).")] = None,
-    on_bad: Annotated[Optional[str], typer.Option(help="skip (report and continue) or fail.")] = None,
+    scale: Annotated[list[int] | None, typer.Option(help="Scale to prepare; repeat for several.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (0 = all cores).")] = None,
+    on_bad: Annotated[str | None, typer.Option(help="skip (report and continue) or fail.")] = None,
     executor: Annotated[str | None, typer.Option(
         help="local (process pool) or ray (one task per shard).")] = None,
     address: Annotated[str | None, typer.Option(
@@ -460,9 +466,11 @@ def data_prepare_cmd(
 
             def done(n: int) -> None:
                 images[0] += n
-                display.update(advance=1, speed=fmt(images[0] / max(display.elapsed(), 1e-9), ".2f", " img/s"))
+                rate = images[0] / max(display.elapsed(), 1e-9)
+                display.update(advance=1, speed=fmt(rate, ".2f", " img/s"))
 
-            summary = prepare(cfg, on_progress=done, on_total=lambda _images, shards: display.update(total=shards))
+            summary = prepare(cfg, on_progress=done,
+                              on_total=lambda _images, shards: display.update(total=shards))
     except SrcoreError as exc:
         _fail(str(exc))
     rows = ", ".join(f"x{s}: {n} pairs" for s, n in summary.rows.items())
@@ -474,7 +482,7 @@ def data_prepare_cmd(
             console.print(f"  {b['reason']}")
 
 
-def _parse_sets(items: Optional[list[str]]) -> dict:
+def _parse_sets(items: list[str] | None) -> dict:
     import yaml
 
     out = {}
@@ -486,10 +494,10 @@ def _parse_sets(items: Optional[list[str]]) -> dict:
     return out
 
 
-def _train(stage: str, params: Path, profile: Optional[str], sets: Optional[list[str]], address: Optional[str],
-           name: Optional[str], extra: dict) -> None:
-    from srcore.console import training_bar
+def _train(stage: str, params: Path, profile: str | None, sets: list[str] | None, address: str | None,
+           name: str | None, extra: dict) -> None:
     from srcore.config import load_params
+    from srcore.console import training_bar
     from srcore.tracking.live import run_tracked_stage
 
     verbose = logging.getLogger().isEnabledFor(logging.DEBUG)  # --verbose: Ray's own output stays visible
@@ -516,24 +524,31 @@ _SET_OPT = typer.Option("--set", help="Override a parameter: KEY=VALUE (repeatab
 @app.command("train")
 def train_cmd(
     params: Annotated[Path, _PARAMS_OPT] = Path("params.yaml"),
-    stage: Annotated[str, typer.Option(help="teacher (plain training) or distill.")] = "teacher",
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: start a local Ray).")] = None,
-    resume: Annotated[Optional[str], typer.Option(help="Run name to continue (default: the stage's name).")] = None,
-    profile: Annotated[Optional[str], _PROFILE_OPT] = None,
-    sets: Annotated[Optional[list[str]], _SET_OPT] = None,
+    stage: Annotated[str, typer.Option(
+        help="Only 'teacher' (plain training, the default); distil with `srcore distill`.")] = "teacher",
+    address: Annotated[str | None, typer.Option(
+        help="Ray cluster address (default: start a local Ray).")] = None,
+    resume: Annotated[str | None, typer.Option(
+        help="Run name to continue (default: the stage's name).")] = None,
+    profile: Annotated[str | None, _PROFILE_OPT] = None,
+    sets: Annotated[list[str] | None, _SET_OPT] = None,
 ) -> None:
-    """Train a model on the prepared shards with Ray Train (re-running a name resumes it)."""
-    _train(stage, params, profile, sets, address, resume, {})
+    """Train a model (the teacher section) on the prepared shards with Ray Train; re-running a
+    name resumes it."""
+    if stage != "teacher":
+        _fail(f"--stage {stage!r}: `srcore train` trains the teacher; distil a student with `srcore distill`")
+    _train("teacher", params, profile, sets, address, resume, {})
 
 
 @app.command("distill")
 def distill_cmd(
     params: Annotated[Path, _PARAMS_OPT] = Path("params.yaml"),
-    teacher: Annotated[Optional[str], typer.Option(help="Teacher: checkpoint, run folder, models:/name@alias.")] = None,
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster address.")] = None,
-    resume: Annotated[Optional[str], typer.Option(help="Run name to continue.")] = None,
-    profile: Annotated[Optional[str], _PROFILE_OPT] = None,
-    sets: Annotated[Optional[list[str]], _SET_OPT] = None,
+    teacher: Annotated[str | None, typer.Option(
+        help="Teacher: checkpoint, run folder, models:/name@alias.")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster address.")] = None,
+    resume: Annotated[str | None, typer.Option(help="Run name to continue.")] = None,
+    profile: Annotated[str | None, _PROFILE_OPT] = None,
+    sets: Annotated[list[str] | None, _SET_OPT] = None,
 ) -> None:
     """Distil a student from a frozen teacher (section 'student' of params.yaml)."""
     _train("distill", params, profile, sets, address, resume, {"student.teacher": teacher} if teacher else {})

@@ -58,3 +58,16 @@ def test_training_bar_in_a_log_and_silent_without_reports():
         on_progress({"step": 10, "steps": 10, "loss": 0.05, "samples_per_s": 3.3, "val_psnr_y": 29.0})
     last = buf.getvalue().splitlines()[-1]
     assert last.startswith("teacher: 10/10 steps, loss 0.0500, 3.3 samples/s, val PSNR-Y 29.00 dB")
+
+
+def test_one_way_to_distil_and_a_version():
+    from typer.testing import CliRunner
+
+    from srcore import __version__
+    from srcore.cli import app
+
+    runner = CliRunner()
+    refused = runner.invoke(app, ["train", "--stage", "distill"])
+    assert refused.exit_code == 2 and "srcore distill" in refused.output
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and __version__ in version.output
