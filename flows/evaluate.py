@@ -1,23 +1,49 @@
 """Flow ``evaluate``: benchmarks (PSNR-Y/SSIM-Y) and efficiency of a trained model.
 
-Scores with the same suite function as ``srcore eval`` and logs the Markdown table and the
-metrics to MLflow (one ``evaluate-<model>`` run); returns the flat metrics.
+Scores with the same suite function as ``srcore eval``, profiles the model at the configured size
+(params, FLOPs, activations, peak memory, latency; ``srcore.evaluation.efficiency``), and logs it
+all to one MLflow run ``evaluate-<model>-x<scale>`` (nested under ``parent_run_id`` when given):
+the metrics, the Markdown table and the per-dataset table as an MLflow table artifact; the table
+is also a Prefect markdown artifact of the flow run. Returns the flat metrics (what the
+promotion gate reads: ``<dataset>_psnr_y``, ``params``, ``latency_ms``, ``flops_g``, ...).
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
 
 from flows.common import digest, file_digest
 from srcore.evaluation import evaluate_checkpoint
+from srcore.evaluation.efficiency import EFFICIENCY_KEYS, checkpoint_efficiency
 
 
 @task(name="evaluate-checkpoint", persist_result=True,
       cache_key_fn=lambda _c, a: "eval-" + digest(file_digest(a["model_path"]), a["datasets"], a["scale"]))
 def evaluate_task(model_path: str, datasets: list[str], scale: int) -> tuple[dict[str, float], str]:
     return evaluate_checkpoint(model_path, datasets, scale)
+
+
+@task(name="profile-checkpoint", persist_result=True,
+      cache_key_fn=lambda _c, a: "efficiency-" + digest(file_digest(a["model_path"]), a["scale"], a["size"],
+                                                        a["threads"]))
+def efficiency_task(model_path: str, scale: int, size: int, threads: int) -> dict[str, float]:
+    return checkpoint_efficiency(model_path, scale, size, threads)
+
+
+def _label(model_path: str, scale: int) -> str:
+    return f"{Path(model_path).parent.name or Path(model_path).stem}-x{scale}"
+
+
+def _dataset_rows(label: str, metrics: dict[str, float]) -> dict[str, list]:
+    """Columns of the per-dataset table (one row per dataset) for ``mlflow.log_table``."""
+    names = sorted(k[: -len("_psnr_y")] for k in metrics if k.endswith("_psnr_y"))
+    return {"model": [label] * len(names), "dataset": names,
+            "psnr_y": [metrics[f"{n}_psnr_y"] for n in names],
+            "ssim_y": [metrics.get(f"{n}_ssim_y") for n in names]}
 
 
 @task(name="log-evaluation")
@@ -28,15 +54,22 @@ def log_table_task(model_path: str, scale: int, metrics: dict[str, float], table
     from srcore.tracking.runs import configure
 
     configure()
-    with mlflow.start_run(run_name=f"evaluate-{Path(model_path).stem}-x{scale}", parent_run_id=parent_run_id):
+    label = _label(model_path, scale)
+    table += ("\n\nEfficiency: " + ", ".join(f"{k} {metrics[k]:.4g}" for k in EFFICIENCY_KEYS if k in metrics)
+              + "\n")
+    with mlflow.start_run(run_name=f"evaluate-{label}", parent_run_id=parent_run_id):
         mlflow.set_tags({"stage": "evaluate", "model_path": str(model_path)})
         mlflow.log_metrics(metrics)
         mlflow.log_text(table, f"evaluation/x{scale}.md")
+        mlflow.log_table(_dataset_rows(label, metrics), artifact_file=f"evaluation/x{scale}.json")
+    create_markdown_artifact(markdown=table, key="evaluation-" + re.sub(r"[^a-z0-9-]+", "-", label.lower()),
+                             description=f"benchmarks and efficiency of {model_path}")
 
 
 @flow(name="evaluate", log_prints=True)
-def evaluate(model_path: str, datasets: list[str], scale: int = 4,
-             parent_run_id: str | None = None) -> dict[str, float]:
-    metrics, table = evaluate_task(model_path, datasets, scale)
+def evaluate(model_path: str, datasets: list[str], scale: int = 4, parent_run_id: str | None = None,
+             efficiency_size: int = 256, efficiency_threads: int = 1) -> dict[str, float]:
+    scores, table = evaluate_task(model_path, datasets, scale)
+    metrics = {**scores, **efficiency_task(model_path, scale, efficiency_size, efficiency_threads)}
     log_table_task(model_path, scale, metrics, table, parent_run_id)
     return metrics

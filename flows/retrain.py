@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from flows.common import DEFAULT_PARAMS, params_with
@@ -20,6 +21,24 @@ from flows.register import register
 from flows.train_teacher import train_teacher
 from srcore.errors import ConfigError
 from srcore.tracking.live import parent_run
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """The final table of a retrain run (the flow run's Prefect artifact)."""
+    datasets = summary["datasets"]
+    head = ["model", "params", "FLOPs (G)", "latency (ms)", "peak mem (MB)",
+            *[f"{d} PSNR-Y / SSIM-Y" for d in datasets]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label in ("bicubic", "teacher", "student"):
+        m = summary[label]
+        cells = [label, f"{m.get('params', 0):,.0f}", f"{m.get('flops_g', float('nan')):.2f}",
+                 f"{m.get('latency_ms', float('nan')):.1f}", f"{m.get('peak_mem_mb', float('nan')):.1f}",
+                 *[f"{m[f'{d}_psnr_y']:.2f} / {m[f'{d}_ssim_y']:.4f}" for d in datasets]]
+        lines.append("| " + " | ".join(cells) + " |")
+    decision = "promoted to champion" if summary.get("promoted") else "kept as challenger"
+    lines += ["", f"x{summary['scale']}: `{summary['registered_model']}` v{summary['version']} {decision} "
+              f"({summary['reason']}); MLflow run `{summary['run_id']}`."]
+    return "\n".join(lines) + "\n"
 
 
 @flow(name="retrain", log_prints=True)
@@ -41,15 +60,17 @@ def retrain(params_file: str = DEFAULT_PARAMS, profile: str | None = None,
                           address=address, parent_run_id=parent, teacher_run_id=teacher["run_id"])
         datasets = list(params.eval.datasets)
         scale = params.student.scale
-        ev_student = evaluate(student["model_path"], datasets, scale, parent_run_id=parent)
-        ev_teacher = evaluate(teacher["model_path"], datasets, scale, parent_run_id=parent)
-        bicubic = evaluate("bicubic", datasets, scale, parent_run_id=parent)
+        size, threads = params.eval.efficiency_size, params.eval.efficiency_threads
+        ev_student, ev_teacher, bicubic = (evaluate(path, datasets, scale, parent, size, threads) for path in
+                                           (student["model_path"], teacher["model_path"], "bicubic"))
         reg = register("distill", student["model_path"], ev_student, teacher["model_path"], params_file,
                        profile, extra, gate_metric, margin, max_params, max_latency_ms,
                        student.get("history"), run_id=student["run_id"])
     summary = {"datasets": datasets, "scale": scale, "bicubic": bicubic, "teacher": ev_teacher,
                "student": ev_student,
                "teacher_model": teacher["model_path"], "student_model": student["model_path"], **reg}
+    create_markdown_artifact(markdown=summary_markdown(summary), key="retrain-summary",
+                             description="bicubic vs teacher vs student, and the registry's decision")
     logger.info("retrain finished: %s", {k: v for k, v in summary.items() if k not in ("teacher", "student")})
     return summary
 

@@ -153,6 +153,8 @@ class EvalParams(_Section):
 
     datasets: tuple[str, ...] = ("sample-val",)
     scales: tuple[int, ...] = (4,)
+    efficiency_size: int = Field(256, ge=16, description="side of the square input for efficiency")
+    efficiency_threads: int = Field(1, ge=1, description="CPU threads the latency is measured with")
 
 
 class Params(_Section):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 from dataclasses import asdict, dataclass
 
 import torch
@@ -134,18 +133,22 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def measure_latency(model: nn.Module, x: torch.Tensor, warmup: int = 2, repeats: int = 5) -> float:
-    """Median wall time of ``repeats`` forward passes after ``warmup`` ones, in milliseconds."""
+def measure_latency(model: nn.Module, x: torch.Tensor, warmup: int = 2, repeats: int = 5,
+                    threads: int | None = None, min_run_time: float = 0.2) -> float:
+    """Median time of one forward pass in milliseconds, with ``torch.utils.benchmark``: ``warmup``
+    passes, then ``blocked_autorange`` (blocks of several calls, device-synchronised, on ``threads``
+    threads, default the current count) until ``min_run_time`` seconds and ``repeats`` blocks."""
+    from torch.utils import benchmark
+
     for _ in range(warmup):
         model(x)
     _sync(x.device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        model(x)
-        _sync(x.device)
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+    timer = benchmark.Timer("model(x)", globals={"model": model, "x": x},
+                            num_threads=threads or torch.get_num_threads())
+    times: list[float] = []
+    while len(times) < repeats:
+        times.extend(timer.blocked_autorange(min_run_time=min_run_time).times)
+    return statistics.median(times) * 1000
 
 
 class _LiveTensorBytes(TorchDispatchMode):
@@ -216,8 +219,9 @@ class EfficiencyReport:
 
 
 def profile_model(model: nn.Module, name: str, scale: int, height: int = 256, width: int = 256,
-                  device: torch.device | str = "cpu", repeats: int = 5, warmup: int = 2) -> EfficiencyReport:
-    """All efficiency numbers for ``model`` at a 1x3xHxW input."""
+                  device: torch.device | str = "cpu", repeats: int = 5, warmup: int = 2,
+                  threads: int | None = None) -> EfficiencyReport:
+    """All efficiency numbers for ``model`` at a 1x3xHxW input (latency on ``threads`` CPU threads)."""
     device = torch.device(device)
     model = model.to(device).eval()
     x = torch.rand(1, 3, height, width, device=device)
@@ -226,5 +230,5 @@ def profile_model(model: nn.Module, name: str, scale: int, height: int = 256, wi
         model=name, scale=scale, input=f"{height}x{width}", params=count_params(model),
         flops_g=flops / 1e9, flops_fvcore_plain_g=plain / 1e9,
         activations_m=count_activations(model, x) / 1e6,
-        latency_ms=measure_latency(model, x, warmup=warmup, repeats=repeats),
+        latency_ms=measure_latency(model, x, warmup=warmup, repeats=repeats, threads=threads),
         peak_mem_mb=measure_peak_memory(model, x))
