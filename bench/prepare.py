@@ -100,7 +100,9 @@ def ray_vs_pool(images: int, nodes: int, repeats: int) -> None:
         _synthetic(raw, images)
         one_thread_each()  # the in-process run uses one core, as each pool process and Ray task does
         _measure("warm-up", 1, LocalPool(1), raw, images)  # numba compiles in this process first
-        with local_cluster(nodes) as (cluster, workers):
+        # Ray starts its workers at niceness 15 (the raylet first); on a host shared with other
+        # work that alone would halve their share of the cores, and the pool runs at 0.
+        with local_cluster(nodes, env={"RAY_worker_niceness": "0"}) as (cluster, workers):
             ray = RayTasks(cluster.address)
             for n in (nodes, 1):
                 while len(workers) > n - 1:  # one node fewer: its processes end with it

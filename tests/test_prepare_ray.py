@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -163,6 +164,20 @@ def test_s3_input_and_output_give_the_same_shards(two_nodes, data, monkeypatch):
         open_store("s3://hr-images/raw").read_bytes("img00.png")
 
 
+def _running_shard_tasks(node) -> bool:
+    """Whether a process under ``node``'s raylet runs a shard task (Ray titles it after the task)."""
+    import psutil
+
+    raylet = psutil.Process(node.all_processes["raylet"][0].process.pid)
+    for child in raylet.children(recursive=True):
+        try:
+            if " ".join(child.cmdline()).startswith("ray::prepare-shard"):
+                return True
+        except psutil.Error:
+            continue
+    return False
+
+
 @cluster_test
 def test_killed_worker_node_mid_run_leaves_no_partial_shard_and_rerun_is_identical(two_nodes, tmp_path):
     """Runs last: it takes the worker node down for the rest of the module. The images are larger
@@ -175,15 +190,20 @@ def test_killed_worker_node_mid_run_leaves_no_partial_shard_and_rerun_is_identic
     killed = []
 
     def kill_worker_node(images: int) -> None:
-        if not killed:
-            killed.append(worker.raylet_socket_name)
-            worker.kill_raylet()
+        """After the first shard: wait until the worker node runs a shard task, then kill its raylet."""
+        if killed:
+            return
+        deadline = time.monotonic() + 30
+        while not (busy := _running_shard_tasks(worker)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        killed.append(busy)
+        worker.kill_raylet()
 
     try:
         prepare(params, on_progress=kill_worker_node)
     except PrepareFailed:
         pass  # every retry was spent while the node was being declared dead: the rerun finishes
-    assert killed
+    assert killed == [True]  # a shard task was running on the node when its raylet died
     reference = _tree(local)
     visible = {k: v for k, v in _tree(out).items()
                if k.endswith(".parquet") and not Path(k).name.startswith(".")}
