@@ -1,16 +1,13 @@
-"""MLflow against a real tracking server on loopback: logging, registration, promotion and its
-refusals, loading models:/ URIs at any image size, and an unreachable server."""
+"""MLflow against the session's tracking server on loopback (``mlflow_server`` in conftest): logging,
+registration, promotion and its refusals, the labelled comparison grid, loading models:/ URIs at any
+image size, and an unreachable server."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-from conftest import free_port, wait_for_health
 import torch
 from typer.testing import CliRunner
 
@@ -21,21 +18,6 @@ from srcore.models import build, save_model
 from srcore.tracking.registry import PromotionPolicy
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
-         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uri = f"http://127.0.0.1:{port}"
-    wait_for_health(uri + "/health", proc, timeout=120)
-    yield uri
-    proc.terminate()
-    proc.wait(timeout=30)
 
 
 def _checkpoint(path: Path, seed: int) -> str:
@@ -55,7 +37,8 @@ def test_register_promote_refuse_and_load(mlflow_server, tmp_path, monkeypatch):
     policy = PromotionPolicy(gate_metric="embedded_psnr_y", margin=0.05)
     first = log_and_register(params, "distill", _checkpoint(tmp_path / "a.pth", 0),
                              {"embedded_psnr_y": 25.0, "params": 1000.0, "latency_ms": 5.0},
-                             history=[{"step": 1, "loss": 0.5, "lr": 1e-3, "val_psnr_y": 20.0}], policy=policy)
+                             history=[{"step": 1, "loss": 0.5, "lr": 1e-3, "val_psnr_y": 20.0}],
+                             policy=policy)
     assert first["promoted"] and first["registered_model"] == "srcore-dvmsr-x4"
     worse = log_and_register(params, "distill", _checkpoint(tmp_path / "b.pth", 1),
                              {"embedded_psnr_y": 25.02, "params": 1000.0, "latency_ms": 5.0}, policy=policy)
@@ -74,8 +57,12 @@ def test_register_promote_refuse_and_load(mlflow_server, tmp_path, monkeypatch):
     run = client.get_run(first["run_id"])
     assert run.data.params["train.model"] == "dvmsr" and "git_commit" in run.data.tags
     assert [m.value for m in client.get_metric_history(first["run_id"], "train_loss")] == [0.5]
-    artifacts = [a.path for a in client.list_artifacts(first["run_id"])]
-    assert any(a.endswith(".png") or a == "images" for a in artifacts) or client.list_artifacts(first["run_id"], "images")
+    grid = client.download_artifacts(first["run_id"], "comparison_bicubic_teacher_student_hr.png",
+                                     str(tmp_path))
+    from PIL import Image
+
+    width, height = Image.open(grid).size
+    assert height > 3 * 48 and width > 2 * 48  # three labelled crops of bicubic | student | HR
 
     # any image size runs after loading (not a shape-specialised export)
     import mlflow.pyfunc

@@ -13,6 +13,7 @@ import numpy as np
 from srcore.config import Params, TrainParams
 from srcore.data.benchmarks import iter_benchmark
 from srcore.inference import upscale_image
+from srcore.metrics.quality import psnr_y
 from srcore.models import build, load_model
 from srcore.models.base import SRModel
 from srcore.tracking.packaging import log_model_version, log_onnx
@@ -37,16 +38,28 @@ def local_model_file(model_path: str) -> Iterator[str]:
         yield str(fetch_to_local(model_path, tmp))
 
 
-def _grid(student: SRModel, teacher_path: str | None, dataset: str, scale: int) -> np.ndarray:
-    item = next(iter(iter_benchmark(dataset, scale)))
-    panels = [upscale_image(build("bicubic", scale), item.lr), upscale_image(student, item.lr)]
+def _crop_rows(student: SRModel, teacher_path: str | None, dataset: str, scale: int, crops: int = 3,
+               size: int = 192) -> list[list[tuple[str, np.ndarray]]]:
+    """Centre crops of the first ``crops`` images: bicubic | teacher | student | HR, each labelled
+    with its PSNR-Y on the crop (the HR with the image's name)."""
+    models = [("bicubic", build("bicubic", scale))]
     if teacher_path:
-        panels.append(upscale_image(load_model(teacher_path), item.lr))
-    panels.append(item.hr)
-    h, w = item.hr.shape[:2]
-    c = min(h, w, 192)
-    y, x = (h - c) // 2, (w - c) // 2
-    return comparison_grid([p[y:y + c, x:x + c] for p in panels])
+        models.append(("teacher", load_model(teacher_path)))
+    models.append(("student", student))
+    rows = []
+    for i, item in enumerate(iter_benchmark(dataset, scale)):
+        if i == crops:
+            break
+        h, w = item.hr.shape[:2]
+        c = min(h, w, size)
+        y, x = (h - c) // 2, (w - c) // 2
+        hr = item.hr[y:y + c, x:x + c]
+        row = []
+        for label, model in models:
+            sr = upscale_image(model, item.lr)[y:y + c, x:x + c]
+            row.append((f"{label} {psnr_y(sr, hr, border=scale):.2f} dB", sr))
+        rows.append([*row, (f"HR {item.name}", hr)])
+    return rows
 
 
 def log_and_register(params: Params, stage: str, model_path: str, metrics: dict[str, float],
@@ -82,8 +95,8 @@ def _log_and_register(params: Params, stage: str, model_path: str, local_path: s
         mlflow.log_metrics(metrics)
         mlflow.set_tags({**lineage(params.prepare.out), "stage": stage, "model_path": str(model_path)})
         dataset = params.eval.datasets[0]
-        mlflow.log_image(_grid(model, teacher_path, dataset, model.scale),
-                         "comparison_bicubic_student_teacher_hr.png")
+        mlflow.log_image(comparison_grid(_crop_rows(model, teacher_path, dataset, model.scale)),
+                         "comparison_bicubic_teacher_student_hr.png")
         version = log_model_version(local_path, name) if register else None
         if register:
             mlflow.set_tags(log_onnx(model))

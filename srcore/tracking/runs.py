@@ -185,17 +185,24 @@ def lineage(patches_dir: str | os.PathLike) -> dict[str, str]:
     return tags
 
 
-def comparison_grid(panels: list[np.ndarray]) -> np.ndarray:
-    """Side-by-side panels (e.g. bicubic | student | teacher | HR) separated by white lines."""
-    h = min(p.shape[0] for p in panels)
-    w = min(p.shape[1] for p in panels)
-    sep = np.full((h, 4, 3), 255, dtype=np.uint8)
-    row = []
-    for i, p in enumerate(panels):
-        row.append(p[:h, :w])
-        if i < len(panels) - 1:
-            row.append(sep)
-    return np.concatenate(row, axis=1)
+def comparison_grid(rows: list[list[tuple[str, np.ndarray]]], label_height: int = 14) -> np.ndarray:
+    """Labelled panels: one row per crop, each panel (HxWx3 uint8) under its caption (e.g.
+    ``"student 27.31 dB"``), separated by white lines; panels are cut to the smallest size."""
+    from PIL import Image, ImageDraw
+
+    h = min(p.shape[0] for row in rows for _, p in row)
+    w = min(p.shape[1] for row in rows for _, p in row)
+    sep = 4
+    cols = max(len(row) for row in rows)
+    canvas = Image.new("RGB", (cols * (w + sep) - sep, len(rows) * (h + label_height + sep) - sep), "white")
+    draw = ImageDraw.Draw(canvas)
+    for r, row in enumerate(rows):
+        top = r * (h + label_height + sep)
+        for c, (label, panel) in enumerate(row):
+            left = c * (w + sep)
+            draw.text((left + 2, top + 1), label, fill="black")
+            canvas.paste(Image.fromarray(np.ascontiguousarray(panel[:h, :w])), (left, top + label_height))
+    return np.asarray(canvas)
 
 
 def log_model_version(model_path: str | os.PathLike, registered_name: str, client) -> str:
