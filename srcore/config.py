@@ -50,7 +50,8 @@ class PrepareParams(_Section):
     on_bad: Literal["skip", "fail"] = "skip"
     executor: Literal["local", "ray"] = Field(
         "local", description="local: a process pool on this machine; ray: one Ray task per shard")
-    address: str | None = Field(None, description="Ray cluster HOST:PORT for executor ray; None starts a local Ray")
+    address: str | None = Field(
+        None, description="Ray cluster HOST:PORT for executor ray; None starts a local Ray")
 
     @field_validator("scales")
     @classmethod
