@@ -32,8 +32,8 @@ def load_teacher(spec: str, scale: int, preset: str | None = None) -> SRModel:
         if path.is_dir():
             path = path / "model.pth"
         if not path.is_file():
-            raise CheckpointError(f"teacher {spec}: not found; train one first (srcore train --stage "
-                                  "teacher) or point student.teacher at a checkpoint, run folder or "
+            raise CheckpointError(f"teacher {spec}: not found; train one first (`srcore train`) "
+                                  "or point student.teacher at a checkpoint, run folder or "
                                   "models:/ URI")
         model = load_model(path, name=preset, scale=scale)
     if model.scale != scale:
