@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from srcore.errors import ConfigError
 
-__all__ = ["DEFAULT_PARAMS_FILE", "SCALES", "DistillParams", "EvalParams", "LoaderParams", "Params", "PrepareParams", "RayParams", "TrainParams", "check_scale", "load_params"]
+__all__ = ["DEFAULT_PARAMS_FILE", "SCALES", "DistillParams", "EvalParams", "LoaderParams", "Params",
+           "PrepareParams", "RayParams", "TrainParams", "check_scale", "load_params"]
 
 DEFAULT_PARAMS_FILE = Path("params.yaml")
 
@@ -64,7 +65,8 @@ class PrepareParams(_Section):
     def _divisible(self) -> PrepareParams:
         for s in self.scales:
             if self.crop_size % s or self.step % s:
-                raise ValueError(f"crop_size {self.crop_size} and step {self.step} must be divisible by scale {s}")
+                raise ValueError(f"crop_size {self.crop_size} and step {self.step} must be divisible "
+                                 f"by scale {s}")
         if self.step < 1 or self.crop_size < 1:
             raise ValueError("crop_size and step must be positive")
         return self
