@@ -11,6 +11,7 @@ children of modules that set ``fvcore_visible`` (whole fused blocks such as mamb
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
 from dataclasses import asdict, dataclass
@@ -22,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
-from srcore.ops.selective_scan import scan_flops
+from srcore.ops.selective_scan import SCAN_OP, scan_flops
 
 __all__ = ["EfficiencyReport", "count_params", "count_flops", "count_activations", "measure_latency",
            "measure_peak_memory", "profile_model"]
@@ -56,8 +57,6 @@ def _scan(u_shape, delta_shape, a_shape, *args, out_shape=None, **kwargs) -> int
     return 2 * scan_flops(b, length, d, a_shape[1])
 
 
-def _scan_op():
-    return getattr(torch.ops.srcore, "selective_scan_cpu", None)
 
 
 def _fvcore_mapping() -> dict:
@@ -68,8 +67,7 @@ def _fvcore_mapping() -> dict:
         aten.upsample_bilinear2d: _upsample_bilinear,
         aten._adaptive_avg_pool2d: _adaptive_pool,
     }
-    if _scan_op() is not None:
-        mapping[_scan_op()] = _scan
+    mapping[SCAN_OP.overloadpacket] = _scan  # the counter keys ops by packet
     return mapping
 
 
@@ -83,11 +81,18 @@ def _total(counts: dict) -> int:
 
 @torch.no_grad()
 def count_flops(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
-    """(FLOPs with everything counted, FLOPs as plain fvcore sees the official model)."""
+    """(FLOPs with everything counted, FLOPs as plain fvcore sees the official model).
+
+    Counted on the CPU whatever the model's device: the selective scan is one custom op there
+    (``SCAN_OP``, counted at 9*B*L*D*N), while on CUDA it runs as Triton or mamba-ssm kernels that
+    the counter cannot see. FLOPs do not depend on the device, so the numbers are the same.
+    """
+    if x.device.type != "cpu":
+        model, x = copy.deepcopy(model).cpu(), x.cpu()
     with FlopCounterMode(display=False, depth=None, custom_mapping=_fvcore_mapping()) as counter:
         model(x)
     per_module = counter.get_flop_counts()
-    scan = _scan_op()
+    scan = SCAN_OP.overloadpacket
 
     def without_scan(counts: dict) -> int:
         return sum(v for op, v in (counts or {}).items() if op is not scan)
