@@ -18,7 +18,8 @@ def _register_key(_ctx, args: dict[str, Any]) -> str:
     # The same model file under the same policy is registered once: reruns keep the champion.
     from srcore.tracking.runs import tracking_uri
 
-    policy = (args["gate_metric"], args["margin"], args["max_params"], args["max_latency_ms"])
+    policy = (args["gate_metric"], args["margin"], args["max_params"], args["max_latency_ms"],
+              args.get("max_flops_g"))
     return "register-" + digest(tracking_uri(), args["stage"], file_digest(args["model_path"]), *policy)
 
 
@@ -27,9 +28,10 @@ def _register_key(_ctx, args: dict[str, Any]) -> str:
 def register_task(params_file: str, profile: str | None, overrides: dict | None, stage: str, model_path: str,
                   metrics: dict[str, float], teacher_path: str | None, gate_metric: str, margin: float,
                   max_params: int | None, max_latency_ms: float | None,
-                  history: list[dict] | None = None, run_id: str | None = None) -> dict[str, Any]:
+                  history: list[dict] | None = None, run_id: str | None = None,
+                  max_flops_g: float | None = None) -> dict[str, Any]:
     params = params_with(params_file, profile, overrides)
-    policy = PromotionPolicy(gate_metric, margin, max_params, max_latency_ms)
+    policy = PromotionPolicy(gate_metric, margin, max_params, max_latency_ms, max_flops_g)
     return log_and_register(params, stage, model_path, metrics, history=history, teacher_path=teacher_path,
                             policy=policy, run_id=run_id)
 
@@ -39,6 +41,6 @@ def register(stage: str, model_path: str, metrics: dict[str, float], teacher_pat
              params_file: str = DEFAULT_PARAMS, profile: str | None = None, overrides: dict | None = None,
              gate_metric: str = "sample-val_psnr_y", margin: float = 0.0, max_params: int | None = None,
              max_latency_ms: float | None = None, history: list[dict] | None = None,
-             run_id: str | None = None) -> dict[str, Any]:
+             run_id: str | None = None, max_flops_g: float | None = None) -> dict[str, Any]:
     return register_task(params_file, profile, overrides, stage, model_path, metrics, teacher_path,
-                         gate_metric, margin, max_params, max_latency_ms, history, run_id)
+                         gate_metric, margin, max_params, max_latency_ms, history, run_id, max_flops_g)

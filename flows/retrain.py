@@ -45,7 +45,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
 def retrain(params_file: str = DEFAULT_PARAMS, profile: str | None = None,
             overrides: dict[str, Any] | None = None, address: str | None = None, pull: bool = True,
             gate_metric: str = "sample-val_psnr_y", margin: float = 0.0, max_params: int | None = None,
-            max_latency_ms: float | None = None) -> dict[str, Any]:
+            max_latency_ms: float | None = None, max_flops_g: float | None = None) -> dict[str, Any]:
     logger = get_run_logger()
     params = params_with(params_file, profile, overrides)  # fail fast on bad parameters
     if params.teacher.scale != params.student.scale:  # found now, not after the teacher has trained
@@ -65,7 +65,7 @@ def retrain(params_file: str = DEFAULT_PARAMS, profile: str | None = None,
                                            (student["model_path"], teacher["model_path"], "bicubic"))
         reg = register("distill", student["model_path"], ev_student, teacher["model_path"], params_file,
                        profile, extra, gate_metric, margin, max_params, max_latency_ms,
-                       student.get("history"), run_id=student["run_id"])
+                       student.get("history"), run_id=student["run_id"], max_flops_g=max_flops_g)
     summary = {"datasets": datasets, "scale": scale, "bicubic": bicubic, "teacher": ev_teacher,
                "student": ev_student,
                "teacher_model": teacher["model_path"], "student_model": student["model_path"], **reg}

@@ -21,7 +21,8 @@ TINY_FLOW = {
     "loader.patch_size": 12, "loader.batch_size": 4, "loader.shuffle_buffer": 8,
     "teacher.model_overrides": {"embed_dim": 8, "depths": [1]}, "teacher.steps": 6, "teacher.val_every": 6,
     "student.model_overrides": {"embed_dim": 4, "depths": [1]}, "student.steps": 6, "student.val_every": 6,
-    "teacher.ray.cpus_per_worker": 1, "student.ray.cpus_per_worker": 1,
+    "teacher.ray.cpus_per_worker": 1, "student.ray.cpus_per_worker": 1, "teacher.log_every": 2,
+    "student.log_every": 2,
 }
 
 
@@ -67,6 +68,18 @@ def test_retrain_chain_and_cache(tmp_path, monkeypatch):
         checkpoints = sorted(p.name for p in (root / "runs").rglob("checkpoint_*") if p.is_dir())
         second = retrain(gate_metric="sample-val_psnr_y")
     assert second["version"] == "1" and second["run_id"] == first["run_id"]  # registration was cached
+
+    # one parent run per retrain holds the stage runs; the student's run names its teacher's run
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    student = client.get_run(first["run_id"])
+    parent = student.data.tags["mlflow.parentRunId"]
+    teacher = client.get_run(student.data.tags["teacher_run_id"])
+    assert teacher.data.tags["mlflow.parentRunId"] == parent and teacher.data.tags["stage"] == "teacher"
+    assert client.get_run(parent).data.tags["profile"] == "None"  # these tests ask for no profile
+    assert len(client.get_metric_history(teacher.info.run_id, "train_loss_rec")) >= 1
+    assert {"flops_g", "peak_mem_mb", "latency_ms"} <= set(student.data.metrics)
     assert sorted(p.name for p in (root / "runs").rglob("checkpoint_*") if p.is_dir()) == checkpoints  # nothing retrained
 
 

@@ -2,7 +2,8 @@
 
 Promotion rule: a new version gets the alias ``challenger``; it takes ``champion`` only if its
 gate metric beats the current champion's by at least ``margin`` and it stays within the
-parameter and latency budgets. The decision and both numbers are written as version tags.
+parameter, latency and FLOPs budgets (the ``params``, ``latency_ms`` and ``flops_g`` metrics the
+evaluate stage logs). The decision and both numbers are written as version tags.
 
 Loading ``models:/<name>@<alias>`` (or ``/<version>``) reads only: it creates no experiment and no
 local store, resolves the alias once per call within a bounded time, and keeps the version's
@@ -40,6 +41,7 @@ class PromotionPolicy:
     margin: float = 0.0
     max_params: int | None = None
     max_latency_ms: float | None = None
+    max_flops_g: float | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ def promote(client, name: str, version: str, policy: PromotionPolicy) -> Decisio
         raise ConfigError(f"run {mv.run_id} has no metric {policy.gate_metric!r} to gate promotion on")
     params = _metric(client, mv.run_id, "params")
     latency = _metric(client, mv.run_id, "latency_ms")
+    flops = _metric(client, mv.run_id, "flops_g")
     try:
         champ = client.get_model_version_by_alias(name, "champion")
         old = _metric(client, champ.run_id, policy.gate_metric)
@@ -75,6 +78,8 @@ def promote(client, name: str, version: str, policy: PromotionPolicy) -> Decisio
         promoted, reason = False, f"params {params:.0f} exceed the budget {policy.max_params}"
     elif policy.max_latency_ms is not None and latency is not None and latency > policy.max_latency_ms:
         promoted, reason = False, f"latency {latency:.1f} ms exceeds the budget {policy.max_latency_ms} ms"
+    elif policy.max_flops_g is not None and flops is not None and flops > policy.max_flops_g:
+        promoted, reason = False, f"FLOPs {flops:.2f} G exceed the budget {policy.max_flops_g} G"
     elif champ is None:
         promoted, reason = True, "no champion yet"
     elif champ.version == version:
