@@ -25,6 +25,11 @@ __all__ = [
 ]
 
 
+def is_uri(path: str | os.PathLike) -> bool:
+    """True for ``scheme://...`` locations (object stores); False for local paths. The one test."""
+    return "://" in str(path)
+
+
 class OutputError(SrcoreError, OSError):
     """A destination that cannot be written (parent is a file, no permission, is a folder).
 

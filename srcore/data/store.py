@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from srcore.errors import ConfigError, DataError
-from srcore.io import atomic_write_bytes
+from srcore.io import atomic_write_bytes, is_uri
 
 __all__ = ["Bucket", "Folder", "StoreUnavailable", "is_s3", "open_store"]
 
@@ -49,7 +49,7 @@ def open_store(location: str | os.PathLike, base: str | os.PathLike | None = Non
         if not bucket:
             raise ConfigError(f"{location}: an S3 location needs a bucket (s3://bucket/prefix)")
         return Bucket(bucket, prefix.strip("/"))
-    if "://" in location:
+    if is_uri(location):
         raise ConfigError(f"{location}: only local folders and s3:// locations are supported")
     return Folder(Path(location), Path(base) if base is not None else None)
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from srcore.errors import CheckpointError
-from srcore.io import atomic_write_bytes
+from srcore.io import atomic_write_bytes, is_uri
 from srcore.models.base import SRModel
 from srcore.models.presets import Preset, build, preset
 
@@ -58,7 +58,7 @@ def read_checkpoint(source: str | os.PathLike | dict) -> dict:
     if isinstance(source, dict):
         return source
     path = Path(source)
-    if "://" in str(source):
+    if is_uri(source):
         path, data = str(source), _read_object(str(source))
     elif not path.is_file():
         raise CheckpointError(f"{path}: weights file not found")

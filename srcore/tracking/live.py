@@ -88,7 +88,7 @@ def find_model_run(client, experiment_id: str, model: str) -> str | None:
         except MlflowException:
             return None
         return mv.run_id
-    from srcore.train.storage import is_uri
+    from srcore.io import is_uri
 
     if not is_uri(model):
         path = Path(model).resolve()

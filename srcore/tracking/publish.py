@@ -29,7 +29,8 @@ __all__ = ["log_and_register", "local_model_file"]
 def local_model_file(model_path: str) -> Iterator[str]:
     """A local copy of a model kept in an object store (``s3://...``, as training writes it when
     ``storage_path`` is a URI) for as long as the block runs; local paths pass through unchanged."""
-    from srcore.train.storage import fetch_to_local, is_uri
+    from srcore.io import is_uri
+    from srcore.train.storage import fetch_to_local
 
     if not is_uri(model_path):
         yield model_path

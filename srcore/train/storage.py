@@ -1,7 +1,7 @@
 """Where training keeps its files: a local folder or an object store (``s3://...``, any URI pyarrow reads).
 
-``is_uri`` is the one test for "this path names an object store"; ``copy_file`` copies one file
-between any two such places (a local destination is written atomically).
+``copy_file`` copies one file between any two such places (a local destination is written
+atomically); ``srcore.io.is_uri`` tells the two apart.
 """
 
 from __future__ import annotations
@@ -10,14 +10,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from srcore.io import atomic_output
+from srcore.io import atomic_output, is_uri
 
 __all__ = ["copy_file", "fetch_to_local", "is_uri"]
-
-
-def is_uri(path: str | os.PathLike) -> bool:
-    """True for ``scheme://...`` locations (object stores); False for local paths."""
-    return "://" in str(path)
 
 
 def copy_file(src: str | os.PathLike, dest: str | os.PathLike) -> None:

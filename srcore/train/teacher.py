@@ -6,9 +6,10 @@ import tempfile
 from pathlib import Path
 
 from srcore.errors import CheckpointError
+from srcore.io import is_uri
 from srcore.models import load_model
 from srcore.models.base import SRModel
-from srcore.train.storage import fetch_to_local, is_uri
+from srcore.train.storage import fetch_to_local
 
 __all__ = ["load_teacher"]
 
