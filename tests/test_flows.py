@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from conftest import free_port, wait_for_health, REPO
+from conftest import REPO, free_port, wait_for_health
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +79,8 @@ def test_retrain_chain_and_cache(tmp_path, monkeypatch):
     assert client.get_run(parent).data.tags["profile"] == "None"  # these tests ask for no profile
     assert len(client.get_metric_history(teacher.info.run_id, "train_loss_rec")) >= 1
     assert {"flops_g", "peak_mem_mb", "latency_ms"} <= set(student.data.metrics)
-    assert sorted(p.name for p in (root / "runs").rglob("checkpoint_*") if p.is_dir()) == checkpoints  # nothing retrained
+    # nothing retrained
+    assert sorted(p.name for p in (root / "runs").rglob("checkpoint_*") if p.is_dir()) == checkpoints
 
 
 def test_distill_dvmsr_deployment_on_a_real_server(tmp_path):
@@ -93,36 +93,41 @@ def test_distill_dvmsr_deployment_on_a_real_server(tmp_path):
            "PREFECT_LOCAL_STORAGE_PATH": str(tmp_path / "prefect-results")}
     env.pop("MLFLOW_TRACKING_URI", None)
     # a teacher and prepared shards for the student to learn from
-    subprocess.run([sys.executable, "-m", "srcore.cli", "data", "sample", "--out", "data/raw/sample"], cwd=root,
-                   env=env, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "srcore.cli", "data", "sample", "--out", "data/raw/sample"],
+                   cwd=root, env=env, check=True, capture_output=True)
     subprocess.run([sys.executable, "-m", "srcore.cli", "data", "prepare"], cwd=root, env=env, check=True,
                    capture_output=True)
     from srcore.models import build, save_model
 
     save_model(root / "runs" / "teacher" / "model.pth", build("dvmsr_teacher", 4, embed_dim=8, depths=(1,)),
                "dvmsr_teacher")
-    server = subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+    server = subprocess.Popen([str(bin_dir / "prefect"), "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     worker = None
     try:
         wait_for_health(api + "/health", server)
 
         def prefect(*args: str, timeout: int = 300) -> str:
-            res = subprocess.run([str(bin_dir / "prefect"), *args], cwd=root, env=env, capture_output=True, text=True,
-                                 timeout=timeout)
-            assert res.returncode == 0, f"prefect {' '.join(args)}:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+            res = subprocess.run([str(bin_dir / "prefect"), *args], cwd=root, env=env, capture_output=True,
+                                 text=True, timeout=timeout)
+            assert res.returncode == 0, \
+                f"prefect {' '.join(args)}:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
             return res.stdout
 
         prefect("work-pool", "create", "srcore-process", "--type", "process")
         prefect("--no-prompt", "deploy", "--all")
         assert "distill/dvmsr" in prefect("deployment", "ls")
         # a parameter the flow does not take is refused before anything runs
-        bad = subprocess.run([str(bin_dir / "prefect"), "deployment", "run", "distill/dvmsr", "--param", "bogus=1"],
+        bad = subprocess.run([str(bin_dir / "prefect"), "deployment", "run", "distill/dvmsr",
+                              "--param", "bogus=1"],
                              cwd=root, env=env, capture_output=True, text=True, timeout=120)
-        assert bad.returncode != 0 and "bogus" in (bad.stdout + bad.stderr), bad.stdout[-1000:] + bad.stderr[-1000:]
+        said = bad.stdout + bad.stderr
+        assert bad.returncode != 0 and "bogus" in said, said[-2000:]
         worker_log = tmp_path / "worker.log"
         with open(worker_log, "wb") as log:
-            worker = subprocess.Popen([str(bin_dir / "prefect"), "worker", "start", "--pool", "srcore-process"],
+            worker = subprocess.Popen([str(bin_dir / "prefect"), "worker", "start", "--pool",
+                                       "srcore-process"],
                                       cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
         run = subprocess.run([str(bin_dir / "prefect"), "deployment", "run", "distill/dvmsr", "--param",
                               "overrides=" + json.dumps({}), "--watch", "--watch-timeout", "600"],
