@@ -47,10 +47,14 @@ def test_register_promote_refuse_and_load(mlflow_server, tmp_path, monkeypatch):
                             {"embedded_psnr_y": 30.0, "params": 10_000.0, "latency_ms": 5.0},
                             policy=PromotionPolicy("embedded_psnr_y", 0.0, max_params=5000))
     assert not over["promoted"] and "budget" in over["reason"]
+    heavy = log_and_register(params, "distill", _checkpoint(tmp_path / "d.pth", 3),
+                             {"embedded_psnr_y": 30.0, "params": 1000.0, "latency_ms": 5.0, "flops_g": 2.5},
+                             policy=PromotionPolicy("embedded_psnr_y", 0.0, max_flops_g=1.0))
+    assert not heavy["promoted"] and heavy["reason"] == "FLOPs 2.50 G exceed the budget 1.0 G"
     client = MlflowClient(mlflow_server, mlflow_server)
     name = "srcore-dvmsr-x4"
     assert client.get_model_version_by_alias(name, "champion").version == first["version"]
-    assert client.get_model_version_by_alias(name, "challenger").version == over["version"]
+    assert client.get_model_version_by_alias(name, "challenger").version == heavy["version"]
     tags = client.get_model_version(name, worse["version"]).tags
     assert tags["promotion.decision"] == "refused"
     assert tags["promotion.challenger_value"] == "25.0200" and tags["promotion.champion_value"] == "25.0000"
