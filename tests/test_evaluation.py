@@ -68,7 +68,7 @@ def test_cli_suite_writes_json_csv_markdown_and_logs_progress(tmp_path):
     assert result.exit_code == 0, result.output
     assert result.output.count("missing datasets") == 1
     assert "Set14, B100, Urban100, Manga109" in result.output
-    assert "Set5: done" in result.output and "ETA" in result.output  # not a TTY: log lines
+    assert "Set5: 4/4 images" in result.output and "ETA" in result.output  # not a TTY: log lines
     payload = json.loads((out / "r.json").read_text())
     assert set(payload["tables"]) == {"x2", "x4"} and payload["missing_datasets"][0] == "Set14"
     assert (out / "r.md").read_text().startswith("### x2")
