@@ -3,6 +3,9 @@ loading creates nothing on the server or on disk, and ``--offline`` reuses the c
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -91,18 +94,18 @@ def _register(store: Path, source: Path) -> str:
     return uri
 
 
-@pytest.mark.slow  # a fresh SQLite store runs MLflow's schema migrations (about 10-30 s)
-def test_load_reads_only_and_offline_reuses_the_cached_version(tmp_path, monkeypatch):
+def _offline_scenario(tmp_path: Path) -> None:
+    """Register, load read-only, then load offline from the cache (run in a fresh interpreter)."""
     from mlflow import MlflowClient
 
-    monkeypatch.setenv("SRCORE_CACHE", str(tmp_path / "cache"))
+    os.environ["SRCORE_CACHE"] = str(tmp_path / "cache")
     torch.manual_seed(0)
     model = build("dvmsr", 4, embed_dim=8, depths=(1,))
     (tmp_path / "packaged" / "artifacts").mkdir(parents=True)
     save_model(tmp_path / "packaged" / "artifacts" / "model.pth", model, "dvmsr")
     uri = _register(tmp_path / "mlflow.db", tmp_path / "packaged")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(tmp_path)
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    os.chdir(tmp_path)
 
     loaded = load_registered_model(f"models:/{NAME}@champion")
     x = torch.rand(1, 3, 9, 11)
@@ -113,7 +116,7 @@ def test_load_reads_only_and_offline_reuses_the_cached_version(tmp_path, monkeyp
 
     with pytest.raises(CheckpointError, match="not in the local cache"):
         load_registered_model(f"models:/{NAME}@staging", offline=True)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # nothing listens: offline must not ask
+    os.environ["MLFLOW_TRACKING_URI"] = "http://127.0.0.1:9"  # nothing listens: offline must not ask
     offline = load_registered_model(f"models:/{NAME}@champion", offline=True)
     with torch.no_grad():
         assert torch.equal(offline.eval()(x), expected)
@@ -124,3 +127,15 @@ def test_load_reads_only_and_offline_reuses_the_cached_version(tmp_path, monkeyp
     result = CliRunner().invoke(app, [*args, "--offline", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "out.png").size == (48, 48)
+
+
+@pytest.mark.slow  # a fresh SQLite store runs MLflow's schema migrations (about 10-30 s)
+def test_load_reads_only_and_offline_reuses_the_cached_version(tmp_path):
+    # A fresh interpreter: MLflow keeps process-wide state (stores, clients, URIs) that tests run
+    # earlier in the session leave behind, and this test is about what a new command sees.
+    code = (f"import sys, pathlib; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            f"import test_reliability_tracking as t; t._offline_scenario(pathlib.Path({str(tmp_path)!r}))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

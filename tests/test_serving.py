@@ -39,14 +39,26 @@ def registered(tmp_path_factory):
     with mlflow.start_run(experiment_id=exp):
         version = log_model_version(ckpt, NAME)
     yield {"uri": uri, "model": f"models:/{NAME}/{version}", "ckpt": ckpt, "root": root}
+    # MLflow keeps both URIs process-wide: leave neither behind for the tests that follow
     mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
 
 
 @pytest.fixture(scope="module")
 def pyfunc(registered):
+    import sys
+
     import mlflow.pyfunc
 
-    return mlflow.pyfunc.load_model(registered["model"])
+    # Loading puts the model's shipped copy of srcore (its code_paths) first on sys.path and
+    # re-imports srcore from it; give the rest of the session back the package it started with.
+    path = list(sys.path)
+    ours = {k: m for k, m in sys.modules.items() if k == "srcore" or k.startswith("srcore.")}
+    yield mlflow.pyfunc.load_model(registered["model"])
+    sys.path[:] = path
+    for key in [k for k in sys.modules if k == "srcore" or k.startswith("srcore.")]:
+        del sys.modules[key]
+    sys.modules.update(ours)
 
 
 def _lr() -> np.ndarray:
