@@ -28,15 +28,6 @@ def load_fixture(name: str) -> dict:
 def _isolated_cache(tmp_path_factory, monkeypatch):
     # Keep benchmark LR caches inside the test session, never in the user's home.
     monkeypatch.setenv("SRCORE_CACHE", str(tmp_path_factory.getbasetemp() / "srcore-cache"))
-    # MLflow keeps the tracking and registry URIs a test sets process-wide; start each test without
-    yield
-    import sys
-
-    if "mlflow" in sys.modules:
-        import mlflow
-
-        mlflow.set_tracking_uri(None)
-        mlflow.set_registry_uri(None)
 
 
 def free_port() -> int:

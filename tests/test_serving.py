@@ -46,19 +46,9 @@ def registered(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pyfunc(registered):
-    import sys
-
     import mlflow.pyfunc
 
-    # Loading puts the model's shipped copy of srcore (its code_paths) first on sys.path and
-    # re-imports srcore from it; give the rest of the session back the package it started with.
-    path = list(sys.path)
-    ours = {k: m for k, m in sys.modules.items() if k == "srcore" or k.startswith("srcore.")}
-    yield mlflow.pyfunc.load_model(registered["model"])
-    sys.path[:] = path
-    for key in [k for k in sys.modules if k == "srcore" or k.startswith("srcore.")]:
-        del sys.modules[key]
-    sys.modules.update(ours)
+    return mlflow.pyfunc.load_model(registered["model"])
 
 
 def _lr() -> np.ndarray:

@@ -29,7 +29,7 @@ from srcore.errors import ConfigError
 log = logging.getLogger(__name__)
 
 __all__ = ["tracking_uri", "reading_uri", "tracking_timeout", "bounded_requests", "call_with_deadline",
-           "configure", "flatten", "lineage", "comparison_grid", "log_model_version", "run_url",
+           "configure", "flatten", "lineage", "comparison_grid", "run_url",
            "stage_params", "EXPERIMENT"]
 
 EXPERIMENT = "srcore"
@@ -203,15 +203,3 @@ def comparison_grid(rows: list[list[tuple[str, np.ndarray]]], label_height: int 
             draw.text((left + 2, top + 1), label, fill="black")
             canvas.paste(Image.fromarray(np.ascontiguousarray(panel[:h, :w])), (left, top + label_height))
     return np.asarray(canvas)
-
-
-def log_model_version(model_path: str | os.PathLike, registered_name: str, client) -> str:
-    """Log ``model_path`` as a pyfunc model in the active run and register it; returns the version."""
-    import mlflow.pyfunc
-
-    from srcore.tracking.packaging import MODEL_ARTIFACT, SRPyfunc, signature
-
-    info = mlflow.pyfunc.log_model(name="model", python_model=SRPyfunc(),
-                                   artifacts={MODEL_ARTIFACT: str(model_path)}, signature=signature(),
-                                   registered_model_name=registered_name)
-    return str(info.registered_model_version)
