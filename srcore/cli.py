@@ -519,6 +519,9 @@ def _train(stage: str, params: Path, profile: str | None, sets: list[str] | None
 _PARAMS_OPT = typer.Option(help="Parameters file.")
 _PROFILE_OPT = typer.Option(help="Profile from params.yaml 'profiles' (e.g. tiny).")
 _SET_OPT = typer.Option("--set", help="Override a parameter: KEY=VALUE (repeatable).")
+_INIT_OPT = typer.Option(help="Start from these weights instead of random: a checkpoint or run folder, "
+                         "an official file (plain or BasicSR params/params_ema), s3:// URI or "
+                         "models:/name@alias; loaded strictly into the configured model.")
 
 
 @app.command("train")
@@ -532,12 +535,13 @@ def train_cmd(
         help="Run name to continue (default: the stage's name).")] = None,
     profile: Annotated[str | None, _PROFILE_OPT] = None,
     sets: Annotated[list[str] | None, _SET_OPT] = None,
+    init: Annotated[str | None, _INIT_OPT] = None,
 ) -> None:
     """Train a model (the teacher section) on the prepared shards with Ray Train; re-running a
-    name resumes it."""
+    name resumes it. --init fine-tunes from existing weights (e.g. an official release)."""
     if stage != "teacher":
         _fail(f"--stage {stage!r}: `srcore train` trains the teacher; distil a student with `srcore distill`")
-    _train("teacher", params, profile, sets, address, resume, {})
+    _train("teacher", params, profile, sets, address, resume, _overrides(**{"teacher.init": init}))
 
 
 @app.command("distill")
@@ -549,9 +553,12 @@ def distill_cmd(
     resume: Annotated[str | None, typer.Option(help="Run name to continue.")] = None,
     profile: Annotated[str | None, _PROFILE_OPT] = None,
     sets: Annotated[list[str] | None, _SET_OPT] = None,
+    init: Annotated[str | None, _INIT_OPT] = None,
 ) -> None:
-    """Distil a student from a frozen teacher (section 'student' of params.yaml)."""
-    _train("distill", params, profile, sets, address, resume, {"student.teacher": teacher} if teacher else {})
+    """Distil a student from a frozen teacher (section 'student' of params.yaml); --init starts the
+    student from existing weights."""
+    _train("distill", params, profile, sets, address, resume,
+           _overrides(**{"student.teacher": teacher, "student.init": init}))
 
 
 stack_app = typer.Typer(help="Local production stack: PostgreSQL, S3 (SeaweedFS), MLflow, Prefect, "

@@ -105,6 +105,8 @@ class TrainParams(_Section):
     name: str = "teacher"
     model: str = "dvmsr_teacher"
     model_overrides: dict[str, Any] = Field(default_factory=dict)
+    init: str | None = Field(None, description="weights to start from (any --weights spec: checkpoint, run "
+                             "folder, official file, s3:// URI, models:/name@alias); null = random")
     scale: int = 4
     steps: int = Field(1000, ge=1)
     lr: float = Field(2e-4, gt=0)

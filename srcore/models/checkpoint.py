@@ -140,6 +140,10 @@ def load_weights(model: SRModel, source: str | os.PathLike | dict, name: str | N
     if layout == "srcore":
         if ckpt.get("arch") != model.arch:
             raise CheckpointError(f"{label}: weights are for {ckpt.get('arch')!r}, not {model.arch!r}")
+        saved_scale = (ckpt.get("config") or {}).get("scale")
+        if saved_scale is not None and saved_scale != model.scale:
+            raise CheckpointError(f"{label}: weights are for x{saved_scale}, not x{model.scale}; "
+                                  "use weights trained at the run's scale")
     else:
         sd = _strip(sd)
         p: Preset = preset(name or model.arch)
@@ -153,22 +157,24 @@ def load_weights(model: SRModel, source: str | os.PathLike | dict, name: str | N
 
 
 def load_model(source: str | os.PathLike | dict, name: str | None = None, scale: int | None = None,
-               key: str | None = None, **overrides: Any) -> SRModel:
-    """Build and load a model: our checkpoints carry their config; official files need ``name``/``scale``."""
+               key: str | None = None, label: str | None = None, **overrides: Any) -> SRModel:
+    """Build and load a model: our checkpoints carry their config; official files need ``name``/``scale``.
+    ``label`` names the source in errors (default: its path)."""
+    label = label or (str(source) if not isinstance(source, dict) else "checkpoint")
     ckpt = read_checkpoint(source)
     if ckpt.get("format") == FORMAT:
         saved = preset(ckpt["model"])
         if name is not None and preset(name).arch != saved.arch:
-            raise CheckpointError(f"{source}: weights are for {ckpt['model']!r}, not {name!r}")
+            raise CheckpointError(f"{label}: weights are for {ckpt['model']!r}, not {name!r}")
         cfg = saved.config_cls(**ckpt["config"])
         if scale is not None and cfg.scale != scale:
-            raise CheckpointError(f"{source}: weights are for x{cfg.scale}, not x{scale}")
+            raise CheckpointError(f"{label}: weights are for x{cfg.scale}, not x{scale}")
         model = saved.model_cls(cfg)
-        load_weights(model, ckpt, label=str(source))
+        load_weights(model, ckpt, label=label)
         return model
     if name is None:
-        raise CheckpointError(f"{source}: an official checkpoint needs --model to say which "
+        raise CheckpointError(f"{label}: an official checkpoint needs --model to say which "
                               "architecture it is")
     model = build(name, scale or 4, **overrides)
-    load_weights(model, ckpt, name=name, key=key, label=str(source) if not isinstance(source, dict) else None)
+    load_weights(model, ckpt, name=name, key=key, label=label)
     return model

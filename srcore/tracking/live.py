@@ -26,7 +26,7 @@ from typing import Any
 
 from srcore.config import Params, TrainParams
 from srcore.data.shards import MANIFEST
-from srcore.tracking.runs import EXPERIMENT, configure, lineage, run_url, stage_params
+from srcore.tracking.runs import EXPERIMENT, configure, run_url, stage_lineage, stage_params
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +124,9 @@ def stage_run(params: Params, stage: str, name: str | None = None, parent_run_id
     cfg = _stage_cfg(params, stage)
     client = configure()
     experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
-    tags = {**lineage(params.prepare.out), "stage": stage}
+    tags = stage_lineage(params, stage)
     if stage == "distill":
         teacher_run_id = teacher_run_id or find_model_run(client, experiment_id, cfg.teacher)
-        tags["teacher"] = cfg.teacher
         if teacher_run_id:
             tags["teacher_run_id"] = teacher_run_id
     with mlflow.start_run(run_name=f"{stage}-{name or cfg.name}", experiment_id=experiment_id,

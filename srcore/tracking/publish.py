@@ -6,6 +6,7 @@ import logging
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from srcore.models import build, load_model
 from srcore.models.base import SRModel
 from srcore.tracking.packaging import log_model_version, log_onnx
 from srcore.tracking.registry import PromotionPolicy, promote, registered_name
-from srcore.tracking.runs import comparison_grid, configure, lineage, stage_params
+from srcore.tracking.runs import comparison_grid, configure, stage_lineage, stage_params
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def _log_and_register(params: Params, stage: str, model_path: str, local_path: s
                     if key in h and h[key] == h[key]:
                         mlflow.log_metric(f"train_{key}", float(h[key]), step=int(h["step"]))
         mlflow.log_metrics(metrics)
-        mlflow.set_tags({**lineage(params.prepare.out), "stage": stage, "model_path": str(model_path)})
+        mlflow.set_tags({**stage_lineage(params, stage), "model_path": str(model_path)})
         dataset = params.eval.datasets[0]
         mlflow.log_image(comparison_grid(_crop_rows(model, teacher_path, dataset, model.scale)),
                          "comparison_bicubic_teacher_student_hr.png")
@@ -102,7 +103,10 @@ def _log_and_register(params: Params, stage: str, model_path: str, local_path: s
         if register:
             mlflow.set_tags(log_onnx(model))
         run_id = run.info.run_id
-    decision = promote(client, name, version, policy or PromotionPolicy()) if register else None
+    policy = policy or PromotionPolicy()
+    if not policy.compare:  # compare on every configured benchmark, not only the gate's
+        policy = replace(policy, compare=tuple(f"{d}_psnr_y" for d in params.eval.datasets))
+    decision = promote(client, name, version, policy) if register else None
     return {"run_id": run_id, "registered_model": name, "version": version,
             "promoted": decision.promoted if decision else None,
             "reason": decision.reason if decision else None, "tracking_uri": mlflow.get_tracking_uri()}

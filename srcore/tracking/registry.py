@@ -28,7 +28,7 @@ from srcore.models.base import SRModel
 log = logging.getLogger(__name__)
 
 __all__ = ["registered_name", "PromotionPolicy", "Decision", "promote", "load_registered_model",
-           "parse_model_uri", "model_cache_dir"]
+           "registered_weights", "parse_model_uri", "model_cache_dir"]
 
 
 def registered_name(arch: str, scale: int) -> str:
@@ -37,11 +37,17 @@ def registered_name(arch: str, scale: int) -> str:
 
 @dataclass(frozen=True)
 class PromotionPolicy:
+    """``gate_metric`` must beat the champion's by ``margin``; every metric in ``compare`` (the other
+    configured benchmarks) must not fall more than ``tolerance`` below the champion's; budgets cap
+    parameters, latency and FLOPs."""
+
     gate_metric: str = "sample-val_psnr_y"
     margin: float = 0.0
     max_params: int | None = None
     max_latency_ms: float | None = None
     max_flops_g: float | None = None
+    compare: tuple[str, ...] = ()
+    tolerance: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -53,27 +59,43 @@ class Decision:
     version: str
 
 
-def _metric(client, run_id: str, key: str) -> float | None:
-    return client.get_run(run_id).data.metrics.get(key)
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _refusal(policy: PromotionPolicy, new: dict[str, float | None], old: dict[str, float | None],
+             champ_version: str) -> str | None:
+    """Why the challenger loses to the champion on the benchmarks, or None when it does not."""
+    gate, a, b = policy.gate_metric, new[policy.gate_metric], old.get(policy.gate_metric)
+    if b is not None and a < b + policy.margin:
+        return f"{gate} {a:.3f} does not beat champion v{champ_version} ({b:.3f}) by {policy.margin}"
+    for key in policy.compare:
+        a, b = new.get(key), old.get(key)
+        if key != gate and a is not None and b is not None and a < b - policy.tolerance:
+            return f"{key} {a:.3f} is more than {policy.tolerance} below champion v{champ_version} ({b:.3f})"
+    return None
 
 
 def promote(client, name: str, version: str, policy: PromotionPolicy) -> Decision:
-    """Apply the promotion rule to ``version`` of registered model ``name``."""
+    """Apply the promotion rule to ``version`` of registered model ``name``; the version's tags keep the
+    decision, both values of every compared metric, and the teacher the version was distilled from."""
     from mlflow.exceptions import MlflowException
 
     mv = client.get_model_version(name, version)
     client.set_registered_model_alias(name, "challenger", version)
-    new = _metric(client, mv.run_id, policy.gate_metric)
-    if new is None:
+    run = client.get_run(mv.run_id).data
+    keys = [policy.gate_metric, *(k for k in policy.compare if k != policy.gate_metric)]
+    new = {k: run.metrics.get(k) for k in keys}
+    if new[policy.gate_metric] is None:
         raise ConfigError(f"run {mv.run_id} has no metric {policy.gate_metric!r} to gate promotion on")
-    params = _metric(client, mv.run_id, "params")
-    latency = _metric(client, mv.run_id, "latency_ms")
-    flops = _metric(client, mv.run_id, "flops_g")
+    params, latency, flops = (run.metrics.get(k) for k in ("params", "latency_ms", "flops_g"))
     try:
         champ = client.get_model_version_by_alias(name, "champion")
-        old = _metric(client, champ.run_id, policy.gate_metric)
+        champ_metrics = client.get_run(champ.run_id).data.metrics
+        old = {k: champ_metrics.get(k) for k in keys}
     except MlflowException:
-        champ, old = None, None
+        champ, old = None, {}
+    gate_new, gate_old = new[policy.gate_metric], old.get(policy.gate_metric)
     if policy.max_params is not None and params is not None and params > policy.max_params:
         promoted, reason = False, f"params {params:.0f} exceed the budget {policy.max_params}"
     elif policy.max_latency_ms is not None and latency is not None and latency > policy.max_latency_ms:
@@ -84,22 +106,29 @@ def promote(client, name: str, version: str, policy: PromotionPolicy) -> Decisio
         promoted, reason = True, "no champion yet"
     elif champ.version == version:
         promoted, reason = True, "already champion"
-    elif old is None or new >= old + policy.margin:
-        promoted, reason = True, f"{policy.gate_metric} {new:.3f} beats champion v{champ.version} " \
-                                 f"({old if old is not None else float('nan'):.3f}) by >= {policy.margin}"
     else:
-        promoted, reason = False, f"{policy.gate_metric} {new:.3f} does not beat champion v{champ.version} " \
-                                  f"({old:.3f}) by {policy.margin}"
+        refusal = _refusal(policy, new, old, champ.version)
+        promoted = refusal is None
+        was = gate_old if gate_old is not None else float("nan")
+        reason = refusal or (f"{policy.gate_metric} {gate_new:.3f} beats champion v{champ.version} "
+                             f"({was:.3f}) by >= {policy.margin}")
     tags = {"promotion.decision": "promoted" if promoted else "refused", "promotion.reason": reason,
-            "promotion.gate_metric": policy.gate_metric, "promotion.challenger_value": f"{new:.4f}",
-            "promotion.champion_value": "" if old is None else f"{old:.4f}"}
+            "promotion.gate_metric": policy.gate_metric, "promotion.challenger_value": _fmt(gate_new),
+            "promotion.champion_value": _fmt(gate_old),
+            "promotion.champion_version": champ.version if champ is not None else ""}
+    for key in keys:
+        tags[f"promotion.{key}.challenger"] = _fmt(new[key])
+        tags[f"promotion.{key}.champion"] = _fmt(old.get(key))
+    for key in ("teacher", "teacher_run_id", "init"):
+        if run.tags.get(key):
+            tags[f"promotion.{key}"] = run.tags[key]
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     if promoted:
         client.set_registered_model_alias(name, "champion", version)
     log.info("%s v%s: %s (%s)", name, version, "promoted to champion" if promoted else "kept as challenger",
              reason)
-    return Decision(promoted, reason, new, old, version)
+    return Decision(promoted, reason, gate_new, gate_old, version)
 
 
 _MODEL_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?$")
@@ -176,10 +205,9 @@ def _short_reason(message: str) -> str:
     return lines[0][:300] if lines else "no detail"
 
 
-def load_registered_model(uri: str, offline: bool = False) -> SRModel:
-    """Load ``models:/<name>@<alias>`` or ``models:/<name>/<version>`` as an srcore model; with
-    ``offline`` from the local cache only (see the module docstring)."""
-    from srcore.models import load_model
+def registered_weights(uri: str, offline: bool = False) -> Path:
+    """The local copy of the srcore checkpoint behind ``models:/<name>@<alias>`` or
+    ``models:/<name>/<version>``; with ``offline`` from the local cache only (see the module docstring)."""
     from srcore.tracking.runs import bounded_requests, call_with_deadline, tracking_timeout
 
     name, alias, version = parse_model_uri(uri)
@@ -191,4 +219,11 @@ def load_registered_model(uri: str, offline: bool = False) -> SRModel:
         with bounded_requests(total):
             path = call_with_deadline(lambda: _fetch_version(uri, name, alias, version), total, uri)
     log.debug("%s -> %s", uri, path)
-    return load_model(path)
+    return path
+
+
+def load_registered_model(uri: str, offline: bool = False) -> SRModel:
+    """Load a registered model (see ``registered_weights``) as an srcore model."""
+    from srcore.models import load_model
+
+    return load_model(registered_weights(uri, offline))

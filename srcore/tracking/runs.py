@@ -29,7 +29,7 @@ from srcore.errors import ConfigError
 log = logging.getLogger(__name__)
 
 __all__ = ["tracking_uri", "reading_uri", "tracking_timeout", "bounded_requests", "call_with_deadline",
-           "configure", "flatten", "lineage", "comparison_grid", "run_url",
+           "configure", "flatten", "lineage", "stage_lineage", "comparison_grid", "run_url",
            "stage_params", "EXPERIMENT"]
 
 EXPERIMENT = "srcore"
@@ -182,6 +182,18 @@ def lineage(patches_dir: str | os.PathLike) -> dict[str, str]:
         info = json.loads(manifest.read_text()).get("input", {})
         tags["raw_data_dvc_md5"] = str(info.get("dvc_md5"))
         tags["raw_data_sha256"] = str(info.get("sha256"))
+    return tags
+
+
+def stage_lineage(params, stage: str) -> dict[str, str]:
+    """``lineage`` plus what a training stage started from: the weights it was initialised from
+    (``init``) and, for distillation, the teacher it learnt from."""
+    cfg = params.student if stage == "distill" else params.teacher
+    tags = {**lineage(params.prepare.out), "stage": stage}
+    if cfg.init:
+        tags["init"] = cfg.init
+    if stage == "distill":
+        tags["teacher"] = cfg.teacher
     return tags
 
 

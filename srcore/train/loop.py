@@ -157,7 +157,7 @@ def _limit_threads(cpus: float) -> None:
 
 
 def _teacher(cfg: DistillParams, device: torch.device) -> SRModel:
-    from srcore.train.teacher import load_teacher
+    from srcore.train.weights import load_teacher
 
     teacher = load_teacher(cfg.teacher, cfg.scale, cfg.teacher_model).to(device).eval()
     for p in teacher.parameters():
@@ -179,7 +179,13 @@ def setup(config: dict[str, Any], rank: int, world: int, device: torch.device) -
     if device.type == "cpu":
         _limit_threads(cfg.ray.cpus_per_worker)
     _seed(cfg.seed + rank)
-    model = build(cfg.model, cfg.scale, **cfg.model_overrides).to(device)
+    model = build(cfg.model, cfg.scale, **cfg.model_overrides)
+    if cfg.init:
+        from srcore.train.weights import init_weights
+
+        layout = init_weights(model, cfg.init, cfg.model)
+        log.info("rank %d starts from %s (%s layout)", rank, cfg.init, layout)
+    model = model.to(device)
     teacher = _teacher(cfg, device) if distill else None
     loss_terms = None
     if teacher is not None:

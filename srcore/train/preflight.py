@@ -80,12 +80,18 @@ def check_training_inputs(params: Params, stage: str, address: str | None = None
     """Refuse, before anything starts, a stage that cannot train; returns the stage's params."""
     cfg = stage_params(params, stage)
     config_for(cfg.model, cfg.scale, **cfg.model_overrides)  # unknown model / bad overrides fail here
+    if cfg.init:
+        from srcore.models import build
+        from srcore.train.weights import init_weights
+
+        # wrong architecture, scale or width, truncated or missing file: fail here, not in a worker
+        init_weights(build(cfg.model, cfg.scale, **cfg.model_overrides), cfg.init, cfg.model)
     shard_files(params.prepare.out, cfg.scale)
     _check_patches(params, cfg, stage)
     if not address:
         check_cluster_fits(cfg, stage, [_local_cpus()], "this machine")
     if isinstance(cfg, DistillParams):
-        from srcore.train.teacher import load_teacher
+        from srcore.train.weights import load_teacher
 
         load_teacher(cfg.teacher, cfg.scale, cfg.teacher_model)  # missing teacher / scale mismatch fail here
     return cfg

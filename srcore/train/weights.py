@@ -1,0 +1,53 @@
+"""Weights a training run starts from or learns from: one reader for every place a user keeps them.
+
+A *weights spec* is what ``srcore eval --weights`` accepts: an srcore checkpoint or run folder, an
+official file (plain state dict, BasicSR ``params``/``params_ema``), an object-store URI
+(``s3://...``), or a registered model (``models:/name@alias``, ``models:/name/version``).
+``load_teacher`` builds the frozen teacher such a spec names; ``init_weights`` loads one strictly
+into the model a run is about to train (``teacher.init`` / ``student.init``, ``--init``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from srcore.errors import CheckpointError
+from srcore.io import is_uri
+from srcore.models import load_model, load_weights
+from srcore.models.base import SRModel
+from srcore.models.checkpoint import read_checkpoint
+
+__all__ = ["init_weights", "load_teacher", "read_weights"]
+
+
+def read_weights(spec: str, role: str = "weights") -> dict:
+    """The checkpoint dict behind ``spec`` (see the module docstring); ``role`` names it in errors."""
+    if spec.startswith("models:/"):
+        from srcore.tracking.registry import registered_weights
+
+        return read_checkpoint(registered_weights(spec))
+    if is_uri(spec):
+        return read_checkpoint(spec)
+    path = Path(spec)
+    if path.is_dir():
+        path = path / "model.pth"
+    if not path.is_file():
+        raise CheckpointError(f"{role} {spec}: not found; give a checkpoint file, a run folder (with "
+                              "model.pth), an s3:// URI or models:/name@alias")
+    return read_checkpoint(path)
+
+
+def load_teacher(spec: str, scale: int, preset: str | None = None) -> SRModel:
+    """The teacher ``spec`` names; ``preset`` says which architecture an official file holds."""
+    model = load_model(read_weights(spec, "teacher"), name=preset, scale=scale, label=f"teacher {spec}")
+    if model.scale != scale:
+        raise CheckpointError(f"teacher {spec} is x{model.scale} but the student is x{scale}; "
+                              "use matching scales")
+    return model
+
+
+def init_weights(model: SRModel, spec: str, preset: str) -> str:
+    """Load ``spec`` strictly into ``model`` (preset ``preset``, as built for the run); returns the
+    layout read. Missing or unexpected keys, shape mismatches, another architecture or another
+    scale raise a ``CheckpointError`` that names them."""
+    return load_weights(model, read_weights(spec, "init"), name=preset, label=f"init {spec}")
