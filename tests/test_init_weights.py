@@ -137,7 +137,10 @@ def test_init_from_a_registered_model(mlflow_server, tmp_path, monkeypatch):
     source = _small(seed=5)
     save_model(tmp_path / "m.pth", source, "dvmsr")
     params = load_params(None, {"eval.datasets": ["embedded"]})
-    reg = log_and_register(params, "teacher", str(tmp_path / "m.pth"), {"embedded_psnr_y": 20.0})
+    from srcore.tracking.registry import PromotionPolicy
+
+    reg = log_and_register(params, "teacher", str(tmp_path / "m.pth"), {"embedded_psnr_y": 20.0},
+                           policy=PromotionPolicy("embedded_psnr_y"))
     spec = f"models:/{reg['registered_model']}/{reg['version']}"
     target = _small(seed=6)
     assert init_weights(target, spec, "dvmsr") == "srcore"

@@ -60,6 +60,7 @@ __all__ = [
     "make_optimizer",
     "make_schedule",
     "milestone_steps",
+    "train_in_process",
     "train_loop_per_worker",
 ]
 
@@ -462,3 +463,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # Not retried: the same data and config would fail the same way on every attempt.
         log.error("%s", exc)
         _send(config, {FATAL_KEY: str(exc), "fatal_type": type(exc).__name__})
+
+
+def train_in_process(config: dict[str, Any], device: torch.device | str = "cpu") -> TrainState:
+    """Train ``config`` (the ``train_loop_per_worker`` dict, without ``progress``) in this process, one
+    rank, no Ray, no checkpoints and no validation: for studies that train many small models with the
+    pipeline's very steps (``bench/distill_ablation.py``). Returns the final state (``state.export``
+    is the model to evaluate)."""
+    state = setup(config, 0, 1, torch.device(device))
+    state.runner = state.trainable
+    state.batches = _loader(state)
+    while state.step < state.last_step:
+        state.trainable.train()
+        for lr_img, hr_img in epoch_batches(state):
+            train_step(state, lr_img, hr_img)
+            if state.step >= state.last_step:
+                break
+        else:
+            state.epoch, state.position = state.epoch + 1, 0
+    return state
