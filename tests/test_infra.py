@@ -118,3 +118,81 @@ def test_ray_vm_launcher_installs_this_checkout():
     cfg = yaml.safe_load((INFRA / "ray" / "cluster.yaml").read_text())
     assert "example.invalid" not in json.dumps(cfg)
     assert "/home/ubuntu/srcore" in cfg["file_mounts"]
+
+
+def _prefect_spec() -> dict:
+    return yaml.safe_load((REPO / "prefect.yaml").read_text())
+
+
+def _deployment(name: str) -> dict:
+    return next(d for d in _prefect_spec()["deployments"] if d["name"] == name)
+
+
+def test_prefect_yaml_has_a_kubernetes_deployment_pulling_from_the_image():
+    spec = _prefect_spec()
+    pools = {d["work_pool"]["name"] for d in spec["deployments"]}
+    assert pools == {"srcore-process", "srcore-k8s"}
+    k8s = _deployment("nightly-k8s")
+    assert k8s["entrypoint"] == "flows/retrain.py:retrain"
+    template = json.loads((INFRA / "k8s" / "prefect-base-job-template.json").read_text())
+    variables = template["variables"]["properties"]
+    # the pool's job variables are ones its base job template declares, and agree with the image
+    assert set(k8s["work_pool"]["job_variables"]) <= set(variables) | {"image_pull_policy"}
+    image = k8s["work_pool"]["job_variables"]["image"]
+    assert image == variables["image"]["default"]
+    assert f"-t {image} " in (INFRA / "docker" / "Dockerfile").read_text()
+    # the code is where the image keeps it: the pull step's folder is the Dockerfile's WORKDIR
+    workdir = [line.split()[1] for line in (INFRA / "docker" / "Dockerfile").read_text().splitlines()
+               if line.startswith("WORKDIR")]
+    pull_dir = k8s["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"]
+    assert pull_dir == workdir[-1] == k8s["work_pool"]["job_variables"]["env"]["SRCORE_HOME"]
+    # task results go to the block the stack and flows/storage.py save
+    from flows.storage import BLOCK_NAME, SETTING
+
+    assert k8s["work_pool"]["job_variables"]["env"][SETTING] == f"remote-file-system/{BLOCK_NAME}"
+    assert variables["env"]["default"][SETTING] == f"remote-file-system/{BLOCK_NAME}"
+    assert k8s["concurrency_limit"]["limit"] == 1
+
+
+def test_the_stack_deploys_only_its_own_pool():
+    from srcore.stack.services import pool_deployments
+
+    names = pool_deployments(REPO / "prefect.yaml", "srcore-process")
+    assert "nightly" in names and "tiny" in names and "nightly-k8s" not in names
+    assert pool_deployments(REPO / "prefect.yaml", "srcore-k8s") == ["nightly-k8s"]
+
+
+def _resolved_params(deployment: dict):
+    """The parameters a worker's flow run loads: flow defaults, then the deployment's parameters."""
+    import importlib
+    import inspect
+
+    from flows.common import params_with
+
+    path, name = deployment["entrypoint"].split(":")
+    flow = getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
+    bound = inspect.signature(flow.fn).bind_partial(**deployment.get("parameters", {}))
+    bound.apply_defaults()
+    args = bound.arguments
+    overrides = dict(args.get("overrides") or {})
+    if args.get("student"):
+        overrides["student.model"] = args["student"]
+    return params_with(str(REPO / args["params_file"]), args.get("profile"), overrides)
+
+
+# every deployment that trains (evaluate/bicubic scores a given file and reads no recipe)
+_TRAINING = [d["name"] for d in _prefect_spec()["deployments"]
+             if not d["entrypoint"].startswith("flows/evaluate")]
+
+
+@pytest.mark.parametrize("name", _TRAINING)
+def test_deployments_resolve_to_the_full_recipe_unless_they_ask(name):
+    deployment = _deployment(name)
+    params = _resolved_params(deployment)
+    asked = deployment.get("parameters", {}).get("profile")
+    if asked is None:
+        assert params.profile is None
+        assert params.teacher.steps == params.student.steps == 500_000
+        assert params.teacher.model_overrides == {}
+    else:
+        assert asked == "tiny" and params.teacher.steps < 1000  # only the demo's deployment asks

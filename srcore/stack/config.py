@@ -25,11 +25,15 @@ from srcore.errors import SrcoreError
 from srcore.io import atomic_write_text
 
 __all__ = ["StackError", "Credentials", "Ports", "StackConfig", "read_env_file", "apply_env_file",
-           "DEFAULT_ROOT", "BUCKETS"]
+           "DEFAULT_ROOT", "BUCKETS", "RESULTS_URL", "RESULTS_BLOCK"]
 
 DEFAULT_ROOT = Path(".stack")
 # Buckets created on the S3 endpoint: MLflow artifacts, the DVC remote, Ray checkpoints, Prefect results.
 BUCKETS = ("mlflow", "dvc", "ray", "prefect")
+# Where the worker's task results (the flows' caches) go, and the Prefect block that points there
+# (flows/storage.py saves it on `up`; the block holds the location only, the keys come from the env).
+RESULTS_URL = f"s3://{BUCKETS[3]}/results"
+RESULTS_BLOCK = "remote-file-system/srcore-results"
 _GRPC_OFFSET = 10000
 
 
@@ -166,6 +170,8 @@ class StackConfig(BaseModel):
             "DVC_NO_ANALYTICS": "1",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "RAY_USAGE_STATS_ENABLED": "0",
+            # Task results of every flow run go to the bucket, so a cache survives the worker's disk.
+            "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": RESULTS_BLOCK,
         }
 
     def write_env_file(self) -> Path:

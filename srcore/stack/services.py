@@ -20,7 +20,7 @@ import urllib.request
 from importlib import metadata
 from pathlib import Path
 
-from srcore.stack.config import BUCKETS, StackConfig, StackError
+from srcore.stack.config import BUCKETS, RESULTS_BLOCK, RESULTS_URL, StackConfig, StackError
 from srcore.stack.process import (
     alive,
     http_ok,
@@ -34,7 +34,7 @@ from srcore.stack.process import (
 )
 
 __all__ = ["Service", "Postgres", "SeaweedFS", "MLflowServer", "PrefectServer", "PrefectWorker", "RayCluster",
-           "SERVICES", "service_env"]
+           "SERVICES", "service_env", "pool_deployments"]
 
 log = logging.getLogger(__name__)
 _BIN = Path(sys.executable).parent
@@ -372,10 +372,24 @@ class PrefectWorker(Service):
             if exc.code != 404:
                 raise
             self._prefect("work-pool", "create", self.cfg.work_pool, "--type", "process")
-        self._prefect("deploy", "--all")
+        self._save_result_storage()
+        names = pool_deployments(self.cfg.project_dir / "prefect.yaml", self.cfg.work_pool)
+        self._prefect("deploy", *(arg for name in names for arg in ("--name", name)))
         argv = [_exe("prefect"), "worker", "start", "--pool", self.cfg.work_pool, "--type", "process"]
         spawn(argv, self.pid_file, self.log_file, {**service_env(self.cfg), "PREFECT_HOME": str(
             self.cfg.path("prefect"))}, cwd=self.cfg.project_dir)
+
+    def _save_result_storage(self) -> None:
+        """The block the env file names (``PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK``), on the results bucket."""
+        argv = [sys.executable, "-m", "flows.storage", RESULTS_URL]
+        res = subprocess.run(argv, env=service_env(self.cfg), cwd=self.cfg.project_dir, capture_output=True,
+                             text=True, timeout=300)
+        with open(self.log_file, "a") as out:
+            out.write(f"$ python -m flows.storage {RESULTS_URL}\n{res.stdout}{res.stderr}\n")
+        if res.returncode != 0 or not res.stdout.strip().endswith(f"={RESULTS_BLOCK}"):
+            tail = (res.stdout + res.stderr)[-1500:]
+            raise StackError(f"saving the result block {RESULTS_BLOCK} failed (exit {res.returncode}); "
+                             f"see {self.log_file}\n{tail}")
 
     def healthy(self) -> bool:
         """The worker process runs and the server sees the pool online (a worker heartbeat arrived)."""
@@ -386,6 +400,22 @@ class PrefectWorker(Service):
         except OSError:
             return False
         return pool.get("status") == "READY"
+
+
+def pool_deployments(prefect_yaml: Path, pool: str) -> list[str]:
+    """Names of the deployments in ``prefect_yaml`` on work pool ``pool`` (the stack serves only its own
+    pool; a deployment for a pool the stack lacks, such as Kubernetes, would fail ``prefect deploy``)."""
+    import yaml
+
+    try:
+        spec = yaml.safe_load(prefect_yaml.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise StackError(f"{prefect_yaml}: not valid YAML ({exc})") from None
+    names = [d["name"] for d in spec.get("deployments") or []
+             if (d.get("work_pool") or {}).get("name") == pool]
+    if not names:
+        raise StackError(f"{prefect_yaml}: no deployment on work pool {pool!r}; set work_pool.name of one")
+    return names
 
 
 class RayCluster(Service):
