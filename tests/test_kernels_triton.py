@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from triton_interpreter_cases import INVOLUTION_CASES, SCAN_CASES
+from triton_interpreter_cases import INVOLUTION_CASES, NSS_CASES, SCAN_CASES
 
 from srcore.ops import selective_scan
 
@@ -33,6 +33,7 @@ def interpreted_errors() -> dict[str, dict[str, float]]:
 
 
 @pytest.mark.parametrize("case", [*(f"scan/{n}" for n in SCAN_CASES), "scan/dispatch",
+                                  *(f"nss/{n}" for n in NSS_CASES), "nss/mair_vmm",
                                   *(f"involution/{n}" for n in INVOLUTION_CASES)])
 def test_kernel_matches_reference(interpreted_errors, case):
     errors = interpreted_errors[case]

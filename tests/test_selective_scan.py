@@ -133,3 +133,32 @@ def test_cuda_backends_match_reference():
             continue
         y = _run(cuda_args, b).cpu()
         assert ((y - y_ref).abs().max() / y_ref.abs().max()) < 1e-4, b
+
+
+def test_resolve_backend_and_model_report(monkeypatch):
+    """The back-end the reports name is the one ``selective_scan`` picks: by device, by the
+    ``scan_backend`` context, or forced on the model."""
+    import importlib
+
+    from srcore.models import build
+    from srcore.ops import model_scan_backend, resolve_backend
+
+    assert resolve_backend(None, "cpu") == "cpu"
+    with scan_backend("torch"):
+        assert resolve_backend(None, "cpu") == "torch"
+        assert resolve_backend("reference", "cpu") == "reference"
+    ops_mod = importlib.import_module("srcore.ops.selective_scan")
+    monkeypatch.setattr(ops_mod, "triton_available", lambda: True)
+    assert resolve_backend(None, "cuda") == "triton"
+    monkeypatch.setattr(ops_mod, "triton_available", lambda: False)
+    assert resolve_backend(None, "cuda") == "torch"
+    with pytest.raises(ValueError, match="needs CPU tensors"):
+        resolve_backend("cpu", "cuda")
+
+    dvmsr = build("dvmsr", 4, depths=(1, 1))
+    assert model_scan_backend(dvmsr, "cpu") == "numba-cpu"
+    assert model_scan_backend(dvmsr, "cuda") == "torch"  # Triton made unavailable above
+    assert model_scan_backend(dvmsr.set_scan_backend("reference"), "cpu") == "reference"
+    with scan_backend("torch"):
+        assert model_scan_backend(build("mair_t", 4, depths=(1, 1)), "cpu") == "torch"
+    assert model_scan_backend(build("rlfn", 4), "cpu") is None

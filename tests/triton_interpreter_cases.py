@@ -4,7 +4,8 @@ Triton decides when it is first imported whether its kernels (its own helpers in
 the interpreter, so these cases run in a fresh interpreter started with TRITON_INTERPRET=1 and
 print, per case, the relative error of every output and gradient against the torch reference.
 Shapes are tiny (the interpreter runs each program in numpy) but cross chunk boundaries, end in a
-partial chunk, use a state size that is not a power of two and groups > 1.
+partial chunk, use a state size that is not a power of two and groups > 1. The NSS cases check the
+scan that reads a map through MaIR's four scan orders against gather -> scan -> scatter, per order.
 
 Run: TRITON_INTERPRET=1 python tests/triton_interpreter_cases.py
 """
@@ -17,14 +18,22 @@ import torch
 
 from srcore.kernels.triton.involution import involution_triton
 from srcore.kernels.triton.selective_scan import selective_scan_triton
+from srcore.models.mair import VMM, MaIRConfig
 from srcore.ops import selective_scan
 from srcore.ops.involution import involution
+from srcore.ops.nss import nss_indices
+from srcore.ops.nss_scan import nss_selective_scan
 
 # name -> (bsz, dim, state, length, groups, chunk, with D / z / delta_bias / softplus)
 SCAN_CASES = {
     "partial_last_chunk_groups2_full": (2, 4, 3, 37, 2, 16, True),  # 3 chunks; N padded to 4
     "plain_three_groups": (1, 6, 4, 24, 3, 8, False),  # blocks of 2 channels inside each group
     "one_partial_chunk_full": (1, 8, 5, 19, 1, 32, True),
+}
+# name -> (bsz, channels per order, state, height, width, stripe, shift, chunk)
+NSS_CASES = {
+    "stripes4_chunks8": (2, 3, 3, 5, 7, 4, False, 8),  # L=35: 5 chunks, the last partial
+    "shifted_stripes4_one_chunk": (1, 2, 2, 6, 5, 4, True, 32),
 }
 # name -> (channels, groups, kernel size, height, width)
 INVOLUTION_CASES = {
@@ -76,6 +85,61 @@ def scan_dispatch_case() -> dict[str, float]:
     return {"y": rel_err(y, y_ref)}
 
 
+def nss_case(bsz, dc, state, h, w, stripe, shift, chunk) -> dict[str, float]:
+    """Fused NSS scan (float32) vs gather -> reference scan -> scatter (float64): y and every gradient
+    for each of the four orders (d_u is the sum over the orders)."""
+    g = torch.Generator().manual_seed(3)
+    length, k = h * w, 4
+    base = (torch.randn(bsz, dc, length, generator=g), torch.randn(bsz, k * dc, length, generator=g) * 0.5,
+            -torch.rand(k * dc, state, generator=g) * 3, torch.randn(bsz, k, state, length, generator=g),
+            torch.randn(bsz, k, state, length, generator=g), torch.randn(k * dc, generator=g),
+            torch.randn(k * dc, generator=g) * 0.5)
+    order, _ = nss_indices(h, w, stripe, shift)
+    results = {}
+    for name in ("reference", "triton"):
+        args = [(t.double() if name == "reference" else t.clone()).requires_grad_() for t in base]
+        u, delta, A, B, C, D, bias = args
+        if name == "triton":
+            y, _ = selective_scan_triton(u, delta, A, B, C, D, None, bias, True, chunk=chunk, index=order)
+        else:
+            y = nss_selective_scan(u, delta, A, B, C, order, D=D, delta_bias=bias, delta_softplus=True,
+                                   backend="reference")
+        y.square().mean().backward()
+        results[name] = [y.detach()] + [a.grad for a in args]
+    out = {"d_u": rel_err(results["triton"][1], results["reference"][1])}
+    # per order: channels k*dc..(k+1)*dc of y, delta, A, D, bias; group k of B and C
+    names = ["y", None, "d_delta", "d_A", "d_B", "d_C", "d_D", "d_delta_bias"]
+    for i, n in enumerate(names):
+        if n is None:
+            continue
+        dim = 1 if n in ("y", "d_delta", "d_B", "d_C") else 0
+        ref, got = results["reference"][i], results["triton"][i]
+        for seq in range(k):
+            part = slice(seq, seq + 1) if n in ("d_B", "d_C") else slice(seq * dc, (seq + 1) * dc)
+            out[f"{n}_order{seq}"] = rel_err(got.narrow(dim, part.start, part.stop - part.start),
+                                             ref.narrow(dim, part.start, part.stop - part.start))
+    return out
+
+
+def mair_vmm_case() -> dict[str, float]:
+    """MaIR's VMM on the triton back-end (fused NSS scan) vs the same module on the reference scan
+    (gathered sequences): output, input gradient and the SSM parameters' gradients."""
+    torch.manual_seed(4)
+    vmm = VMM(8, MaIRConfig(d_state=3, ssm_ratio=1.0, scan_len=4), shift=True)
+    x = torch.randn(1, 5, 6, 8)
+    results = {}
+    for backend in ("reference", "triton"):
+        vmm.scan_backend = backend
+        vmm.zero_grad()
+        xs = x.clone().requires_grad_()
+        out = vmm(xs)
+        out.square().sum().backward()
+        results[backend] = [out.detach(), xs.grad, vmm.x_proj_weight.grad.clone(), vmm.A_logs.grad.clone(),
+                            vmm.dt_projs_bias.grad.clone()]
+    names = ["out", "d_x", "d_x_proj_weight", "d_A_logs", "d_dt_projs_bias"]
+    return {n: rel_err(t, r) for n, r, t in zip(names, results["reference"], results["triton"], strict=True)}
+
+
 def involution_case(channels, groups, k, h, w) -> dict[str, float]:
     """Output and both gradients of the Triton involution vs the unfold reference in float64."""
     g = torch.Generator().manual_seed(2)
@@ -98,6 +162,8 @@ def involution_case(channels, groups, k, h, w) -> dict[str, float]:
 def run_all() -> dict[str, dict[str, float]]:
     out = {f"scan/{n}": scan_case(*c) for n, c in SCAN_CASES.items()}
     out["scan/dispatch"] = scan_dispatch_case()
+    out.update({f"nss/{n}": nss_case(*c) for n, c in NSS_CASES.items()})
+    out["nss/mair_vmm"] = mair_vmm_case()
     out.update({f"involution/{n}": involution_case(*c) for n, c in INVOLUTION_CASES.items()})
     return out
 

@@ -15,8 +15,9 @@ from torch import nn
 
 from srcore.models.layers import DropPath
 from srcore.models.shell import ShellConfig, TokenShell
-from srcore.ops import selective_scan
+from srcore.ops import resolve_backend, selective_scan
 from srcore.ops.nss import nss_indices
+from srcore.ops.nss_scan import nss_selective_scan
 
 __all__ = ["MaIR", "MaIRConfig", "TINY", "SMALL", "convert_official"]
 
@@ -79,10 +80,20 @@ class VMM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C)."""
         b, h, w, _ = x.shape
-        length = h * w
         u, z = self.in_proj(x).chunk(2, dim=-1)
         u = F.silu(self.conv2d(u.permute(0, 3, 1, 2))).flatten(2)  # (B, D, L) row-major
         order, inverse = nss_indices(h, w, self.stripe, self.shift, u.device)
+        if resolve_backend(self.scan_backend, u.device) == "triton":
+            ys = self._scan_fused(u, order)
+        else:
+            ys = self._scan_gathered(u, order, inverse)
+        y = self.gating(ys.view(b, _SEQS, self.d_inner, h, w))
+        y = self.out_norm(y.permute(0, 2, 3, 1)) * F.silu(z)
+        return self.out_proj(y)
+
+    def _scan_gathered(self, u: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        """The four sequences as permuted copies of u, scanned, then put back in image order."""
+        b, _, length = u.shape
         xs = u[:, :, order].transpose(1, 2)  # (B, 4, D, L)
         x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
         dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
@@ -92,10 +103,19 @@ class VMM(nn.Module):
                             delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True,
                             backend=self.scan_backend)
         ys = ys.view(b, _SEQS, self.d_inner, length)
-        ys = torch.stack([ys[:, k, :, inverse[k]] for k in range(_SEQS)], dim=1)
-        y = self.gating(ys.view(b, _SEQS, self.d_inner, h, w))
-        y = self.out_norm(y.permute(0, 2, 3, 1)) * F.silu(z)
-        return self.out_proj(y)
+        return torch.stack([ys[:, k, :, inverse[k]] for k in range(_SEQS)], dim=1)
+
+    def _scan_fused(self, u: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        """Projections in image order (they act per position) and one kernel that scans the map
+        through each order and writes back in image order: no permuted copy of u or the outputs."""
+        b, _, length = u.shape
+        x_dbl = torch.einsum("bdl,kcd->bkcl", u, self.x_proj_weight)
+        dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
+        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
+        ys = nss_selective_scan(u, dts.reshape(b, -1, length), -torch.exp(self.A_logs.float()), bs, cs, order,
+                                D=self.Ds.float(), delta_bias=self.dt_projs_bias.reshape(-1).float(),
+                                delta_softplus=True, backend="triton")
+        return ys.view(b, _SEQS, self.d_inner, length)
 
 
 class MLP(nn.Module):

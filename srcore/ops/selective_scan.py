@@ -18,6 +18,8 @@ Back-ends:
 - ``cuda``: mamba-ssm's fused kernel, when it is installed, asked for and the inputs are on CUDA.
 
 On CUDA a call that names no back-end uses triton, else torch; mamba-ssm only when asked for.
+``resolve_backend`` makes that choice (``selective_scan`` calls it) and ``model_scan_backend`` reports it
+for a model's Mamba blocks, so what ``srcore profile``/``eval`` print is what runs.
 """
 
 from __future__ import annotations
@@ -38,8 +40,11 @@ from srcore.kernels.triton import INSTALL_HINT, interpreted, triton_available
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "BACKEND_LABELS",
     "SCAN_OP",
     "available_backends",
+    "model_scan_backend",
+    "resolve_backend",
     "scan_backend",
     "scan_flops",
     "selective_scan",
@@ -48,6 +53,9 @@ __all__ = [
 
 Backend = Literal["reference", "cpu", "torch", "triton", "cuda"]
 _BACKENDS = ("reference", "cpu", "torch", "triton", "cuda")
+# What the reports call each back-end (the implementation behind the short name).
+BACKEND_LABELS = {"reference": "reference", "cpu": "numba-cpu", "torch": "torch", "triton": "triton",
+                  "cuda": "mamba-ssm"}
 
 # Steps per chunk of the cpu back-end: its forward keeps the state at each chunk start for the
 # backward, which recomputes the states inside one chunk at a time (a (chunk, N) buffer per thread).
@@ -245,24 +253,40 @@ def scan_backend(name: Backend | None) -> Iterator[None]:
         _DEFAULT_BACKEND.reset(token)
 
 
-def _resolve_backend(backend: str | None, u: torch.Tensor) -> str:
+def resolve_backend(backend: str | None, device: torch.device | str) -> str:
+    """The back-end ``selective_scan(..., backend=backend)`` runs for tensors on ``device``.
+
+    ``None`` follows ``scan_backend`` if one is active, else the device: triton on CUDA (torch when
+    Triton is missing), the numba kernel on CPU. Refuses a named back-end the device cannot run.
+    """
+    is_cuda = torch.device(device).type == "cuda"
     if backend is None:
         backend = _DEFAULT_BACKEND.get()
     if backend is None:
-        if u.is_cuda:
+        if is_cuda:
             return "triton" if triton_available() else "torch"
         return "cpu"
     if backend not in _BACKENDS:
         raise ValueError(f"unknown selective-scan backend {backend!r}; use one of {', '.join(_BACKENDS)}")
-    if backend == "cpu" and u.device.type != "cpu":
+    if backend == "cpu" and torch.device(device).type != "cpu":
         raise ValueError("backend='cpu' needs CPU tensors; move them with .cpu() or use backend='torch'")
     if backend == "triton" and not triton_available():
         raise ValueError(INSTALL_HINT)
-    if backend == "triton" and not (u.is_cuda or interpreted()):
+    if backend == "triton" and not (is_cuda or interpreted()):
         raise ValueError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 to run it on CPU)")
-    if backend == "cuda" and not (u.is_cuda and _mamba_available()):
+    if backend == "cuda" and not (is_cuda and _mamba_available()):
         raise ValueError("backend='cuda' needs CUDA tensors and mamba-ssm (pip install 'srcore[cuda]')")
     return backend
+
+
+def model_scan_backend(model: torch.nn.Module, device: torch.device | str) -> str | None:
+    """Label (``BACKEND_LABELS``) of the scan back-end ``model``'s Mamba blocks run on ``device``.
+
+    None when the model has no selective scan. Blocks forced to different back-ends are listed
+    joined by '+'. The reports of ``srcore profile`` and ``srcore eval`` come from here.
+    """
+    names = {resolve_backend(m.scan_backend, device) for m in model.modules() if hasattr(m, "scan_backend")}
+    return "+".join(sorted(BACKEND_LABELS[n] for n in names)) if names else None
 
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -280,7 +304,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         raise ValueError(f"A must be (D, N) with D={u.shape[1]}; got {tuple(A.shape)}")
     if torch.is_complex(A):
         raise ValueError("complex A is not supported")
-    name = _resolve_backend(backend, u)
+    name = resolve_backend(backend, u.device)
     if name == "cuda":
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
