@@ -1,19 +1,30 @@
 """The local stack for tests: started once, on free loopback ports, in a short temporary folder.
 
-Import the ``stack`` fixture from here (``from stack_fixtures import stack``). The folder is short
-because Ray puts Unix sockets under its temp dir and socket paths are limited to 107 bytes.
+Import the ``stack`` fixture from here (``pytest_plugins = ["stack_fixtures"]``). The folder is
+short because Ray puts Unix sockets under its temp dir and socket paths are limited to 107 bytes.
+
+The stack serves a throwaway checkout (``project``), not this one: its worker runs the flows there,
+so ``dvc repro``, the runs and the caches of a test never touch the working tree. The checkout is a
+git repository with DVC, whose default remote is the stack's ``dvc`` bucket.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# Patch preparation reduced to what the tiny models train on (one scale, few large crops).
+PREPARE = {"scales": [4], "crop_size": 96, "step": 96, "workers": 1}
+GIT = ["git", "-c", "user.name=srcore-tests", "-c", "user.email=tests@srcore.invalid"]
 
 
 def _free_base(span: int = 16, grpc_offset: int = 10000) -> int:
@@ -34,6 +45,33 @@ def _free(port: int) -> bool:
     return True
 
 
+def project_checkout(root: Path, s3_endpoint: str) -> Path:
+    """A committed copy of the pipeline's files (the whole package: a flow run started there imports
+    srcore from it) with a DVC remote on the stack's S3 (credentials come from the environment)."""
+    root.mkdir(parents=True)
+    for name in ("data.dvc", "dvc.yaml", ".dvcignore", "prefect.yaml"):
+        shutil.copy(REPO / name, root / name)
+    for name in ("flows", "srcore"):
+        shutil.copytree(REPO / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["prepare"].update(PREPARE)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / ".gitignore").write_text("__pycache__/\nruns/\nmlflow.db\nmlartifacts/\n")
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+
+    def run(*argv: str) -> None:
+        subprocess.run(argv, cwd=root, env=env, check=True, capture_output=True)
+
+    run("git", "init", "-q")
+    dvc = [sys.executable, "-m", "dvc"]
+    run(*dvc, "init", "-q")
+    run(*dvc, "remote", "add", "-d", "stack", "s3://dvc/e2e")
+    run(*dvc, "remote", "modify", "stack", "endpointurl", s3_endpoint)
+    run("git", "add", "-A")
+    run(*GIT, "commit", "-q", "-m", "pipeline")
+    return root
+
+
 @pytest.fixture(scope="module")
 def stack():
     """A running stack: (StackConfig, UpReport); stopped when the module's tests are done.
@@ -44,7 +82,10 @@ def stack():
     from srcore.stack import StackConfig, down, up
 
     root = Path(tempfile.mkdtemp(prefix="srs", dir="/tmp"))
-    cfg = StackConfig(root=root, project_dir=REPO, port_base=_free_base())
+    base = _free_base()
+    endpoint = StackConfig(root=root / "probe", project_dir=REPO, port_base=base).s3_endpoint
+    project = project_checkout(root / "p", endpoint)
+    cfg = StackConfig(root=root / "s", project_dir=project, port_base=base)
     try:
         report = up(cfg)
         yield cfg, report

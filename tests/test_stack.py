@@ -1,21 +1,27 @@
 """The local production stack, for real: PostgreSQL, SeaweedFS S3, MLflow, Prefect, two-node Ray.
 
-One stack for the module (``stack_fixtures.stack``). Checks that each service answers, that MLflow
-keeps run metadata in PostgreSQL and artifacts in the bucket, that Prefect's API is backed by
-PostgreSQL and runs a deployment through the worker, that DVC round-trips through the S3 remote,
-and that ``down`` leaves none of the processes ``up`` started.
+One stack for the module (``stack_fixtures.stack``), serving a throwaway checkout. Checks that each
+service answers, that MLflow keeps run metadata in PostgreSQL and artifacts in the bucket, that
+Prefect's API is backed by PostgreSQL and runs a deployment through the worker with its task results
+in the bucket, that DVC round-trips through the S3 remote, that the retrain deployment runs end to
+end on the stack (two-node Ray with checkpoints in S3, registry, DVC), that registration survives
+the MLflow server dying in its middle, and that ``down`` leaves none of the processes ``up`` started.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
 import torch
+from stack_fixtures import GIT
 
 pytest_plugins = ["stack_fixtures"]  # the `stack` fixture
 pytestmark = pytest.mark.slow
@@ -88,6 +94,9 @@ def test_prefect_on_postgres_runs_a_deployment_through_the_worker(stack):
             "--watch-timeout", "300"]
     res = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    # the worker's task results (evaluate's cached scores) went to the stack's bucket, not its disk
+    assert env["PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"] == "remote-file-system/srcore-results"
+    assert _s3_keys(cfg, "prefect", "results/"), "no task result in s3://prefect/results"
     with _pg(cfg, "prefect") as conn, conn.cursor() as cur:
         cur.execute("select name from work_pool")
         assert cfg.work_pool in {r[0] for r in cur.fetchall()}
@@ -160,6 +169,183 @@ def test_a_model_in_the_bucket_is_hashed_evaluated_and_registered(stack, tmp_pat
     assert any(reg["run_id"] in key for key in _s3_keys(cfg, "mlflow")), "the run's artifacts are not in S3"
 
 
+# The tiny profile, cut to a few steps per stage (the stages still run: DVC, Ray Train on both
+# nodes with checkpoints in S3, evaluation, registration).
+E2E_OVERRIDES = {
+    "loader.patch_size": 12, "loader.batch_size": 4, "loader.shuffle_buffer": 8,
+    **{f"{stage}.{key}": value for stage in ("teacher", "student") for key, value in {
+        "steps": 6, "val_every": 6, "log_every": 2, "ray.num_workers": 2, "ray.cpus_per_worker": 1,
+        "ray.storage_path": "s3://ray/e2e"}.items()},
+    "teacher.model_overrides": {"embed_dim": 8, "depths": [1]},
+    "student.model_overrides": {"embed_dim": 4, "depths": [1]},
+}
+
+
+def _git(cwd: Path, *args: str) -> None:
+    subprocess.run([*GIT, *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_retrain_deployment_end_to_end_on_the_stack(stack, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    cfg, _ = stack
+    env = _env(cfg)
+    project = cfg.project_dir
+    argv = [str(BIN / "prefect"), "--no-prompt", "deployment", "run", "retrain/tiny",
+            "--param", "overrides=" + json.dumps(E2E_OVERRIDES), "--param", f"address={cfg.ray_address}",
+            "--watch", "--watch-timeout", "1500"]
+    res = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=1600)
+    worker_log = cfg.path("logs", "prefect-worker.log").read_text(errors="replace")
+    assert res.returncode == 0 and "Completed" in res.stdout, \
+        res.stdout[-2000:] + res.stderr[-1000:] + "\n--- worker ---\n" + worker_log[-6000:]
+
+    # the flow run is COMPLETED in the PostgreSQL-backed Prefect server
+    with _pg(cfg, "prefect") as conn, conn.cursor() as cur:
+        cur.execute("select fr.state_type from flow_run fr join deployment d on d.id = fr.deployment_id "
+                    "where d.name = 'tiny'")
+        assert [r[0] for r in cur.fetchall()] == ["COMPLETED"]
+    # checkpoints and exported models of both stages in the Ray bucket; task results in Prefect's
+    ray_keys = _s3_keys(cfg, "ray", "e2e/")
+    for run in ("teacher", "student"):
+        assert f"e2e/{run}/model.pth" in ray_keys, ray_keys[:20]
+        assert any(k.startswith(f"e2e/{run}/checkpoint_") for k in ray_keys), ray_keys[:20]
+    assert _s3_keys(cfg, "prefect", "results/")
+
+    # the student is a registered version, champion, its run (in PostgreSQL) with artifacts in S3
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    name = "srcore-dvmsr-x4"
+    champion = client.get_model_version_by_alias(name, "champion")
+    run = client.get_run(champion.run_id)
+    assert run.data.tags["model_path"] == "s3://ray/e2e/student/model.pth"
+    assert run.data.tags["stage"] == "distill" and "teacher_run_id" in run.data.tags
+    assert "sample-val_psnr_y" in run.data.metrics
+    assert any(champion.run_id in k for k in _s3_keys(cfg, "mlflow")), "the run's artifacts are not in S3"
+    with _pg(cfg, "mlflow") as conn, conn.cursor() as cur:
+        cur.execute("select version from model_versions where name = %s", (name,))
+        assert [str(r[0]) for r in cur.fetchall()] == [champion.version]
+
+    # the shards the flow prepared, pushed to the S3 remote, come back byte-identical in a fresh clone
+    dvc = [sys.executable, "-m", "dvc"]
+    for args in (["push", "-q"], ["status", "-c", "-q"]):
+        pushed = subprocess.run([*dvc, *args], cwd=project, env=env, capture_output=True, text=True,
+                                timeout=600)
+        assert pushed.returncode == 0, pushed.stdout[-1500:] + pushed.stderr[-1500:]
+    assert _s3_keys(cfg, "dvc", "e2e/")
+    _git(project, "add", "dvc.lock", "data.dvc", *(str(p.relative_to(project))
+                                                   for p in (project / "data").rglob(".gitignore")))
+    _git(project, "commit", "-q", "-m", "patches")
+    clone = tmp_path / "clone"
+    _git(tmp_path, "clone", "-q", str(project), str(clone))
+    pulled = subprocess.run([*dvc, "pull", "-q"], cwd=clone, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert pulled.returncode == 0, pulled.stdout[-1500:] + pulled.stderr[-1500:]
+    original = _tree_bytes(project / "data" / "patches")
+    assert any(k.endswith(".parquet") for k in original)
+    assert "manifest.json" in {Path(k).name for k in original}
+    assert _tree_bytes(clone / "data" / "patches") == original
+
+
+def _api(cfg, path: str, body: dict | None = None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"http://{cfg.host}:{cfg.ports.prefect}/api{path}", data=data,
+                                 method="POST" if data else "GET",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read() or b"null")
+
+
+def _wait_for(check, what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+
+
+_REGISTER = """
+import json, sys
+from flows.register import register
+state = register(stage="distill", model_path=sys.argv[1], metrics={"sample-val_psnr_y": 20.0},
+                 params_file="params.yaml", gate_metric="sample-val_psnr_y", return_state=True)
+print(json.dumps({"flow_run_id": str(state.state_details.flow_run_id), "state": state.type.value,
+                  "result": state.result(raise_on_failure=False) if state.is_completed() else None}))
+"""
+
+
+def test_registration_survives_the_mlflow_server_dying_in_its_middle(stack, tmp_path):
+    """The register flow pauses once its version exists (a fault hook), the MLflow server is killed
+    (SIGKILL) and started again; the task's explicit retries finish the registration: exactly one new
+    version, whose run holds the metric, and every alias on a version that exists."""
+    from mlflow.tracking import MlflowClient
+
+    from srcore.models import build, save_model
+    from srcore.stack.process import recorded
+    from srcore.stack.services import MLflowServer
+    from srcore.tracking.publish import PAUSE_ENV
+
+    cfg, _ = stack
+    client = MlflowClient(tracking_uri=cfg.client_env()["MLFLOW_TRACKING_URI"])
+    name = "srcore-dvmsr-x4"
+    before = {mv.version for mv in client.search_model_versions(f"name='{name}'")}
+    model = tmp_path / "model.pth"
+    save_model(model, build("dvmsr", 4, embed_dim=4, depths=[1]), "dvmsr")
+    pause = tmp_path / "pause"
+    env = {**_env(cfg), PAUSE_ENV: str(pause)}
+    proc = subprocess.Popen([sys.executable, "-c", _REGISTER, str(model)], cwd=cfg.project_dir, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: (pause / "paused").exists() or proc.poll() is not None, "the pause point", 600)
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        mid = [mv.version for mv in client.search_model_versions(f"name='{name}'")
+               if mv.version not in before]
+        assert len(mid) == 1  # paused between the version's creation and its promotion
+        server = MLflowServer(cfg)
+        victims = recorded(server.pid_file)
+        for p in [c for v in victims for c in v.children(recursive=True)] + victims:
+            p.kill()
+        server.stop()  # reaps them and clears the PID file
+        assert not server.healthy()
+        (pause / "resume").touch()
+
+        def retrying() -> bool:
+            runs = _api(cfg, "/task_runs/filter", {"task_runs": {"name": {"like_": "mlflow-log-register"}},
+                                                    "sort": "EXPECTED_START_TIME_DESC", "limit": 1})
+            return bool(runs) and runs[0]["state"]["name"] in ("AwaitingRetry", "Retrying")
+
+        _wait_for(retrying, "the register task to fail and await its retry", 180)
+        server.check_ports()
+        server.start()
+        server.ready()
+        out, err = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        (pause / "resume").parent.mkdir(parents=True, exist_ok=True)
+        (pause / "resume").touch()
+    assert proc.returncode == 0, err[-4000:]
+    outcome = json.loads(out.strip().splitlines()[-1])
+    assert outcome["state"] == "COMPLETED", err[-4000:]
+    flow_run = _api(cfg, f"/flow_runs/{outcome['flow_run_id']}")
+    assert flow_run["state_type"] == "COMPLETED"
+    task_runs = _api(cfg, "/task_runs/filter", {"flow_runs": {"id": {"any_": [outcome["flow_run_id"]]}}})
+    register_runs = [t for t in task_runs if t["name"].startswith("mlflow-log-register")]
+    assert len(register_runs) == 1 and register_runs[0]["run_count"] >= 2  # it was retried
+
+    versions = {mv.version: mv for mv in client.search_model_versions(f"name='{name}'")}
+    new = sorted(set(versions) - before)
+    assert new == mid and outcome["result"]["version"] == mid[0]  # exactly one new version: the first one
+    aliases = client.get_registered_model(name).aliases
+    assert aliases.get("challenger") == mid[0]
+    assert set(aliases.values()) <= set(versions)  # no alias on a version that does not exist
+    run = client.get_run(versions[mid[0]].run_id)
+    assert run.data.metrics["sample-val_psnr_y"] == pytest.approx(20.0) and run.info.status == "FINISHED"
+    assert client.get_model_version(name, mid[0]).tags["promotion.decision"] in ("promoted", "refused")
+
+
 def test_down_stops_exactly_what_up_started(stack):
     from srcore.stack import down, status
 
@@ -171,3 +357,7 @@ def test_down_stops_exactly_what_up_started(stack):
     assert not left
     assert not cfg.env_file.exists()
     assert not any(r.pids or r.healthy for r in status(cfg))
+    # nothing of the stack is left: no process names its folder (Ray's, the servers', the worker's)
+    from srcore.stack.process import pids_matching
+
+    assert not pids_matching(str(cfg.root))
