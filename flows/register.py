@@ -1,7 +1,11 @@
 """Flow ``register``: MLflow run + registered model version + champion promotion.
 
 ``run_id`` (the stage's live-tracked run) is completed with the evaluation and the model; without
-it a new run is opened. The same model file under the same policy is registered once."""
+it a new run is opened. The same model file under the same policy is registered once.
+
+A tracking server that dies mid-way fails the attempt within seconds (MLflow's HTTP retries are
+bounded in ``log_and_register``); the task then retries 3 times, 5/15/45 s apart. A retry completes
+the version an earlier attempt created (found by the model file's digest), never adds another."""
 
 from __future__ import annotations
 
