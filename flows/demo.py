@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"Prefect API: {url} (the UI runs there while the job does)")
             from flows.retrain import retrain  # after PREFECT_API_URL is set: Prefect reads it on import
 
-            summary = retrain(profile="tiny")
+            summary = retrain(profile="tiny", baseline=True)
     except SrcoreError as exc:
         console.print(f"[bold red]error:[/] {exc}")
         return 2
@@ -84,8 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     table = Table(title=f"retrain (tiny profile) x{summary['scale']} - {minutes:.1f} min")
     for col in ("model", "params", *[f"{d} PSNR-Y" for d in summary["datasets"]]):
         table.add_column(col, justify="left" if col == "model" else "right")
-    for label, row in (("bicubic", summary["bicubic"]), ("teacher", summary["teacher"]),
-                       ("student (distilled)", summary["student"])):
+    rows = [("bicubic", summary["bicubic"]), ("teacher", summary["teacher"]),
+            ("student (distilled)", summary["student"])]
+    if "student_plain" in summary:
+        rows.append(("student (no distillation)", summary["student_plain"]))
+    for label, row in rows:
         params = "0" if label == "bicubic" else f"{int(row['params']):,}"
         table.add_row(label, params, *[f"{row[f'{d}_psnr_y']:.2f}" for d in summary["datasets"]])
     console.print(table)

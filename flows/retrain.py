@@ -1,5 +1,9 @@
 """Flow ``retrain``: preprocess -> train_teacher -> distill -> evaluate -> register, as subflows.
 
+With ``baseline`` the student is also trained without distillation (same recipe, run
+``<student.name>-plain``) and evaluated beside the others, so the table shows what the teacher
+added; only the distilled student is registered.
+
 Re-running with nothing changed hits every cache: no preprocessing, no training, the same
 registered champion. One MLflow parent run ``retrain-<flow run>`` holds the teacher's and the
 student's runs (the student's tagged with the teacher's run id) and the evaluation runs.
@@ -29,7 +33,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     head = ["model", "params", "FLOPs (G)", "latency (ms)", "peak mem (MB)",
             *[f"{d} PSNR-Y / SSIM-Y" for d in datasets]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label in ("bicubic", "teacher", "student"):
+    for label in ("bicubic", "teacher", "student", "student_plain"):
+        if label not in summary:
+            continue
         m = summary[label]
         cells = [label, f"{m.get('params', 0):,.0f}", f"{m.get('flops_g', float('nan')):.2f}",
                  f"{m.get('latency_ms', float('nan')):.1f}", f"{m.get('peak_mem_mb', float('nan')):.1f}",
@@ -41,11 +47,15 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_NO_DISTILLATION = {"student.w_out": 0.0, "student.w_feat": 0.0, "student.w_depth": 0.0}
+
+
 @flow(name="retrain", log_prints=True)
 def retrain(params_file: str = DEFAULT_PARAMS, profile: str | None = None,
             overrides: dict[str, Any] | None = None, address: str | None = None, pull: bool = True,
             gate_metric: str = "sample-val_psnr_y", margin: float = 0.0, max_params: int | None = None,
-            max_latency_ms: float | None = None, max_flops_g: float | None = None) -> dict[str, Any]:
+            max_latency_ms: float | None = None, max_flops_g: float | None = None,
+            baseline: bool = False) -> dict[str, Any]:
     logger = get_run_logger()
     params = params_with(params_file, profile, overrides)  # fail fast on bad parameters
     if params.teacher.scale != params.student.scale:  # found now, not after the teacher has trained
@@ -63,12 +73,19 @@ def retrain(params_file: str = DEFAULT_PARAMS, profile: str | None = None,
         size, threads = params.eval.efficiency_size, params.eval.efficiency_threads
         ev_student, ev_teacher, bicubic = (evaluate(path, datasets, scale, parent, size, threads) for path in
                                            (student["model_path"], teacher["model_path"], "bicubic"))
+        if baseline:
+            plain_overrides = {**extra, **_NO_DISTILLATION, "student.name": f"{params.student.name}-plain"}
+            plain = distill(manifest, params_file=params_file, profile=profile, address=address,
+                            overrides=plain_overrides, parent_run_id=parent)
+            ev_plain = evaluate(plain["model_path"], datasets, scale, parent, size, threads)
         reg = register("distill", student["model_path"], ev_student, teacher["model_path"], params_file,
                        profile, extra, gate_metric, margin, max_params, max_latency_ms,
                        student.get("history"), run_id=student["run_id"], max_flops_g=max_flops_g)
     summary = {"datasets": datasets, "scale": scale, "bicubic": bicubic, "teacher": ev_teacher,
                "student": ev_student,
                "teacher_model": teacher["model_path"], "student_model": student["model_path"], **reg}
+    if baseline:
+        summary["student_plain"] = ev_plain
     create_markdown_artifact(markdown=summary_markdown(summary), key="retrain-summary",
                              description="bicubic vs teacher vs student, and the registry's decision")
     logger.info("retrain finished: %s", {k: v for k, v in summary.items() if k not in ("teacher", "student")})

@@ -152,6 +152,12 @@ class DistillParams(TrainParams):
     depth_weights: tuple[float, ...] | None = None
     depth_map: tuple[int, ...] | Literal["proportional"] = "proportional"
 
+    @property
+    def distills(self) -> bool:
+        """Whether any distillation term is on; with all three at 0 the student trains plainly (the
+        no-distillation baseline) and the teacher is not even loaded."""
+        return bool(self.w_out or self.w_feat or self.w_depth)
+
 
 class EvalParams(_Section):
     """Benchmarks used by the evaluation stage."""

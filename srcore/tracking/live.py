@@ -125,7 +125,7 @@ def stage_run(params: Params, stage: str, name: str | None = None, parent_run_id
     client = configure()
     experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
     tags = stage_lineage(params, stage)
-    if stage == "distill":
+    if stage == "distill" and cfg.distills:
         teacher_run_id = teacher_run_id or find_model_run(client, experiment_id, cfg.teacher)
         if teacher_run_id:
             tags["teacher_run_id"] = teacher_run_id

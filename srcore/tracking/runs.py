@@ -192,7 +192,7 @@ def stage_lineage(params, stage: str) -> dict[str, str]:
     tags = {**lineage(params.prepare.out), "stage": stage}
     if cfg.init:
         tags["init"] = cfg.init
-    if stage == "distill":
+    if stage == "distill" and cfg.distills:
         tags["teacher"] = cfg.teacher
     return tags
 

@@ -187,7 +187,7 @@ def setup(config: dict[str, Any], rank: int, world: int, device: torch.device) -
         layout = init_weights(model, cfg.init, cfg.model)
         log.info("rank %d starts from %s (%s layout)", rank, cfg.init, layout)
     model = model.to(device)
-    teacher = _teacher(cfg, device) if distill else None
+    teacher = _teacher(cfg, device) if distill and cfg.distills else None
     loss_terms = None
     if teacher is not None:
         probe = torch.rand(1, 3, lcfg.patch_size, lcfg.patch_size, device=device)

@@ -90,7 +90,7 @@ def check_training_inputs(params: Params, stage: str, address: str | None = None
     _check_patches(params, cfg, stage)
     if not address:
         check_cluster_fits(cfg, stage, [_local_cpus()], "this machine")
-    if isinstance(cfg, DistillParams):
+    if isinstance(cfg, DistillParams) and cfg.distills:
         from srcore.train.weights import load_teacher
 
         load_teacher(cfg.teacher, cfg.scale, cfg.teacher_model)  # missing teacher / scale mismatch fail here
