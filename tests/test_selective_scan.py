@@ -162,3 +162,40 @@ def test_resolve_backend_and_model_report(monkeypatch):
     with scan_backend("torch"):
         assert model_scan_backend(build("mair_t", 4, depths=(1, 1)), "cpu") == "torch"
     assert model_scan_backend(build("rlfn", 4), "cpu") is None
+
+
+def test_profile_and_eval_report_the_scan_backend(tmp_path, monkeypatch):
+    """Both commands put ``model_scan_backend``'s answer for the model and device they ran in the
+    console table and the JSON (its own logic is tested above; a full Mamba model is too slow here)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    import srcore.evaluation.suite as suite
+    import srcore.ops as ops
+    from srcore import cli
+
+    asked = []
+
+    def report(model, device):
+        asked.append((model.arch, str(device)))
+        return "triton" if model.arch == "rlfn" else None
+
+    monkeypatch.setattr(ops, "model_scan_backend", report)
+    monkeypatch.setattr(suite, "model_scan_backend", report)
+    monkeypatch.setattr(cli.out, "width", 200)  # room for every column of the tables
+    runner, app = CliRunner(), cli.app
+    out = tmp_path / "p.json"
+    result = runner.invoke(app, ["profile", "--model", "rlfn", "--input", "16x16", "--repeats", "1",
+                                 "--device", "cpu", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["scan_backend"] == "triton" and asked == [("rlfn", "cpu")]
+    assert "triton" in result.output and "scan" in result.output
+
+    result = runner.invoke(app, ["eval", "--model", "rlfn", "--model", "bicubic", "--dataset", "embedded",
+                                 "--device", "cpu", "--json", str(tmp_path / "e.json")])
+    assert result.exit_code == 0, result.output
+    rows = json.loads((tmp_path / "e.json").read_text())["tables"]["x4"]
+    assert [r["scan_backend"] for r in rows] == ["triton", None]
+    assert [line.split("│")[4].strip() for line in result.output.splitlines() if line.startswith("│ ")] == \
+        ["triton", "-"]

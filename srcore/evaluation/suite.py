@@ -2,7 +2,8 @@
 
 ``run_suite(entries, datasets, scales, ...)`` evaluates every (scale, model, dataset) that exists
 and returns a :class:`SuiteResult`: per scale, one row per model with PSNR-Y/SSIM-Y per dataset,
-parameters and FLOPs (fvcore convention at a 1x3x256x256 LR input), and the per-image values.
+parameters and FLOPs (fvcore convention at a 1x3x256x256 LR input), the selective-scan back-end
+its Mamba blocks ran on (None without any), and the per-image values.
 Datasets whose folder is absent are listed once in ``missing`` and the rest still run.
 """
 
@@ -22,6 +23,7 @@ from srcore.evaluation.dataset import DatasetResult, OnImage, evaluate_dataset
 from srcore.inference import plan_tiles
 from srcore.metrics.efficiency import count_flops, count_params
 from srcore.models.base import SRModel
+from srcore.ops import model_scan_backend
 
 __all__ = ["SUITES", "ModelEntry", "ModelRow", "SuiteResult", "expand_datasets", "run_suite"]
 
@@ -48,6 +50,7 @@ class ModelRow:
     flops_g: float
     results: dict[str, DatasetResult] = field(default_factory=dict)
     tiling: str | None = None
+    scan_backend: str | None = None
 
 
 @dataclass
@@ -62,7 +65,7 @@ class SuiteResult:
     def as_dict(self) -> dict:
         def row(r: ModelRow) -> dict:
             return {"model": r.label, "arch": r.arch, "params": r.params, "flops_g": r.flops_g,
-                    "tiling": r.tiling,
+                    "tiling": r.tiling, "scan_backend": r.scan_backend,
                     "results": {d: {**v.summary(), "per_image": v.per_image} for d, v in r.results.items()}}
 
         return {"datasets": self.datasets, "missing_datasets": self.missing, "skipped": self.skipped,
@@ -137,7 +140,8 @@ def run_suite(entries: list[ModelEntry], datasets: list[str], scales: list[int],
             plan = plan_tiles(model, tile) if tile is not None else None
             params, flops_g = _efficiency(model)
             row = ModelRow(entry.label, model.arch, params, flops_g,
-                           tiling=None if plan is None else plan.describe(model.arch))
+                           tiling=None if plan is None else plan.describe(model.arch),
+                           scan_backend=model_scan_backend(model, device))
             for d in present:
                 sub = None if save_dir is None else os.path.join(save_dir, entry.label.replace("/", "_"))
                 row.results[d] = evaluate_dataset(model, d, scale, data_root, device, plan, sub, on_image,
