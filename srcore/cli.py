@@ -143,10 +143,10 @@ def _print_suite(result, stream: Console) -> None:
     for s, rows in result.tables.items():
         sets = [d for d in result.datasets if any(d in r.results for r in rows)]
         table = Table(title=f"x{s}: PSNR-Y / SSIM-Y (border {s})")
-        for col in ["model", "params", "GFLOPs"] + sets:
+        for col in ["model", "params", "GFLOPs", "scan"] + sets:
             table.add_column(col, justify="left" if col == "model" else "right")
         for r in rows:
-            table.add_row(r.label, f"{r.params:,}", f"{r.flops_g:.2f}",
+            table.add_row(r.label, f"{r.params:,}", f"{r.flops_g:.2f}", r.scan_backend or "-",
                           *(f"{r.results[d].psnr_y:.2f} / {r.results[d].ssim_y:.4f}" for d in sets))
         stream.print(table)
         for r in rows:
@@ -215,6 +215,7 @@ def eval_cmd(
         if len(entries) == 1 and len(result.tables) == 1:
             row = next(iter(result.tables.values()))[0]
             payload = {"model": row.label, "scale": scale[0], "weights": (weights or [None])[0],
+                       "scan_backend": row.scan_backend,
                        "results": {k: v.summary() for k, v in row.results.items()}, **payload}
         _print_suite(result, out if json_out != "-" else console)
         if csv_out is not None:
@@ -256,6 +257,7 @@ def profile_cmd(
     """Parameters, FLOPs (fvcore convention, scan counted), activations, latency, peak memory."""
     from srcore.metrics.efficiency import profile_model
     from srcore.models import build, load_model, preset_names
+    from srcore.ops import model_scan_backend
 
     if not all_models and model is None:
         _fail("give --model NAME or --all")
@@ -269,20 +271,22 @@ def profile_cmd(
             for name in names:
                 display.update(description=f"profiling {name}")
                 net = load_model(weights, name=name, scale=scale) if weights else build(name, scale)
-                rows.append(profile_model(net, name, scale, h, w, dev, repeats=repeats).as_dict())
+                row = profile_model(net, name, scale, h, w, dev, repeats=repeats).as_dict()
+                rows.append({**row, "scan_backend": model_scan_backend(net, dev)})
                 display.update(advance=1)
     except SrcoreError as exc:
         _fail(str(exc))
     table = Table(title=f"efficiency x{scale}, input 1x3x{h}x{w}, {dev}")
     cols = [("model", "model"), ("params", "params"), ("flops_g", "GFLOPs"),
             ("flops_fvcore_plain_g", "GFLOPs (plain fvcore)"), ("activations_m", "acts (M)"),
-            ("latency_ms", "latency (ms)"), ("peak_mem_mb", "peak mem (MB)")]
+            ("latency_ms", "latency (ms)"), ("peak_mem_mb", "peak mem (MB)"), ("scan_backend", "scan")]
     for _, title in cols:
         table.add_column(title, justify="left" if title == "model" else "right")
     for r in rows:
         table.add_row(r["model"], f"{r['params']:,}", f"{r['flops_g']:.2f}",
                       f"{r['flops_fvcore_plain_g']:.2f}",
-                      f"{r['activations_m']:.2f}", f"{r['latency_ms']:.1f}", f"{r['peak_mem_mb']:.0f}")
+                      f"{r['activations_m']:.2f}", f"{r['latency_ms']:.1f}", f"{r['peak_mem_mb']:.0f}",
+                      r["scan_backend"] or "-")
     out.print(table) if json_out != "-" else console.print(table)
     _emit_json(rows[0] if len(rows) == 1 else {"rows": rows}, json_out)
 
