@@ -1,8 +1,12 @@
-"""Shared fixtures: paths to ../shared (tests using it skip when it is absent)."""
+"""Shared fixtures: paths to ../shared (tests using it skip when it is absent), and what a test
+session starts once: the MLflow and Prefect servers, the Ray cluster and a prepared sample project."""
 
 from __future__ import annotations
 
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -114,13 +118,119 @@ def prefect_server(tmp_path_factory):
     _stop(proc)
 
 
-@pytest.fixture
-def ray_local():
-    """The session's local Ray (started on first use; a test that stops Ray gets it back)."""
-    from srcore.train.runner import ensure_ray
+# The session's Ray: a head on 127.0.0.2 and a worker node on 127.0.0.3, this process the driver.
+# Two CPUs a node: a stage asking for two CPUs a rank still fits on one node, and a run with two such
+# ranks has to use both nodes. The nodes hold the dummy credentials a loopback S3 server (moto)
+# accepts, as a real cluster's nodes hold theirs (srcore forwards only the endpoint with its tasks).
+RAY_CPUS_PER_NODE = 2
+S3_TEST_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1"}
 
-    ensure_ray(None, num_cpus=2)
-    yield
+
+@dataclass
+class SessionRay:
+    """The session's cluster; ``worker`` is its second node."""
+
+    cluster: Any
+    worker: Any
+
+    @property
+    def address(self) -> str:
+        return self.cluster.address
+
+    def connect(self) -> None:
+        """This process as the cluster's driver (again, after work that left or went elsewhere)."""
+        import ray
+
+        if ray.is_initialized() and ray.get_runtime_context().gcs_address != self.address:
+            ray.shutdown()
+        if not ray.is_initialized():
+            ray.init(address=self.address)
+
+    def replace_worker(self) -> None:
+        """A fresh worker node in place of one a test killed, for the tests after it."""
+        from local_ray_cluster import replace_node
+
+        self.worker = replace_node(self.cluster, self.worker, RAY_CPUS_PER_NODE, env=S3_TEST_ENV)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """The one Ray of the session (started on first use, ended at the end), connected."""
+    from local_ray_cluster import local_cluster
+
+    with local_cluster(2, cpus_per_node=RAY_CPUS_PER_NODE, env=S3_TEST_ENV) as (cluster, workers):
+        yield SessionRay(cluster, workers[0])
+
+
+@pytest.fixture
+def ray_local(ray_cluster):
+    """The session's Ray, this process its driver: code that runs on "local" Ray (no address) finds
+    it connected and uses it."""
+    ray_cluster.connect()
+    return ray_cluster
+
+
+# ---------------------------------------------------------------------------------------------
+# One prepared sample project per session: a throwaway checkout (git + DVC + the project's pipeline
+# files) with tiny parameters, the sample committed and the prepare stage reproduced. Tests get a
+# copy of it (``sample_project``), so that what one changes never reaches another.
+
+TINY_FLOW = {
+    "prepare.scales": [4], "prepare.crop_size": 96, "prepare.step": 96, "prepare.workers": 1,
+    "loader.patch_size": 12, "loader.batch_size": 4, "loader.shuffle_buffer": 8,
+    "teacher.model_overrides": {"embed_dim": 8, "depths": [1]}, "teacher.steps": 6, "teacher.val_every": 6,
+    "student.model_overrides": {"embed_dim": 4, "depths": [1]}, "student.steps": 6, "student.val_every": 6,
+    "teacher.ray.cpus_per_worker": 1, "student.ray.cpus_per_worker": 1, "teacher.log_every": 2,
+    "student.log_every": 2,
+}
+
+
+def make_project(root: Path, overrides: dict[str, Any]) -> Path:
+    """A throwaway checkout: git + DVC + the project's pipeline files, params.yaml with ``overrides``
+    (dotted keys) and no profile."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    root.mkdir(parents=True)
+    for name in ("data.dvc", "dvc.yaml", ".dvcignore", "prefect.yaml"):
+        shutil.copy(REPO / name, root / name)
+    shutil.copytree(REPO / "flows", root / "flows", ignore=shutil.ignore_patterns("__pycache__"))
+    # the whole package, not only srcore/data (the DVC dependency): a process started in the copy
+    # imports srcore from it, and a partial copy would shadow the installed package
+    shutil.copytree(REPO / "srcore", root / "srcore", ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["profile"] = None
+    for key, value in overrides.items():
+        section, *rest = key.split(".")
+        node = params.setdefault(section, {})
+        for k in rest[:-1]:
+            node = node.setdefault(k, {})
+        node[rest[-1]] = value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True, env=env)
+    return root
+
+
+@pytest.fixture(scope="session")
+def prepared_project(tmp_path_factory) -> Path:
+    """The session's sample project, prepared once (tests use ``sample_project``, a copy)."""
+    from srcore.data.versioning import reproduce_patches
+
+    root = make_project(tmp_path_factory.mktemp("sample") / "proj", TINY_FLOW)
+    reproduce_patches(root, pull=False)  # the sample, committed to DVC; `dvc repro prepare`
+    return root
+
+
+@pytest.fixture
+def sample_project(prepared_project, tmp_path) -> Path:
+    """A private copy of the session's prepared sample project."""
+    return Path(shutil.copytree(prepared_project, tmp_path / "proj", symlinks=True))
 
 
 def pytest_sessionfinish(session, exitstatus):

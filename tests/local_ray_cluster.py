@@ -3,7 +3,8 @@
 
 ``local_cluster(nodes)`` starts the head and ``nodes - 1`` workers, connects this process as the
 driver, and on exit disconnects and ends every process of every node it started (and only
-those: other Ray clusters on the host are left alone).
+those: other Ray clusters on the host are left alone). ``replace_node`` puts a fresh node in the
+place of one a test killed, so that a cluster shared by several tests outlives that test.
 """
 
 from __future__ import annotations
@@ -34,6 +35,22 @@ def add_node(cluster: Any, tries: int = 3, **args: Any) -> Any:
 
 
 @contextmanager
+def _environment(env: dict[str, str] | None) -> Iterator[None]:
+    """``env`` set in this process (so the nodes started meanwhile inherit it), then restored."""
+    env = {**(env or {}), "RAY_USAGE_STATS_ENABLED": "0"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextmanager
 def local_cluster(nodes: int = 2, cpus_per_node: int = 1, env: dict[str, str] | None = None
                   ) -> Iterator[tuple[Any, list[Any]]]:
     """Yields the cluster and its worker nodes (the head is ``cluster.head_node``). ``env`` is set
@@ -41,22 +58,23 @@ def local_cluster(nodes: int = 2, cpus_per_node: int = 1, env: dict[str, str] | 
     import ray
     from ray.cluster_utils import Cluster
 
-    env = {**(env or {}), "RAY_USAGE_STATS_ENABLED": "0"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     ray.shutdown()  # an in-process local Ray left by earlier work
     cluster = Cluster()
     try:
-        add_node(cluster, node_ip_address="127.0.0.2", num_cpus=cpus_per_node, include_dashboard=False)
-        workers = [add_node(cluster, node_ip_address=f"127.0.0.{3 + i}", num_cpus=cpus_per_node)
-                   for i in range(nodes - 1)]
-        ray.init(address=cluster.address)
+        with _environment(env):
+            add_node(cluster, node_ip_address="127.0.0.2", num_cpus=cpus_per_node, include_dashboard=False)
+            workers = [add_node(cluster, node_ip_address=f"127.0.0.{3 + i}", num_cpus=cpus_per_node)
+                       for i in range(nodes - 1)]
+            ray.init(address=cluster.address)
         yield cluster, workers
     finally:
         ray.shutdown()
         cluster.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+
+
+def replace_node(cluster: Any, node: Any, num_cpus: int, env: dict[str, str] | None = None) -> Any:
+    """A fresh worker node at ``node``'s address in place of ``node`` (whose raylet a test killed):
+    what is left of the old node is ended, the new one starts with ``env`` as in ``local_cluster``."""
+    cluster.remove_node(node, allow_graceful=False)
+    with _environment(env):
+        return add_node(cluster, node_ip_address=node.node_ip_address, num_cpus=num_cpus)

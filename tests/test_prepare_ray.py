@@ -1,7 +1,7 @@
-"""`srcore data prepare` on Ray: one task per shard on a two-node local cluster (127.0.0.2 and
-127.0.0.3, one CPU each) writes the same bytes as the local process pool, survives a worker
-node whose raylet is killed mid-run (the rerun gives the same bytes), and reads from and writes
-to S3 (a moto server on loopback) with the same shards."""
+"""`srcore data prepare` on Ray: one task per shard on the session's two-node cluster (127.0.0.2 and
+127.0.0.3, ``ray_cluster`` in conftest) writes the same bytes as the local process pool, survives
+a worker node whose raylet is killed mid-run (the rerun gives the same bytes), and reads from and
+writes to S3 (a moto server on loopback) with the same shards."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import free_port
-from local_ray_cluster import local_cluster
+from conftest import S3_TEST_ENV, free_port
 from PIL import Image
 
 from srcore.config import PrepareParams
@@ -25,12 +24,10 @@ from srcore.data.store import StoreUnavailable, open_store
 from srcore.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[1]
-# the cluster tests: a two-node cluster takes 20-70 s to start on two busy cores
+# the cluster tests: the session's two-node cluster takes 20-70 s to start on two busy cores
 cluster_test = pytest.mark.slow
 
 RAW = "s3://hr-images/raw"
-_S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1"}
 
 
 def _images(folder: Path, n: int = 6, size: tuple[int, int] = (72, 96)) -> None:
@@ -78,13 +75,6 @@ def test_locations_other_than_folders_and_s3_are_refused():
 
 
 @pytest.fixture(scope="module")
-def two_nodes():
-    """A head on 127.0.0.2 and a worker on 127.0.0.3 (one CPU each), this process the driver."""
-    with local_cluster(2, env=_S3_ENV) as (cluster, workers):
-        yield cluster, workers[0]
-
-
-@pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """Raw images and the local pool's output for them (the reference bytes)."""
     root = tmp_path_factory.mktemp("prepare-ray")
@@ -94,8 +84,8 @@ def data(tmp_path_factory):
 
 
 @cluster_test
-def test_ray_tasks_write_the_local_pools_bytes(two_nodes, data, tmp_path):
-    cluster, _ = two_nodes
+def test_ray_tasks_write_the_local_pools_bytes(ray_local, data, tmp_path):
+    cluster = ray_local
     out = data / "out"
     totals, done = [], []
     summary = prepare(_params(str(data / "raw"), str(out), executor="ray", address=cluster.address),
@@ -112,8 +102,8 @@ def test_ray_tasks_write_the_local_pools_bytes(two_nodes, data, tmp_path):
 
 
 @cluster_test
-def test_user_errors_come_back_once_and_unwrapped(two_nodes, data, tmp_path):
-    cluster, _ = two_nodes
+def test_user_errors_come_back_once_and_unwrapped(ray_local, data, tmp_path):
+    cluster = ray_local
     blocked = tmp_path / "blocked"
     blocked.mkdir()
     (blocked / "x2").write_text("a file where the scale folder goes\n")
@@ -125,11 +115,13 @@ def test_user_errors_come_back_once_and_unwrapped(two_nodes, data, tmp_path):
 
 
 @cluster_test
-def test_s3_input_and_output_give_the_same_shards(two_nodes, data, monkeypatch):
+def test_s3_input_and_output_give_the_same_shards(ray_local, data, monkeypatch):
     import boto3
     from moto.server import ThreadedMotoServer
 
-    cluster, _ = two_nodes
+    cluster = ray_local
+    for key, value in S3_TEST_ENV.items():  # the driver's credentials (the nodes have theirs)
+        monkeypatch.setenv(key, value)
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
@@ -179,10 +171,10 @@ def _running_shard_tasks(node) -> bool:
 
 
 @cluster_test
-def test_killed_worker_node_mid_run_leaves_no_partial_shard_and_rerun_is_identical(two_nodes, tmp_path):
-    """Runs last: it takes the worker node down for the rest of the module. The images are larger
-    here, so that shards are still being written on the worker node when its raylet dies."""
-    cluster, worker = two_nodes
+def test_killed_worker_node_mid_run_leaves_no_partial_shard_and_rerun_is_identical(ray_local, tmp_path):
+    """The images are larger here, so that shards are still being written on the worker node when
+    its raylet dies; a fresh worker node takes its place for the tests after this one."""
+    cluster, worker = ray_local, ray_local.worker
     _images(tmp_path / "raw", n=8, size=(360, 480))
     out = tmp_path / "out"
     local = _reference(tmp_path / "raw", out)
@@ -203,6 +195,9 @@ def test_killed_worker_node_mid_run_leaves_no_partial_shard_and_rerun_is_identic
         prepare(params, on_progress=kill_worker_node)
     except PrepareFailed:
         pass  # every retry was spent while the node was being declared dead: the rerun finishes
+    finally:
+        if killed:
+            ray_local.replace_worker()
     assert killed == [True]  # a shard task was running on the node when its raylet died
     reference = _tree(local)
     visible = {k: v for k, v in _tree(out).items()

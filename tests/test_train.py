@@ -7,13 +7,11 @@ import logging
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import free_port
 from PIL import Image
 
 from srcore.config import load_params
@@ -61,25 +59,16 @@ def params(workdir: Path, **extra):
                               "student.ray.storage_path": str(workdir / "runs"), **extra})
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    from srcore.train.runner import ensure_ray
-
-    ensure_ray(None, num_cpus=2)
-    yield
-    import ray
-
-    ray.shutdown()
-
-
 def _last_state(run_dir: Path) -> dict:
     newest = sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())[-1]
     return read_state(newest)
 
 
 @pytest.fixture(scope="module")
-def teacher_run(workdir, ray_local):
+def teacher_run(workdir, ray_cluster):
     from srcore.train.runner import run_stage
+
+    ray_cluster.connect()
 
     p = params(workdir, **{"teacher.steps": 30, "teacher.val_every": 10,
                            "teacher.ray.max_failures": 1, "teacher.ray.num_to_keep": 2})
@@ -205,48 +194,25 @@ def test_bad_configurations_fail_fast(workdir, tmp_path):
         params(workdir, **{"teacher.steps": 0})
 
 
-def _ray_start(ray_bin: str, args: list[str], env: dict[str, str]) -> None:
-    """`ray start`, with the command's own output in the error when it fails."""
-    res = subprocess.run([ray_bin, "start", *args], env=env, timeout=240, capture_output=True, text=True)
-    output = f"{res.stdout[-2000:]}{res.stderr[-3000:]}"
-    assert res.returncode == 0, f"ray start {' '.join(args)} failed:\n{output}"
+def test_two_node_cluster(workdir, tmp_path, ray_cluster):
+    """`srcore train --address` from another process onto the session's two-node cluster: each of
+    the two ranks asks for a whole node's CPUs, so they run on different nodes."""
+    from conftest import RAY_CPUS_PER_NODE
 
-
-def test_two_node_cluster(workdir, tmp_path):
-    import ray
-
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    # Multi-node Ray authenticates its nodes with a token (generated once into ~/.ray/auth_token).
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
-    # Start from a clean host: no in-process local Ray from earlier tests, no stray nodes.
-    ray.shutdown()
-    subprocess.run([ray_bin, "stop", "--force"], env=env, timeout=120, capture_output=True)
-    if not (Path.home() / ".ray" / "auth_token").exists():
-        subprocess.run([ray_bin, "get-auth-token", "--generate"], env=env, timeout=60, capture_output=True)
-    port = free_port()
-    head = f"127.0.0.2:{port}"
-    try:
-        _ray_start(ray_bin, ["--head", "--node-ip-address=127.0.0.2", f"--port={port}", "--num-cpus=1",
-                             "--include-dashboard=false",
-                             "--disable-usage-stats"], env)
-        _ray_start(ray_bin, [f"--address={head}", "--node-ip-address=127.0.0.3", "--num-cpus=1",
-                             "--disable-usage-stats"], env)
-        sets = [f"{k}={v}" for k, v in {**TINY, "prepare.out": str(workdir / "patches"),
-                                        "teacher.ray.storage_path": str(tmp_path / "runs"),
-                                        "teacher.ray.num_workers": 2, "teacher.steps": 12,
-                                        "teacher.val_every": 6,
-                                        "teacher.name": "multinode"}.items()]
-        args = [sys.executable, "-m", "srcore.cli", "train", "--params", str(tmp_path / "none.yaml"),
-                "--address", head]
-        (tmp_path / "none.yaml").write_text("{}\n")
-        for s in sets:
-            args += ["--set", s.replace("'", '"')]
-        res = subprocess.run(args, env=env, timeout=600, capture_output=True, text=True)
-        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-        state = _last_state(tmp_path / "runs" / "multinode")
-        assert len(state["nodes"]) == 2 and state["nodes"][0] != state["nodes"][1]
-        losses = [h["loss"] for h in state["history"]]
-        assert state["step"] == 12 and losses[-1] < losses[0]
-    finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, timeout=120, capture_output=True)
-        time.sleep(1)
+    sets = [f"{k}={v}" for k, v in {**TINY, "prepare.out": str(workdir / "patches"),
+                                    "teacher.ray.storage_path": str(tmp_path / "runs"),
+                                    "teacher.ray.num_workers": 2,
+                                    "teacher.ray.cpus_per_worker": RAY_CPUS_PER_NODE, "teacher.steps": 12,
+                                    "teacher.val_every": 6, "teacher.name": "multinode"}.items()]
+    args = [sys.executable, "-m", "srcore.cli", "train", "--params", str(tmp_path / "none.yaml"),
+            "--address", ray_cluster.address]
+    (tmp_path / "none.yaml").write_text("{}\n")
+    for s in sets:
+        args += ["--set", s.replace("'", '"')]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    res = subprocess.run(args, env=env, timeout=600, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    state = _last_state(tmp_path / "runs" / "multinode")
+    assert len(state["nodes"]) == 2 and state["nodes"][0] != state["nodes"][1]
+    losses = [h["loss"] for h in state["history"]]
+    assert state["step"] == 12 and losses[-1] < losses[0]
