@@ -334,7 +334,8 @@ def upscale_cmd(
     tile: Annotated[int | None, typer.Option(help="Tile size for large images.")] = None,
     offline: Annotated[bool, typer.Option(help="Load models:/ weights from the local cache only.")] = False,
     onnx: Annotated[Path | None, typer.Option(help="Run this ONNX file (from `srcore export`) instead of "
-                                                   "--model/--weights; fixed-size graphs are tiled.")] = None,
+                                                   "--model/--weights; a fixed-size graph is fed tiles of "
+                                                   "its own H x W (--tile is then ignored).")] = None,
 ) -> None:
     """Super-resolve one image, or every image of a folder into another folder (PNG files)."""
     from srcore.data.image_io import read_rgb, write_png
@@ -379,28 +380,50 @@ def upscale_cmd(
 
 @app.command("export")
 def export_cmd(
-    out_file: Annotated[Path, typer.Option("--out", help="File to write (.onnx: ONNX, .pt: TorchScript).")],
+    out_file: Annotated[Path, typer.Option("--out", help="File to write: .onnx for ONNX, e.g. .pt for "
+                                                        "TorchScript; missing folders are created.")],
     model: Annotated[str, typer.Option(help="Model preset (see `srcore models`).")] = "rlfn",
     scale: Annotated[int, typer.Option(help="Upscaling factor.")] = 4,
     weights: Annotated[str | None, typer.Option(help="Checkpoint: srcore, official or BasicSR .pth, "
-                                                     "or models:/name@alias.")] = None,
+                                                     "or models:/name@alias (required).")] = None,
     weights_key: Annotated[str | None, typer.Option(help="BasicSR key (params_ema or params).")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
-    tile: Annotated[int | None, typer.Option(help="Fixed square input size N (runtimes tile larger images); "
-                                                  "default: dynamic H/W.")] = None,
-    fp16: Annotated[bool, typer.Option(help="Half precision (checked against fp32 within 1e-2).")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="onnx (runs in onnxruntime) or torchscript "
+                                                      "(torch.jit.load, no srcore needed).")] = "onnx",
+    tile: Annotated[tuple[int, int] | None, typer.Option(
+        help="Fixed graph input size: two numbers, height and width (--tile 64 64 for square), each "
+             "16..2048. Runtimes tile larger images into it. Default: dynamic H/W; Mamba models "
+             "(dvmsr, mair) and SRConvNet to ONNX need it.")] = None,
+    fp16: Annotated[bool, typer.Option(help="Half precision weights and input (CUDA runtimes); "
+                                            "checked against fp32 within 1e-2 instead of 1e-4.")] = False,
     offline: Annotated[bool, typer.Option(help="Load models:/ weights from the local cache only.")] = False,
 ) -> None:
-    """Export a model to ONNX or TorchScript; the file is written only if it matches PyTorch."""
+    """Export a model to ONNX or TorchScript; the file is written only if it matches PyTorch.
+
+    The exported graph is run by its own runtime on random and real images at two sizes and
+    compared with PyTorch (max abs difference <= 1e-4 in fp32); the report is written next to the
+    file as FILE.parity.json. Run an ONNX export with `srcore upscale --onnx FILE`.
+    """
     from pydantic import ValidationError
 
     from srcore.export import ExportOptions, export_model
+    from srcore.export.api import TILE_RANGE
+    from srcore.io import check_output_file
 
+    if weights is None:
+        _fail(f"export needs --weights (a checkpoint or models:/name@alias); without them {model} "
+              "would be exported with random weights")
     try:
         options = ExportOptions(format=fmt, tile=tile, fp16=fp16)
     except ValidationError as exc:
-        _fail("; ".join(f"--{e['loc'][0]}: {e['msg']}" for e in exc.errors()))
+        sides = {0: "height", 1: "width"}
+        problems = dict.fromkeys(
+            f"--{e['loc'][0]}" + (f" {sides[e['loc'][1]]}" if len(e["loc"]) > 1 else "") + f": {e['msg']}"
+            for e in exc.errors())
+        hint = (f" (each side {TILE_RANGE[0]}..{TILE_RANGE[1]}, e.g. --tile 64 64)" if tile else
+                " (onnx or torchscript)")
+        _fail("; ".join(problems) + hint)
     try:
+        check_output_file(out_file)
         net = _load(model, scale, weights, weights_key, offline).eval()
         report = export_model(net, out_file, options)
     except SrcoreError as exc:

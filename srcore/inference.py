@@ -48,13 +48,20 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 class TilePlan:
     """How to tile one model: core ``tile`` size, ``overlap`` context per side, and whether the
     result equals whole-image inference (``exact``); ``probe_max_dev`` is the largest deviation
-    (in [0, 1] units) seen on a probe image when it is not."""
+    (in [0, 1] units) seen on a probe image when it is not. ``tile_w`` makes cores non-square
+    (``tile`` high, ``tile_w`` wide), for exported graphs of a fixed H x W size."""
 
     tile: int
     overlap: int
     exact: bool
     radius: int | None
     probe_max_dev: float = 0.0
+    tile_w: int | None = None
+
+    @property
+    def core(self) -> tuple[int, int]:
+        """Core (height, width) of a tile."""
+        return self.tile, self.tile_w or self.tile
 
     def describe(self, arch: str) -> str:
         """One line for the user: what tiling does to this model's output."""
@@ -141,8 +148,9 @@ def _tiled(model: SRModel, x: torch.Tensor, plan: TilePlan) -> torch.Tensor:
     s = model.scale
     b, c, h, w = x.shape
     out = x.new_zeros(b, c, h * s, w * s)
-    for i0, i1, y0, y1 in _spans(h, plan.tile, plan.overlap):
-        for j0, j1, x0, x1 in _spans(w, plan.tile, plan.overlap):
+    core_h, core_w = plan.core
+    for i0, i1, y0, y1 in _spans(h, core_h, plan.overlap):
+        for j0, j1, x0, x1 in _spans(w, core_w, plan.overlap):
             sr = model(x[..., i0:i1, j0:j1])
             top, left, hh, ww = (y0 - i0) * s, (x0 - j0) * s, (y1 - y0) * s, (x1 - x0) * s
             out[..., y0 * s:y1 * s, x0 * s:x1 * s] = sr[..., top:top + hh, left:left + ww]
@@ -161,7 +169,7 @@ def upscale_tensor(model: SRModel, x: torch.Tensor, tile: int | TilePlan | None 
         plan = plan_tiles(model, tile, overlap)
         if not plan.exact:
             log.warning(plan.describe(getattr(model, "arch", type(model).__name__)))
-    if x.shape[-2] <= plan.tile and x.shape[-1] <= plan.tile:
+    if x.shape[-2] <= plan.core[0] and x.shape[-1] <= plan.core[1]:
         return model(x)
     return _tiled(model, x, plan)
 

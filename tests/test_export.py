@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -21,7 +22,8 @@ def _tiny_rlfn():
     return build("rlfn", 2, **TINY_RLFN).eval()
 
 
-@pytest.mark.parametrize(("fmt", "suffix", "tile"), [("onnx", ".onnx", None), ("torchscript", ".pt", 32)])
+@pytest.mark.parametrize(("fmt", "suffix", "tile"),
+                         [("onnx", ".onnx", None), ("torchscript", ".pt", (32, 24))])
 def test_export_matches_pytorch_and_runs_at_other_sizes(tmp_path, fmt, suffix, tile):
     model = _tiny_rlfn()
     out = tmp_path / f"rlfn{suffix}"
@@ -33,9 +35,11 @@ def test_export_matches_pytorch_and_runs_at_other_sizes(tmp_path, fmt, suffix, t
     assert saved["passed"] and saved["max_abs_diff"] == report.max_abs_diff
 
     exported = load_exported(out)
-    assert exported.scale == 2 and exported.meta.size == ((tile, tile) if tile else None)
+    assert exported.scale == 2 and exported.meta.size == tile
     x = torch.rand(1, 3, 37, 29, generator=torch.Generator().manual_seed(3))
     plan = exported.plan()
+    if tile:  # a non-square graph is fed non-square tiles: core plus context on each side is H x W
+        assert tuple(c + 2 * plan.overlap for c in plan.core) == tile
     got = upscale_tensor(exported, x, tile=plan)
     # PyTorch through the same wrapper: edge tiles of a fixed-size graph are padded to its size.
     want = upscale_tensor(ExportedModel("pytorch", exported.meta, model), x, tile=plan)
@@ -46,13 +50,13 @@ def test_export_matches_pytorch_and_runs_at_other_sizes(tmp_path, fmt, suffix, t
 def test_mamba_model_needs_a_fixed_size_and_says_so(tmp_path):
     model = build("dvmsr", 2, embed_dim=12, depths=(1,), d_state=4)
     out = tmp_path / "dvmsr.onnx"
-    with pytest.raises(ExportError, match="--tile N"):
+    with pytest.raises(ExportError, match="--tile H W"):
         export_model(model, out, ExportOptions(format="onnx"))
     assert not out.exists()
 
 
 def test_export_beyond_tolerance_writes_nothing(tmp_path):
-    out = tmp_path / "rlfn.onnx"
+    out = tmp_path / "new" / "rlfn.onnx"  # not even the missing folder is created
     with pytest.raises(ExportError, match="exceeds the tolerance"):
         export_model(_tiny_rlfn(), out, ExportOptions(format="onnx", tolerance=1e-12))
     assert not out.exists() and not report_path(out).exists() and list(tmp_path.iterdir()) == []
@@ -90,3 +94,47 @@ def test_cli_export_then_upscale_with_onnx_matches_pytorch(tmp_path):
     assert r.exit_code == 0, r.output
     a, b = read_rgb(tmp_path / "onnx.png").astype(int), read_rgb(tmp_path / "torch.png").astype(int)
     assert a.shape == (80, 104, 3) and np.abs(a - b).max() <= 1
+
+
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    from srcore.cli import app
+
+    return CliRunner().invoke(app, ["export", *args])
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--model", "nosuch"], r"unknown model 'nosuch'; available: .*rlfn"),
+    (["--weights", "{tmp}/missing.pth"], r"missing\.pth: weights file not found; check the path"),
+    (["--model", "ibmdn"], r"weights are for 'rlfn', not 'ibmdn'; pass --model rlfn"),
+    (["--scale", "4"], r"weights are for x2, not x4; pass --scale 2"),
+    (["--tile", "8", "64"], r"--tile height: .*greater than or equal to 16 \(each side 16\.\.2048"),
+    (["--tile", "64", "4096"], r"--tile width: .*less than or equal to 2048"),
+    (["--format", "tflite"], r"--format: .*'onnx' or 'torchscript'"),
+    (["--out", "{tmp}/rlfn.pth/x.onnx"], r"rlfn\.pth: exists and is not a folder; choose another"),
+    (["--no-weights"], r"export needs --weights"),
+])
+def test_cli_export_refuses_bad_input_in_one_line(tmp_path, args, expected):
+    ckpt = tmp_path / "rlfn.pth"
+    save_model(ckpt, _tiny_rlfn(), "rlfn")
+    given = {"--model": "rlfn", "--scale": "2", "--weights": str(ckpt), "--out": str(tmp_path / "rlfn.onnx")}
+    if args == ["--no-weights"]:
+        del given["--weights"]
+        args = []
+    args = [a.format(tmp=tmp_path) for a in args]
+    for key in list(given):
+        if key in args:
+            del given[key]
+    r = _cli(*[x for kv in given.items() for x in kv], *args)
+    assert r.exit_code == 2, r.output
+    text = " ".join(r.output.split())  # one message (the console wraps it at its width), no traceback
+    assert text.startswith("error:") and text.count("error:") == 1 and "Traceback" not in text, r.output
+    assert re.search(expected, text), r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rlfn.pth"]
+
+
+def test_cli_export_help_explains_formats_tile_and_fp16():
+    text = " ".join(_cli("--help").output.split())  # words only: the help box wraps phrases
+    for word in ("onnxruntime", "torchscript", "--tile", "height", "width", "--fp16", "1e-2", "parity.json"):
+        assert word in text, word

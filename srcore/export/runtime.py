@@ -2,10 +2,10 @@
 
 An exported file carries its own description (architecture, scale, fixed input size or none,
 dtype): ONNX in its ``metadata_props``, TorchScript in an extra file ``srcore.json``. A graph of
-fixed size (``size``) takes any input up to that size: smaller inputs are padded (edge pixels
-repeated) and the output cropped, and ``ExportedModel.plan()`` gives the tiling that feeds it
-(each tile plus its context is exactly the graph's size), so ``srcore.inference.upscale_tensor``
-runs it on images of any size.
+fixed size (``size``, H x W, not necessarily square) takes any input up to that size: smaller
+inputs are padded (edge pixels repeated) and the output cropped, and ``ExportedModel.plan()``
+gives the tiling that feeds it (each tile plus its context is exactly H x W), so
+``srcore.inference.upscale_tensor`` runs it on images of any size.
 """
 
 from __future__ import annotations
@@ -53,7 +53,8 @@ class ExportMeta:
 
 
 def fixed_overlap(size: int) -> int:
-    """Context per side when tiling for a fixed-size graph: 16 px as usual, less for small graphs."""
+    """Context per side when tiling for a fixed-size graph of shorter side ``size``: 16 px as usual,
+    less for small graphs (a core keeps at least half of each side)."""
     return min(16, size // 4)
 
 
@@ -88,9 +89,9 @@ class ExportedModel:
         size (``tile`` is then ignored); a dynamic one tiles like a model when ``tile`` is given."""
         if self.meta.size is None:
             return plan_tiles(self, tile, overlap) if tile else None
-        side = min(self.meta.size)
-        ov = fixed_overlap(side)
-        return TilePlan(side - 2 * ov, ov, exact=False, radius=None)
+        h, w = self.meta.size
+        ov = fixed_overlap(min(h, w))
+        return TilePlan(h - 2 * ov, ov, exact=False, radius=None, tile_w=w - 2 * ov)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -105,13 +106,16 @@ class ExportedModel:
         return y[..., :h * self.scale, :w * self.scale].float()
 
 
-def _onnx_runner(path: Path, device: str):
+def _onnx_runner(path: Path, device: str, threads: int | None):
     import onnxruntime as ort
 
     providers = ["CPUExecutionProvider"]
     if device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
-    session = ort.InferenceSession(str(path), providers=providers)
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=providers)
     name = session.get_inputs()[0].name
 
     def run(x: torch.Tensor) -> torch.Tensor:
@@ -130,14 +134,16 @@ def _read_onnx_meta(path: Path) -> ExportMeta:
     return ExportMeta.from_json(props.get(META_KEY, ""), str(path))
 
 
-def load_exported(path: str | os.PathLike, device: str = "cpu", fmt: str | None = None) -> ExportedModel:
+def load_exported(path: str | os.PathLike, device: str = "cpu", fmt: str | None = None,
+                  threads: int | None = None) -> ExportedModel:
     """Open an ``srcore export`` file for inference on ``device``; ``fmt`` ("onnx" or "torchscript")
-    defaults to what the suffix says (``.onnx`` is ONNX, anything else TorchScript)."""
+    defaults to what the suffix says (``.onnx`` is ONNX, anything else TorchScript). ``threads``
+    caps onnxruntime's intra-op threads (TorchScript follows ``torch.set_num_threads``)."""
     path = Path(path)
     if not path.is_file():
         raise SrcoreError(f"{path}: no such file; export one with `srcore export`")
     if (fmt or ("onnx" if path.suffix == ".onnx" else "torchscript")) == "onnx":
-        return ExportedModel(path, _read_onnx_meta(path), _onnx_runner(path, device))
+        return ExportedModel(path, _read_onnx_meta(path), _onnx_runner(path, device, threads))
     extra = {META_KEY: ""}
     try:
         module = torch.jit.load(str(path), map_location=device, _extra_files=extra)

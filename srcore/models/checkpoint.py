@@ -61,7 +61,7 @@ def read_checkpoint(source: str | os.PathLike | dict) -> dict:
     if is_uri(source):
         path, data = str(source), _read_object(str(source))
     elif not path.is_file():
-        raise CheckpointError(f"{path}: weights file not found")
+        raise CheckpointError(f"{path}: weights file not found; check the path, or pass models:/name@alias")
     else:
         data = path
     try:
@@ -165,10 +165,12 @@ def load_model(source: str | os.PathLike | dict, name: str | None = None, scale:
     if ckpt.get("format") == FORMAT:
         saved = preset(ckpt["model"])
         if name is not None and preset(name).arch != saved.arch:
-            raise CheckpointError(f"{label}: weights are for {ckpt['model']!r}, not {name!r}")
+            raise CheckpointError(f"{label}: weights are for {ckpt['model']!r}, not {name!r}; pass "
+                                  f"--model {ckpt['model']} or weights of a {name} model")
         cfg = saved.config_cls(**ckpt["config"])
         if scale is not None and cfg.scale != scale:
-            raise CheckpointError(f"{label}: weights are for x{cfg.scale}, not x{scale}")
+            raise CheckpointError(f"{label}: weights are for x{cfg.scale}, not x{scale}; pass "
+                                  f"--scale {cfg.scale} or weights trained at x{scale}")
         model = saved.model_cls(cfg)
         load_weights(model, ckpt, label=label)
         return model

@@ -191,7 +191,7 @@ def log_onnx(model) -> dict[str, str]:
     from srcore.export.api import FIXED_SIZE_ONLY, report_path
 
     if ("onnx", model.arch) in FIXED_SIZE_ONLY:
-        reason = f"fixed-size only ({FIXED_SIZE_ONLY['onnx', model.arch]}); use `srcore export --tile N`"
+        reason = f"fixed-size only ({FIXED_SIZE_ONLY['onnx', model.arch]}); use `srcore export --tile H W`"
         return {"onnx": "not exported", "onnx.reason": reason}
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / f"{model.arch}-x{model.scale}.onnx"
