@@ -55,6 +55,26 @@ def test_mamba_model_needs_a_fixed_size_and_says_so(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize(("fmt", "suffix"), [("onnx", ".onnx"), ("torchscript", ".pt")])
+def test_mair_exports_at_a_fixed_non_square_tile_within_tolerance(tmp_path, fmt, suffix):
+    torch.manual_seed(0)
+    model = build("mair_t", 2, embed_dim=12, depths=(1,), d_state=2, scan_len=4).eval()
+    out = tmp_path / f"mair{suffix}"
+    report = export_model(model, out, ExportOptions(format=fmt, tile=(16, 24)))
+    # the scan ran as traced ops, not the numba kernel: the exported graph reproduces PyTorch
+    assert report.passed and report.max_abs_diff <= 1e-4 and report.size == (16, 24)
+    assert {c.size for c in report.cases} == {(16, 24), (27, 41)}  # the second one is tiled
+    assert load_exported(out).meta.size == (16, 24)
+
+
+def test_mair_export_too_large_to_unroll_is_refused_before_any_work(tmp_path):
+    out = tmp_path / "sub" / "mair.onnx"
+    with pytest.raises(ExportError, match=r"mair: a 256x256 graph would unroll .* 49152 blocks .*"
+                                          r"pass a smaller tile \(at most --tile 52 52"):
+        export_model(build("mair_t", 4), out, ExportOptions(format="onnx", tile=256))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_export_beyond_tolerance_writes_nothing(tmp_path):
     out = tmp_path / "new" / "rlfn.onnx"  # not even the missing folder is created
     with pytest.raises(ExportError, match="exceeds the tolerance"):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -37,6 +38,12 @@ TOLERANCE = {"float32": 1e-4, "float16": 1e-2}
 # (no divisibility needed: the runtime pads an edge tile up to the graph's size).
 TILE_RANGE = (16, 2048)
 _Side = Annotated[int, Field(ge=TILE_RANGE[0], le=TILE_RANGE[1])]
+# The traced selective scan is the blocked closed form (``srcore.ops.selective_scan``, 32 steps a
+# block), unrolled: one copy of the block per 32 pixels of the tile, per Mamba layer. Past this
+# many copies the export takes tens of minutes on CPU and the graph grows past ~50 MB (measured:
+# MaIR-T, 768 copies at 32x32, about 200 CPU-seconds to trace and write), so it is refused.
+SCAN_BLOCK = 32
+MAX_SCAN_BLOCKS = 2048
 
 _UNROLLED_SCAN = "the selective scan unrolls over the sequence length, which fixes the input size"
 # (format, arch) -> why only a fixed input size can be exported.
@@ -86,6 +93,20 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
+def _check_unrolled_scan(model: SRModel, size: tuple[int, int]) -> None:
+    """Refuse a Mamba export whose unrolled scan would be too large to trace and run sensibly."""
+    layers = sum(1 for m in model.modules() if hasattr(m, "scan_backend"))
+    blocks = layers * math.ceil(size[0] * size[1] / SCAN_BLOCK)
+    if blocks <= MAX_SCAN_BLOCKS:
+        return
+    side = math.isqrt(MAX_SCAN_BLOCKS // layers * SCAN_BLOCK)
+    raise ExportError(f"{model.arch}: a {size[0]}x{size[1]} graph would unroll the selective scan into "
+                      f"{blocks} blocks ({layers} Mamba layers x {SCAN_BLOCK}-pixel blocks; the limit is "
+                      f"{MAX_SCAN_BLOCKS}, beyond which the export takes tens of minutes and the graph "
+                      f"hundreds of MB); pass a smaller tile (at most --tile {side} {side} for this "
+                      "model), or serve the PyTorch model (the registered pyfunc) instead; no file written")
+
+
 def export_model(model: SRModel, out: str | os.PathLike, options: ExportOptions) -> ParityReport:
     """Export ``model`` to ``out``, verify it, write ``out`` and ``<out>.parity.json``; return the report.
 
@@ -101,6 +122,8 @@ def export_model(model: SRModel, out: str | os.PathLike, options: ExportOptions)
     if size is not None and min(size) < model.min_input_size:
         raise ExportError(f"{arch}: --tile {size[0]} {size[1]} is below the model's minimum input of "
                           f"{model.min_input_size} px a side; pass a larger tile")
+    if size is not None:
+        _check_unrolled_scan(model, size)
     out = check_output_file(out)
     report = ParityReport(fmt, arch, model.scale, options.dtype, size,
                           options.tolerance or TOLERANCE[options.dtype])
@@ -135,7 +158,7 @@ def _export_checked(model: SRModel, tmp: Path, options: ExportOptions, report: P
     except SrcoreError:
         raise
     except Exception as exc:
-        raise ExportError(f"{arch} to {fmt}: the exported graph fails to run "
+        raise ExportError(f"{arch} to {fmt}: the parity check fails to run "
                           f"({_first_line(exc)}); no file written") from exc
     if not report.passed:
         worst = max(report.cases, key=lambda c: c.max_abs_diff)

@@ -76,7 +76,10 @@ def check_parity(reference: Callable[[torch.Tensor], torch.Tensor], exported, re
                  images: list[tuple[str, torch.Tensor]], plan: TilePlan | None) -> ParityReport:
     """Fill ``report.cases`` with max |exported - reference| per image; both are tiled by ``plan``."""
     for label, x in images:
-        ref = upscale_tensor(reference, x, tile=plan).float()
+        try:
+            ref = upscale_tensor(reference, x, tile=plan).float()
+        except Exception as exc:  # say which side failed: the model itself, not its export
+            raise RuntimeError(f"the PyTorch model itself fails ({type(exc).__name__}: {exc})") from exc
         got = upscale_tensor(exported, x, tile=plan).float()
         if got.shape != ref.shape:
             diff = float("inf")
