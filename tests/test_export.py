@@ -116,6 +116,33 @@ def test_cli_export_then_upscale_with_onnx_matches_pytorch(tmp_path):
     assert a.shape == (80, 104, 3) and np.abs(a - b).max() <= 1
 
 
+def test_cli_fixed_non_square_graph_is_fed_tiles_of_its_own_size(tmp_path):
+    from typer.testing import CliRunner
+
+    from srcore.cli import app
+    from srcore.data.image_io import read_rgb, write_png
+    from srcore.inference import to_tensor, to_uint8
+
+    model = _tiny_rlfn()
+    save_model(tmp_path / "rlfn.pth", model, "rlfn")
+    lr = np.random.default_rng(1).integers(0, 256, (40, 52, 3), dtype=np.uint8)
+    write_png(tmp_path / "lr.png", lr)
+    onnx_file = tmp_path / "new" / "rlfn.onnx"  # the missing folder is created
+    r = _cli("--model", "rlfn", "--scale", "2", "--weights", str(tmp_path / "rlfn.pth"), "--out",
+             str(onnx_file), "--tile", "24", "36")
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["upscale", str(tmp_path / "lr.png"), str(tmp_path / "sr.png"), "--onnx",
+                                 str(onnx_file), "--scale", "2", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    exported = load_exported(onnx_file)
+    plan = exported.plan()
+    assert exported.meta.size == (24, 36) and plan.core == (12, 24)  # 6 px of context each side
+    # PyTorch fed the same 24x36 tiles gives the same pixels
+    want = to_uint8(upscale_tensor(ExportedModel("pytorch", exported.meta, model), to_tensor(lr), tile=plan))
+    got = read_rgb(tmp_path / "sr.png").astype(int)
+    assert got.shape == (80, 104, 3) and np.abs(got - want.astype(int)).max() <= 1
+
+
 def _cli(*args: str):
     from typer.testing import CliRunner
 
