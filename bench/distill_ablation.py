@@ -92,7 +92,6 @@ VARIANTS: dict[str, list[Variant]] = {
         Variant("depth-rlfn", "multi-depth KD", "rlfn", {"w_depth": 1.0}),
         Variant("out-tiny", "output KD, tiny teacher", "tiny", {"w_out": 1.0}),
         Variant("out-dvmsr", "output KD, DVMSR teacher", "dvmsr", {"w_out": 1.0}),
-        Variant("feat-dvmsr", "feature KD, DVMSR teacher (the DVMSR paper's)", "dvmsr", {"w_feat": 1.0}),
     ],
     "ibmdn": [
         Variant("none", "no distillation"),
@@ -108,20 +107,20 @@ NO_DISTILL = {"w_out": 0.0, "w_feat": 0.0, "w_depth": 0.0}
 def recipe(args: argparse.Namespace) -> dict[str, Any]:
     """The training recipe every run shares (the tiny profile's, at the study's length)."""
     return {"steps": args.steps, "lr": 2.0e-3, "milestones": [0.7, 0.9], "ema_decay": 0.98,
-            "val_dataset": "sample-val", "amp": False, "ray": {"cpus_per_worker": args.threads},
-            "patch_size": args.patch, "batch_size": args.batch}
+            "val_dataset": "sample-val", "amp": False, "patch_size": args.patch, "batch_size": args.batch}
 
 
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _config(stage: str, train: dict[str, Any], rec: dict[str, Any], shards: Path, seed: int) -> dict:
+def _config(stage: str, train: dict[str, Any], rec: dict[str, Any], shards: Path, seed: int,
+            threads: int) -> dict:
     loader = LoaderParams(patch_size=rec["patch_size"], batch_size=rec["batch_size"], seed=seed,
                           shuffle_buffer=64).model_dump(mode="json")
     cls = DistillParams if stage == "distill" else TrainParams
     train = cls(**{k: v for k, v in rec.items() if k not in ("patch_size", "batch_size")}, **train,
-                scale=SCALE, seed=seed).model_dump(mode="json")
+                scale=SCALE, seed=seed, ray={"cpus_per_worker": threads}).model_dump(mode="json")
     return {"stage": stage, "train": train, "loader": loader, "shards": str(shards), "cwd": str(ROOT),
             "run_dir": str(shards.parent), "faults": {}}
 
@@ -169,10 +168,22 @@ class Study:
                 log.warning("%s holds another recipe; starting a new study", path)
 
     def save(self) -> None:
-        atomic_write_text(self.path, json.dumps(self.data, indent=1) + "\n")
+        """Write, merging what other study processes (e.g. one per student) wrote meanwhile."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.path.is_file():
+                disk = json.loads(self.path.read_text())
+                if disk.get("recipe") == self.recipe:
+                    for part in ("runs", "teachers"):
+                        for key, value in disk[part].items():
+                            self.data[part].setdefault(key, value)
+            atomic_write_text(self.path, json.dumps(self.data, indent=1) + "\n")
 
 
-def train_tiny_teacher(work: Path, shards: Path, rec: dict[str, Any], study: Study) -> None:
+def train_tiny_teacher(work: Path, shards: Path, rec: dict[str, Any], study: Study, threads: int) -> None:
     """The demo's kind of teacher: DVMSR trained from scratch here, with the same recipe and steps."""
     from srcore.models import save_model
 
@@ -180,7 +191,7 @@ def train_tiny_teacher(work: Path, shards: Path, rec: dict[str, Any], study: Stu
     if path.is_file() and "tiny" in study.data["teachers"]:
         return
     model, seconds = _train(_config("teacher", {"model": "dvmsr", "model_overrides": {
-        "embed_dim": 32, "depths": [2, 2]}}, rec, shards, seed=0))
+        "embed_dim": 32, "depths": [2, 2]}}, rec, shards, seed=0, threads=threads))
     save_model(path, model, "dvmsr")
     params = sum(p.numel() for p in model.parameters())
     study.data["teachers"]["tiny"] = {"train_s": seconds, "params": params}
@@ -210,7 +221,7 @@ def run_all(args: argparse.Namespace) -> Study:
     plan = [(s, v, seed) for seed in args.seeds for s in args.students for v in VARIANTS[s]
             if not args.variants or v.key in args.variants]
     if any(v.teacher == "tiny" for _, v, _ in plan):
-        train_tiny_teacher(work, shards, rec, study)
+        train_tiny_teacher(work, shards, rec, study, args.threads)
     score_teachers({k: t for k, t in all_teachers.items()
                     if any(v.teacher == k for _, v, _ in plan)}, study)
     for i, (student, variant, seed) in enumerate(plan, 1):
@@ -219,15 +230,15 @@ def run_all(args: argparse.Namespace) -> Study:
             continue
         base = {"name": key.replace("/", "-"), **STUDENTS[student]}
         if variant.teacher is None:
-            config = _config("teacher", base, rec, shards, seed)
+            config = _config("teacher", base, rec, shards, seed, args.threads)
         else:
             t = all_teachers[variant.teacher]
             config = _config("distill", {**base, **NO_DISTILL, **variant.weights, "teacher": t.spec,
-                                         "teacher_model": t.preset}, rec, shards, seed)
+                                         "teacher_model": t.preset}, rec, shards, seed, args.threads)
         model, seconds = _train(config)
         scores = _score(model)
         study.data["runs"][key] = {"student": student, "variant": variant.key, "seed": seed,
-                                   "train_s": seconds, "psnr_y": scores}
+                                   "train_s": seconds, "threads": args.threads, "psnr_y": scores}
         study.save()
         log.info("[%d/%d] %s: %s in %.0f s", i, len(plan), key,
                  ", ".join(f"{d} {v:.3f}" for d, v in scores.items()), seconds)
@@ -299,20 +310,24 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     buf.unlink()
 
 
-def write_report(data: dict[str, Any], command: str) -> None:
+def write_report(data: dict[str, Any]) -> None:
     rows = summarise(data)
     if not rows:
         raise SystemExit(f"no finished runs in {RESULT_FILE}; run the study first")
     _plot(rows, PLOT)
     rec = data["recipe"]
+    seeds = sorted({r["seed"] for r in data["runs"].values()})
+    command = (f"python bench/distill_ablation.py --steps {rec['steps']} --batch {rec['batch_size']} "
+               f"--patch {rec['patch_size']} --seeds {' '.join(map(str, seeds))}")
     lines = ["# Distillation study", "",
              "Generated by `bench/distill_ablation.py` from `bench/results/distill_ablation.json`; "
              "do not edit.",
-             "", f"Command: `{command}`", "",
+             "", f"Command: `{command}` (resumable; one process per `--students` entry may run side by "
+             "side, they share the results file).", "",
              f"Every run: {rec['steps']} steps, batch {rec['batch_size']} of {rec['patch_size']}x"
              f"{rec['patch_size']} LR patches from the embedded sample set (x4), Adam lr {rec['lr']} "
-             f"halved at {rec['milestones']}, EMA {rec['ema_decay']}, {rec['ray']['cpus_per_worker']} "
-             "CPU threads. Scores: PSNR-Y on Set5 and Set14 x4 (border 4) of the EMA weights. "
+             f"halved at {rec['milestones']}, EMA {rec['ema_decay']}. "
+             "Scores: PSNR-Y on Set5 and Set14 x4 (border 4) of the EMA weights. "
              "Seeds change the initialisation and the patch stream; a distilled run and the plain run of "
              "the same seed see the same patches, so gains are paired by seed.", "",
              "## Teachers", "", "| teacher | params | Set5 | Set14 |", "|---|---:|---:|---:|"]
@@ -356,10 +371,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=None,
                         help="Only these variant keys (e.g. none out-rlfn).")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--patch", type=int, default=24, help="LR patch side.")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads per run (1 keeps a shared machine from stalling the runs).")
     parser.add_argument("--work", default=str(RESULTS / "distill-work"), help="Patches and the tiny teacher.")
     parser.add_argument("--results", default=str(RESULT_FILE))
     parser.add_argument("--report-only", action="store_true", help="Only regenerate docs/distillation.md.")
@@ -368,10 +384,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("Set5", "Set14"):
         if not (SHARED / "data" / "benchmarks" / name).is_dir():
             raise SystemExit(f"{SHARED / 'data' / 'benchmarks' / name} not found: the study needs ../shared")
-    command = "python bench/distill_ablation.py " + " ".join(argv if argv is not None else sys.argv[1:])
     if not args.report_only:
         run_all(args)
-    write_report(json.loads(Path(args.results).read_text()), command.strip())
+    write_report(json.loads(Path(args.results).read_text()))
     print(f"wrote {DOC.relative_to(ROOT)} and {PLOT.relative_to(ROOT)}")
     return 0
 
