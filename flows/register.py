@@ -4,8 +4,10 @@
 it a new run is opened. The same model file under the same policy is registered once.
 
 A tracking server that dies mid-way fails the attempt within seconds (MLflow's HTTP retries are
-bounded in ``log_and_register``); the task then retries 3 times, 5/15/45 s apart. A retry completes
-the version an earlier attempt created (found by the model file's digest), never adds another."""
+bounded in ``log_and_register``); the task then retries 4 times, 10/30/60/120 s apart, so a
+restarted server has almost 4 minutes to come back (on a busy host MLflow's start alone can take
+over a minute). A retry completes the version an earlier attempt created (found by the model
+file's digest), never adds another."""
 
 from __future__ import annotations
 
@@ -27,8 +29,8 @@ def _register_key(_ctx, args: dict[str, Any]) -> str:
     return "register-" + digest(tracking_uri(), args["stage"], file_digest(args["model_path"]), *policy)
 
 
-@task(name="mlflow-log-register", retries=3, retry_delay_seconds=[5, 15, 45], cache_key_fn=_register_key,
-      persist_result=True)
+@task(name="mlflow-log-register", retries=4, retry_delay_seconds=[10, 30, 60, 120],
+      cache_key_fn=_register_key, persist_result=True)
 def register_task(params_file: str, profile: str | None, overrides: dict | None, stage: str, model_path: str,
                   metrics: dict[str, float], teacher_path: str | None, gate_metric: str, margin: float,
                   max_params: int | None, max_latency_ms: float | None,

@@ -24,6 +24,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 # Patch preparation reduced to what the tiny models train on (one scale, few large crops).
 PREPARE = {"scales": [4], "crop_size": 96, "step": 96, "workers": 1}
+KEEP_ENV = "SRCORE_KEEP_TEST_STACK"  # set to keep the stack's folder after the tests
 GIT = ["git", "-c", "user.name=srcore-tests", "-c", "user.email=tests@srcore.invalid"]
 
 
@@ -91,4 +92,7 @@ def stack():
         yield cfg, report
     finally:
         down(cfg)
-        shutil.rmtree(root, ignore_errors=True)
+        if os.environ.get(KEEP_ENV):  # logs of every service (Ray's under s/ray) for a post-mortem
+            print(f"stack folder kept: {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)

@@ -192,9 +192,12 @@ def _tree_bytes(folder: Path) -> dict[str, bytes]:
 def test_retrain_deployment_end_to_end_on_the_stack(stack, tmp_path):
     from mlflow.tracking import MlflowClient
 
+    from srcore.stack.services import RayCluster
+
     cfg, _ = stack
     env = _env(cfg)
     project = cfg.project_dir
+    assert RayCluster(cfg).nodes_alive() == 2, f"the stack's Ray lost a node; see {cfg.root}/ray"
     argv = [str(BIN / "prefect"), "--no-prompt", "deployment", "run", "retrain/tiny",
             "--param", "overrides=" + json.dumps(E2E_OVERRIDES), "--param", f"address={cfg.ray_address}",
             "--watch", "--watch-timeout", "1500"]
@@ -308,6 +311,8 @@ def test_registration_survives_the_mlflow_server_dying_in_its_middle(stack, tmp_
             p.kill()
         server.stop()  # reaps them and clears the PID file
         assert not server.healthy()
+        server.check_ports()
+        server.start()  # booting takes far longer than the paused attempt needs to hit the dead port
         (pause / "resume").touch()
 
         def retrying() -> bool:
@@ -316,8 +321,6 @@ def test_registration_survives_the_mlflow_server_dying_in_its_middle(stack, tmp_
             return bool(runs) and runs[0]["state"]["name"] in ("AwaitingRetry", "Retrying")
 
         _wait_for(retrying, "the register task to fail and await its retry", 180)
-        server.check_ports()
-        server.start()
         server.ready()
         out, err = proc.communicate(timeout=600)
     finally:
