@@ -2,11 +2,14 @@
 
 Per row r = b * D + d (batch b, channel d, group g = d // (D / G)) and step t::
 
+    delta_t = softplus(raw_t + bias_d)                             (bias, softplus optional)
     h_t = exp(delta_t * A_d) * h_{t-1} + delta_t * u_t * B_t      (N-wide)
-    y_t = <C_t, h_t>
+    y_t = (<C_t, h_t> + D_d * u_t) * silu(z_t)                     (D, z optional)
 
-One pass reads u, delta (R, L) and B, C (Bt, G, L, N) once and computes the decay and input
-terms inline, so no (rows, L, N) tensor is ever formed. The state lives in a small float64
+One pass reads u, delta, z (R, L) and B, C (Bt, G, L, N) once and computes the step size, the
+decay and input terms and the skip and gate inline, so neither a (rows, L, N) tensor nor an
+element-wise (rows, L) temporary is ever formed. Absent options are passed as empty arrays with
+their flag off (one compiled kernel serves every combination). The state lives in a small float64
 array per row (exact to the output dtype's rounding over long sequences); the exponential is
 ``fast_exp`` so the loop over the N states vectorises.
 
@@ -14,7 +17,8 @@ Work is split into one static block of rows per thread (``prange`` over the bloc
 chunk by chunk along L, so the B and C chunk a thread reads stays in cache for all its rows.
 The forward stores the state at each chunk start (n_chunks, R, N); the backward walks the chunks
 in reverse, recomputes the states of one chunk per row into a local buffer, and forms every
-gradient in that same pass. Memory beyond the inputs and outputs: O(R * N * L / chunk).
+gradient in that same pass, those of D, z and delta_bias included. Memory beyond the inputs and
+outputs: O(R * N * L / chunk).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from srcore.kernels.act_cpu import fast_sigmoid, fast_softplus
 from srcore.kernels.exp_cpu import fast_exp
 
 __all__ = ["scan_forward", "scan_backward"]
@@ -42,17 +47,46 @@ def _row_coords(r: int, dim: int, per_group: int) -> tuple[int, int, int]:  # pr
     return r // dim, r % dim, (r % dim) // per_group
 
 
+@nb.njit(inline="always")
+def _chunk_prologue(delta: np.ndarray, bias: np.ndarray, z: np.ndarray, r: int, di: int, s: int, e: int,
+                    has_bias: bool, softplus: bool, has_z: bool, dts: np.ndarray, slope: np.ndarray,
+                    sig: np.ndarray) -> None:  # pragma: no cover - compiled
+    """Per-step terms of steps s..e-1 of row r, each a loop of its own so that it vectorises:
+    delta after the bias and softplus into dts (delta's dtype), d delta / d raw into slope, and
+    sigmoid(z) into sig (when has_z)."""
+    n = e - s
+    for k in range(n):
+        dts[k] = delta[r, s + k]
+    if has_bias:
+        shift = bias[di]
+        for k in range(n):
+            dts[k] = dts[k] + shift
+    if softplus:
+        for k in range(n):
+            value, grad = fast_softplus(dts[k])
+            dts[k] = value
+            slope[k] = grad
+    else:
+        for k in range(n):
+            slope[k] = 1.0
+    if has_z:
+        for k in range(n):
+            sig[k] = fast_sigmoid(z[r, s + k])
+
+
 @nb.njit(parallel=True, cache=True, fastmath=_FLAGS)
-def scan_forward(u: np.ndarray, delta: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray, chunk: int,
-                 n_parts: int, y: np.ndarray, last: np.ndarray,
+def scan_forward(u: np.ndarray, delta: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray,
+                 dskip: np.ndarray, z: np.ndarray, bias: np.ndarray, has_d: bool, has_z: bool, has_bias: bool,
+                 softplus: bool, chunk: int, n_parts: int, y: np.ndarray, last: np.ndarray,
                  starts: np.ndarray) -> None:  # pragma: no cover - compiled
     """Forward over the whole sequence.
 
-    u, delta: (R, L); a: (D, N); b, c: (Bt, G, L, N); chunk: steps per chunk; n_parts: blocks of
-    rows run in parallel (the thread count; read by the caller, as reading it here would keep
-    numba from caching the kernel). Outputs, written
-    in place: y (R, L); last (R, N) float64, must hold zeros on entry (the initial state) and holds
-    h_L on exit; starts (n_chunks, R, N) float64, the state before each chunk.
+    u, delta, z: (R, L); a: (D, N); b, c: (Bt, G, L, N); dskip, bias: (D,); the flags say which of
+    dskip, z, bias apply (empty arrays stand in for the others) and whether delta goes through
+    softplus. chunk: steps per chunk; n_parts: blocks of rows run in parallel (the thread count;
+    read by the caller, as reading it here would keep numba from caching the kernel). Outputs,
+    written in place: y (R, L); last (R, N) float64, must hold zeros on entry (the initial state)
+    and holds h_L on exit; starts (n_chunks, R, N) float64, the state before each chunk.
     """
     rows, length = u.shape
     dim, n_state = a.shape
@@ -61,6 +95,9 @@ def scan_forward(u: np.ndarray, delta: np.ndarray, a: np.ndarray, b: np.ndarray,
     for part in nb.prange(n_parts):
         r0, r1 = _row_block(part, n_parts, rows)
         h = np.empty(n_state, dtype=np.float64)
+        dts = np.empty(chunk, dtype=delta.dtype)
+        slope = np.empty(chunk, dtype=delta.dtype)
+        sig = np.empty(chunk, dtype=delta.dtype)
         for ci in range(n_chunks):
             s = ci * chunk
             e = min(s + chunk, length)
@@ -69,29 +106,38 @@ def scan_forward(u: np.ndarray, delta: np.ndarray, a: np.ndarray, b: np.ndarray,
                 for n in range(n_state):
                     h[n] = last[r, n]
                     starts[ci, r, n] = h[n]
+                _chunk_prologue(delta, bias, z, r, di, s, e, has_bias, softplus, has_z, dts, slope, sig)
                 for t in range(s, e):
-                    dt = delta[r, t]
-                    du = dt * u[r, t]
+                    dt = dts[t - s]
+                    ut = u[r, t]
+                    du = dt * ut
                     acc = 0.0
                     for n in range(n_state):
                         hn = fast_exp(dt * a[di, n]) * h[n] + du * b[bi, gi, t, n]
                         h[n] = hn
                         acc += hn * c[bi, gi, t, n]
+                    if has_d:
+                        acc += dskip[di] * ut
+                    if has_z:
+                        acc *= z[r, t] * sig[t - s]
                     y[r, t] = acc
                 for n in range(n_state):
                     last[r, n] = h[n]
 
 
 @nb.njit(parallel=True, cache=True, fastmath=_FLAGS)
-def scan_backward(u: np.ndarray, delta: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray, chunk: int,
-                  starts: np.ndarray, dy: np.ndarray, carry: np.ndarray, d_u: np.ndarray, d_delta: np.ndarray,
-                  d_a_rows: np.ndarray, d_b_parts: np.ndarray,
-                  d_c_parts: np.ndarray) -> None:  # pragma: no cover - compiled
+def scan_backward(u: np.ndarray, delta: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray,
+                  dskip: np.ndarray, z: np.ndarray, bias: np.ndarray, has_d: bool, has_z: bool,
+                  has_bias: bool, softplus: bool, chunk: int, starts: np.ndarray, dy: np.ndarray,
+                  carry: np.ndarray, d_u: np.ndarray, d_delta: np.ndarray, d_z: np.ndarray,
+                  d_a_rows: np.ndarray, d_skip_rows: np.ndarray, d_bias_rows: np.ndarray,
+                  d_b_parts: np.ndarray, d_c_parts: np.ndarray) -> None:  # pragma: no cover - compiled
     """Backward of ``scan_forward`` with every gradient formed in one reverse pass.
 
     Inputs as in the forward, plus starts (from the forward), dy (R, L) and carry (R, N) float64
-    holding dL/dh_L on entry (overwritten). Outputs, written in place: d_u, d_delta (R, L);
-    d_a_rows (R, N) float64, zero on entry, summed over the batch by the caller; d_b_parts,
+    holding dL/dh_L on entry (overwritten). Outputs, written in place: d_u, d_delta (R, L), the
+    gradient of the raw delta; d_z (R, L) when has_z; d_a_rows (R, N), d_skip_rows and
+    d_bias_rows (R,), float64, zero on entry, summed over the batch by the caller; d_b_parts,
     d_c_parts (n_parts, Bt, G, L, N) float64, zero on entry, one slab per thread block (rows of a
     group may sit in different blocks) that the caller sums over the first axis.
     """
@@ -106,6 +152,11 @@ def scan_backward(u: np.ndarray, delta: np.ndarray, a: np.ndarray, b: np.ndarray
         decay = np.empty((chunk, n_state), dtype=a.dtype)
         g = np.empty(n_state, dtype=np.float64)
         d_a_acc = np.empty(n_state, dtype=np.float64)
+        dts = np.empty(chunk, dtype=delta.dtype)
+        slope = np.empty(chunk, dtype=delta.dtype)
+        sig = np.empty(chunk, dtype=delta.dtype)
+        dy_in = np.empty(chunk, dtype=dy.dtype)  # dL/d(pre-gate output)
+        y_pre = np.empty(chunk, dtype=np.float64)  # <C_t, h_t>, for the gate's gradient
         for ci in range(n_chunks - 1, -1, -1):
             s = ci * chunk
             e = min(s + chunk, length)
@@ -115,23 +166,32 @@ def scan_backward(u: np.ndarray, delta: np.ndarray, a: np.ndarray, b: np.ndarray
                     hs[0, n] = starts[ci, r, n]
                     g[n] = carry[r, n]
                     d_a_acc[n] = 0.0
+                _chunk_prologue(delta, bias, z, r, di, s, e, has_bias, softplus, has_z, dts, slope, sig)
                 for t in range(s, e):
                     k = t - s
-                    dt = delta[r, t]
+                    dt = dts[k]
                     du = dt * u[r, t]
                     for n in range(n_state):
                         da = fast_exp(dt * a[di, n])
                         decay[k, n] = da
                         hs[k + 1, n] = da * hs[k, n] + du * b[bi, gi, t, n]
+                if has_z:
+                    for k in range(e - s):
+                        dy_in[k] = dy[r, s + k] * z[r, s + k] * sig[k]
+                else:
+                    for k in range(e - s):
+                        dy_in[k] = dy[r, s + k]
                 for t in range(e - 1, s - 1, -1):
                     k = t - s
-                    dyt = dy[r, t]
-                    dt = delta[r, t]
+                    dyt = dy_in[k]
+                    dt = dts[k]
                     ut = u[r, t]
                     acc_log = 0.0
                     acc_b = 0.0
+                    acc_y = 0.0
                     for n in range(n_state):
                         gt = dyt * c[bi, gi, t, n] + g[n]  # dL/dh_t
+                        acc_y += hs[k + 1, n] * c[bi, gi, t, n]
                         d_c_parts[part, bi, gi, t, n] += dyt * hs[k + 1, n]
                         dlog = gt * hs[k, n] * decay[k, n]  # d/d(delta A) of exp(delta A) h_{t-1}
                         acc_log += dlog * a[di, n]
@@ -139,8 +199,32 @@ def scan_backward(u: np.ndarray, delta: np.ndarray, a: np.ndarray, b: np.ndarray
                         acc_b += gt * b[bi, gi, t, n]
                         d_b_parts[part, bi, gi, t, n] += gt * dt * ut
                         g[n] = decay[k, n] * gt
-                    d_delta[r, t] = acc_log + acc_b * ut
+                    y_pre[k] = acc_y
+                    d_delta[r, t] = acc_log + acc_b * ut  # w.r.t. delta after softplus, for now
                     d_u[r, t] = acc_b * dt
+                # Per-step terms of the chunk, each loop vectorised: the skip, the softplus slope and
+                # the gate's gradient.
+                skip = dskip[di] if has_d else 0.0
+                d_skip_acc = 0.0
+                d_bias_acc = 0.0
+                if has_d:
+                    for k in range(e - s):
+                        d_skip_acc += dy_in[k] * u[r, s + k]
+                        d_u[r, s + k] = d_u[r, s + k] + dy_in[k] * skip
+                if softplus:
+                    for k in range(e - s):
+                        d_delta[r, s + k] = d_delta[r, s + k] * slope[k]
+                if has_bias:
+                    for k in range(e - s):
+                        d_bias_acc += d_delta[r, s + k]
+                if has_z:
+                    for k in range(e - s):
+                        t = s + k
+                        zt, sg = z[r, t], sig[k]
+                        pre = y_pre[k] + skip * u[r, t]
+                        d_z[r, t] = dy[r, t] * pre * sg * (1.0 + zt * (1.0 - sg))
                 for n in range(n_state):
                     carry[r, n] = g[n]
                     d_a_rows[r, n] += d_a_acc[n]
+                d_skip_rows[r] += d_skip_acc
+                d_bias_rows[r] += d_bias_acc

@@ -11,7 +11,8 @@ Shapes: u, delta, z (B, D, L); A (D, N); B, C (B, N, L) or (B, G, N, L); D, delt
 Back-ends:
 - ``reference``: a plain sequential loop in torch; the truth the tests compare against.
 - ``cpu``: one fused numba pass forward and one backward (the default on CPU; see
-  ``srcore.kernels.scan_cpu``); no (B, D, L, N) tensor, state accumulated in float64.
+  ``srcore.kernels.scan_cpu``); no (B, D, L, N) tensor, state accumulated in float64. Without
+  gradients bias, softplus, D and the z gate run inside the kernel too (see ``_scan_cpu``).
 - ``torch``: a blocked closed form in pure torch (any device; the last resort on CUDA).
 - ``triton``: srcore's fused Triton kernels (``srcore.kernels.triton``; the default on CUDA when
   Triton imports; on CPU only under ``TRITON_INTERPRET=1``, for tests).
@@ -158,9 +159,17 @@ def _steps_last(x: torch.Tensor) -> np.ndarray:
     return x.transpose(-1, -2).contiguous().numpy()
 
 
+def _optional(x: torch.Tensor | None, like: torch.Tensor, ndim: int) -> np.ndarray:
+    """An optional input as the kernel takes it: its array, or an empty one with its flag off."""
+    if x is None:
+        return np.empty((0,) * ndim, dtype=like.numpy().dtype)
+    return (x.contiguous().view(-1, x.shape[-1]) if ndim == 2 else x.contiguous()).numpy()
+
+
 @torch.library.custom_op("srcore::selective_scan_cpu", mutates_args=())
-def _scan_cpu_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
-                 C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _scan_cpu_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                 D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
+                 delta_softplus: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     import numba
 
     from srcore.kernels.scan_cpu import scan_forward
@@ -172,12 +181,14 @@ def _scan_cpu_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch
     starts = torch.empty(_n_chunks(length), bsz * dim, state, dtype=torch.float64)
     n_parts = min(numba.get_num_threads(), bsz * dim)
     scan_forward(_as_rows(u), _as_rows(delta), A.contiguous().numpy(), _steps_last(B), _steps_last(C),
-                 _CHUNK_STEPS, n_parts, y.view(-1, length).numpy(), last.numpy(), starts.numpy())
+                 _optional(D, u, 1), _optional(z, u, 2), _optional(delta_bias, u, 1), D is not None,
+                 z is not None, delta_bias is not None, delta_softplus, _CHUNK_STEPS, n_parts,
+                 y.view(-1, length).numpy(), last.numpy(), starts.numpy())
     return y, last.to(u.dtype).view(bsz, dim, state), starts
 
 
 @_scan_cpu_op.register_fake
-def _(u, delta, A, B, C):
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
     bsz, dim, length = u.shape
     state = A.shape[1]
     return (u.new_empty(bsz, dim, length), u.new_empty(bsz, dim, state),
@@ -185,8 +196,9 @@ def _(u, delta, A, B, C):
 
 
 def _scan_cpu_setup(ctx, inputs, output):
-    u, delta, A, B, C = inputs
-    ctx.save_for_backward(u, delta, A, B, C, output[2])
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus = inputs
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[2])
+    ctx.delta_softplus = delta_softplus
     ctx.mark_non_differentiable(output[2])
 
 
@@ -195,7 +207,7 @@ def _scan_cpu_backward(ctx, dy, dlast, _dstarts):
 
     from srcore.kernels.scan_cpu import scan_backward
 
-    u, delta, A, B, C, starts = ctx.saved_tensors
+    u, delta, A, B, C, D, z, delta_bias, starts = ctx.saved_tensors
     bsz, dim, length = u.shape
     groups, state = B.shape[1], A.shape[1]
     rows = bsz * dim
@@ -203,17 +215,25 @@ def _scan_cpu_backward(ctx, dy, dlast, _dstarts):
     carry = (torch.zeros(rows, state, dtype=torch.float64) if dlast is None
              else dlast.reshape(rows, state).to(torch.float64, copy=True))
     d_u, d_delta = torch.empty_like(u), torch.empty_like(u)
+    d_z = torch.empty_like(u) if z is not None else None
     d_a_rows = torch.zeros(rows, state, dtype=torch.float64)
+    d_skip_rows = torch.zeros(rows, dtype=torch.float64)
+    d_bias_rows = torch.zeros(rows, dtype=torch.float64)
     n_parts = min(numba.get_num_threads(), rows)
     d_b_parts = torch.zeros(n_parts, bsz, groups, length, state, dtype=torch.float64)
     d_c_parts = torch.zeros_like(d_b_parts)
     scan_backward(_as_rows(u), _as_rows(delta), A.contiguous().numpy(), _steps_last(B), _steps_last(C),
-                  _CHUNK_STEPS, starts.numpy(), _as_rows(dy), carry.numpy(), d_u.view(rows, length).numpy(),
-                  d_delta.view(rows, length).numpy(), d_a_rows.numpy(), d_b_parts.numpy(), d_c_parts.numpy())
+                  _optional(D, u, 1), _optional(z, u, 2), _optional(delta_bias, u, 1), D is not None,
+                  z is not None, delta_bias is not None, ctx.delta_softplus, _CHUNK_STEPS, starts.numpy(),
+                  _as_rows(dy), carry.numpy(), d_u.view(rows, length).numpy(),
+                  d_delta.view(rows, length).numpy(), _optional(d_z, u, 2), d_a_rows.numpy(),
+                  d_skip_rows.numpy(), d_bias_rows.numpy(), d_b_parts.numpy(), d_c_parts.numpy())
     d_a = d_a_rows.view(bsz, dim, state).sum(0).to(A.dtype)
     d_b = d_b_parts.sum(0).transpose(-1, -2).to(B.dtype)
     d_c = d_c_parts.sum(0).transpose(-1, -2).to(C.dtype)
-    return d_u, d_delta, d_a, d_b.contiguous(), d_c.contiguous()
+    d_skip = None if D is None else d_skip_rows.view(bsz, dim).sum(0).to(D.dtype)
+    d_bias = None if delta_bias is None else d_bias_rows.view(bsz, dim).sum(0).to(delta_bias.dtype)
+    return d_u, d_delta, d_a, d_b.contiguous(), d_c.contiguous(), d_skip, d_z, d_bias, None
 
 
 _scan_cpu_op.register_autograd(_scan_cpu_backward, setup_context=_scan_cpu_setup)
@@ -221,9 +241,21 @@ _scan_cpu_op.register_autograd(_scan_cpu_backward, setup_context=_scan_cpu_setup
 SCAN_OP = torch.ops.srcore.selective_scan_cpu.default
 
 
-def _scan_cpu(u, delta, A, B, C):
-    y, last, _ = _scan_cpu_op(u.contiguous(), delta.contiguous(), A.contiguous(), B.contiguous(),
-                              C.contiguous())
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """The numba pass as one custom op; given D, z, delta_bias or softplus it applies them itself.
+
+    ``selective_scan`` passes them in when no gradient is needed (inference: no (B, D, L)
+    temporaries, the forward a little faster). Calls that need gradients keep them as torch
+    element-wise ops around the core kernel: with them inside, the kernel's backward measured
+    10-30% slower on a 2-core CPU than the core backward plus torch's vectorised element-wise
+    backward (docs/kernels.md). The fused backward stays correct and tested for direct calls.
+    """
+    y, last, _ = _scan_cpu_op(*(None if x is None else x.contiguous() for x in (u, delta, A, B, C, D, z,
+                                                                              delta_bias)), delta_softplus)
     return y, last
 
 
@@ -321,6 +353,12 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     dtype_in = u.dtype
     compute = torch.float64 if dtype_in == torch.float64 else torch.float32
     u_c, delta_c = u.to(compute), delta.to(compute)
+    if name == "cpu" and not _needs_grad(u, delta, A, B, C, D, z, delta_bias):
+        extras = (None if x is None else x.to(compute) for x in (D, z, delta_bias))
+        y, last = _scan_cpu(u_c, delta_c, A.to(compute), Bg.to(compute), Cg.to(compute), *extras,
+                            delta_softplus)
+        y = y.to(dtype_in)
+        return (y, last) if return_last_state else y
     if delta_bias is not None:
         delta_c = delta_c + delta_bias.to(compute)[:, None]
     if delta_softplus:
