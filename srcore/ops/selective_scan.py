@@ -251,7 +251,7 @@ def _scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus
     ``selective_scan`` passes them in when no gradient is needed (inference: no (B, D, L)
     temporaries, the forward a little faster). Calls that need gradients keep them as torch
     element-wise ops around the core kernel: with them inside, the kernel's backward measured
-    10-30% slower on a 2-core CPU than the core backward plus torch's vectorised element-wise
+    10-40% slower on a 2-core CPU than the core backward plus torch's vectorised element-wise
     backward (docs/kernels.md). The fused backward stays correct and tested for direct calls.
     """
     y, last, _ = _scan_cpu_op(*(None if x is None else x.contiguous() for x in (u, delta, A, B, C, D, z,
