@@ -284,12 +284,16 @@ def test_registration_survives_the_mlflow_server_dying_in_its_middle(stack, tmp_
     version, whose run holds the metric, and every alias on a version that exists."""
     from mlflow.tracking import MlflowClient
 
+    from srcore.data.sample import write_sample
     from srcore.models import build, save_model
     from srcore.stack.process import recorded
     from srcore.stack.services import MLflowServer
     from srcore.tracking.publish import PAUSE_ENV
 
     cfg, _ = stack
+    sample = cfg.project_dir / "data" / "raw" / "sample"
+    if not (sample / "val").is_dir():  # the comparison grid's images (the end-to-end run writes them too)
+        write_sample(sample)
     client = MlflowClient(tracking_uri=cfg.client_env()["MLFLOW_TRACKING_URI"])
     name = "srcore-dvmsr-x4"
     before = {mv.version for mv in client.search_model_versions(f"name='{name}'")}
