@@ -4,12 +4,15 @@ Each model is exported with `srcore.export.export_model` (so every timed file pa
 check; its max abs diff is in the table), then the three runtimes are timed in the same run on the
 same input. Ratios are eager latency / runtime latency (> 1: the runtime is faster). Target:
 onnxruntime >= 1.5x eager for the CNN students. Random weights: latency does not depend
-on them, and parity is checked either way.
+on them, and parity is checked either way. ``--threads`` applies to torch and onnxruntime alike.
 
-Mamba students (dvmsr, mair_*) export only at a fixed size, where the selective scan's blocked
-closed form unrolls into the graph; pass them with --models and --tile (slow to export on CPU).
+CNN students export with a dynamic size (SRConvNet's ONNX graph at the image's size), so one call
+runs the whole image. Mamba students (dvmsr, mair_t, mair_s) export only at a fixed tile (--tile
+H W, default 64 64), where the selective scan's blocked closed form unrolls into the graph; for
+them every runtime, eager included, runs the same tiles of the 256x256 image, so the ratios
+compare runtimes, not tilings. A model that cannot be exported gets a row saying why.
 
-Run: python bench/export.py [--models rlfn ibmdn srconvnet] [--size 256] [--repeats 5] [--threads 0]
+Run: python bench/export.py [--models rlfn ibmdn srconvnet] [--size 256] [--repeats 3] [--threads 1]
 """
 
 from __future__ import annotations
@@ -21,32 +24,56 @@ from pathlib import Path
 import torch
 from common import report, timeit
 
-from srcore.export import ExportOptions, export_model, load_exported
+from srcore.errors import SrcoreError
+from srcore.export import ExportedModel, ExportOptions, export_model, load_exported
 from srcore.export.api import FIXED_SIZE_ONLY
+from srcore.export.runtime import ExportMeta
+from srcore.inference import upscale_tensor
 from srcore.models import build
 
 CNN_STUDENTS = ("rlfn", "ibmdn", "srconvnet")
+FORMATS = (("onnx", ".onnx"), ("torchscript", ".pt"))
 
 
-def _bench_model(name: str, scale: int, size: int, tile: int | None, repeats: int, tmp: Path) -> list[dict]:
+def _graph_size(model, fmt: str, size: int, tile: tuple[int, int]) -> tuple[int, int] | None:
+    """Fixed graph size for this export: the Mamba tile, the image for SRConvNet's ONNX FFTs, else dynamic."""
+    if (fmt, model.arch) not in FIXED_SIZE_ONLY:
+        return None
+    return tile if model.arch in ("dvmsr", "mair") else (size, size)
+
+
+def _bench_model(name: str, scale: int, size: int, tile: tuple[int, int], repeats: int, threads: int,
+                 tmp: Path) -> list[dict]:
     torch.manual_seed(0)
     model = build(name, scale).eval()
     x = torch.rand(1, 3, size, size)
-    rows = []
-    with torch.inference_mode():
-        eager = timeit(lambda: model(x), repeats=repeats)
-    rows.append({"model": name, "format": "pytorch eager", "max_abs_diff": 0.0, "ms": eager * 1e3,
-                 "ratio": 1.0})
-    for fmt, suffix in (("onnx", ".onnx"), ("torchscript", ".pt")):
-        # Shape-dependent exporters (srconvnet's FFTs in ONNX, the scans) get a graph of the input size.
-        fixed = tile or (size if (fmt, model.arch) in FIXED_SIZE_ONLY else None)
-        out = tmp / f"{name}{suffix}"
-        rep = export_model(model, out, ExportOptions(format=fmt, tile=fixed))
-        # The input is the graph's size (or the graph is dynamic): one call, no tiling.
-        run = load_exported(out)
-        sec = timeit(lambda run=run: run(x), repeats=repeats)
-        rows.append({"model": name, "format": fmt + (f" ({fixed}x{fixed})" if fixed else ""),
-                     "max_abs_diff": rep.max_abs_diff, "ms": sec * 1e3, "ratio": eager / sec})
+    mamba = model.arch in ("dvmsr", "mair")
+    graph = f"tiles {tile[0]}x{tile[1]}" if mamba else f"{size}x{size}"
+    runs: dict[str, tuple[str, float, ExportedModel]] = {}
+    for fmt, suffix in FORMATS:
+        fixed = _graph_size(model, fmt, size, tile)
+        try:
+            rep = export_model(model, tmp / f"{name}{suffix}", ExportOptions(format=fmt, tile=fixed))
+        except SrcoreError as exc:
+            runs[fmt] = (f"not exported: {exc}", float("nan"), None)
+            continue
+        runs[fmt] = (graph if fixed else f"{size}x{size} (dynamic)", rep.max_abs_diff,
+                     load_exported(tmp / f"{name}{suffix}", threads=threads or None))
+    # Eager runs what the exports run: the whole image, or the tiles of the fixed-size graph.
+    plan = next((r.plan() for _, _, r in runs.values() if r is not None and r.meta.size and mamba), None)
+    eager_run = (ExportedModel("pytorch", ExportMeta("pytorch", model.arch, scale, tile, "float32"), model)
+                 if plan else model)
+    eager = timeit(lambda: upscale_tensor(eager_run, x, tile=plan), repeats=repeats)
+    rows = [{"model": name, "format": "pytorch eager", "graph": graph, "max_abs_diff": 0.0,
+             "ms": eager * 1e3, "ratio": 1.0}]
+    for fmt, (what, diff, run) in runs.items():
+        if run is None:
+            rows.append({"model": name, "format": fmt, "graph": what[:160], "max_abs_diff": diff,
+                         "ms": float("nan"), "ratio": float("nan")})
+            continue
+        sec = timeit(lambda run=run: upscale_tensor(run, x, tile=run.plan()), repeats=repeats)
+        rows.append({"model": name, "format": fmt, "graph": what, "max_abs_diff": diff, "ms": sec * 1e3,
+                     "ratio": eager / sec})
     return rows
 
 
@@ -55,17 +82,20 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=list(CNN_STUDENTS))
     p.add_argument("--scale", type=int, default=4)
     p.add_argument("--size", type=int, default=256, help="LR side")
-    p.add_argument("--tile", type=int, default=None, help="fixed graph size for every export (Mamba models)")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--tile", type=int, nargs=2, default=(64, 64), metavar=("H", "W"),
+                   help="fixed graph size of the Mamba exports")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch and onnxruntime threads (0: their default)")
+    p.add_argument("--name", default="export", help="results file: bench/results/<name>.json")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            rows += _bench_model(name, args.scale, args.size, args.tile, args.repeats, Path(tmp))
-    report("export", rows, f"latency per {args.size}x{args.size} LR image, x{args.scale}, CPU")
+            rows += _bench_model(name, args.scale, args.size, tuple(args.tile), args.repeats, args.threads,
+                                 Path(tmp))
+    report(args.name, rows, f"latency per {args.size}x{args.size} LR image, x{args.scale}, CPU")
 
 
 if __name__ == "__main__":
