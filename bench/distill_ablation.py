@@ -78,7 +78,7 @@ class Variant:
     key: str
     label: str
     teacher: str | None = None
-    weights: dict[str, float] = field(default_factory=dict)
+    weights: dict[str, Any] = field(default_factory=dict)
 
 
 # Method variants use the RLFN release as teacher (strong, cheap to run); teacher-strength
@@ -90,6 +90,8 @@ VARIANTS: dict[str, list[Variant]] = {
         Variant("out-rlfn", "output KD", "rlfn", {"w_out": 1.0}),
         Variant("feat-rlfn", "feature KD (deep features)", "rlfn", {"w_feat": 1.0}),
         Variant("depth-rlfn", "multi-depth KD", "rlfn", {"w_depth": 1.0}),
+        Variant("featnorm-rlfn", "feature KD, relative to the teacher's scale", "rlfn",
+                {"w_feat": 1.0, "feat_norm": "teacher"}),
         Variant("out-tiny", "output KD, tiny teacher", "tiny", {"w_out": 1.0}),
         Variant("out-dvmsr", "output KD, DVMSR teacher", "dvmsr", {"w_out": 1.0}),
     ],
@@ -98,6 +100,8 @@ VARIANTS: dict[str, list[Variant]] = {
         Variant("out-rlfn", "output KD", "rlfn", {"w_out": 1.0}),
         Variant("feat-rlfn", "feature KD (deep features)", "rlfn", {"w_feat": 1.0}),
         Variant("depth-rlfn", "multi-depth KD", "rlfn", {"w_depth": 1.0}),
+        Variant("featnorm-rlfn", "feature KD, relative to the teacher's scale", "rlfn",
+                {"w_feat": 1.0, "feat_norm": "teacher"}),
     ],
 }
 

@@ -151,6 +151,9 @@ class DistillParams(TrainParams):
     w_depth: float = Field(0.0, ge=0)
     depth_weights: tuple[float, ...] | None = None
     depth_map: tuple[int, ...] | Literal["proportional"] = "proportional"
+    feat_norm: Literal["none", "teacher"] = Field(
+        "none", description="scale of the feature terms: none (plain L1, the papers') or teacher (L1 divided "
+        "by the teacher feature's mean magnitude, for teachers whose features live on another scale)")
 
     @property
     def distills(self) -> bool:

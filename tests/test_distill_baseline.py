@@ -46,3 +46,23 @@ def test_baseline_lineage_and_preflight_need_no_teacher(tmp_path):
     assert "teacher" not in stage_lineage(plain, "distill")
     with pytest.raises(CheckpointError, match="absent.pth"):
         check_training_inputs(load_params(None, overrides), "distill")
+
+
+def test_feature_terms_relative_to_the_teacher_scale():
+    """``feat_norm="teacher"`` makes the feature terms independent of the teacher's feature scale."""
+    from srcore.models.base import Features
+    from srcore.train.losses import DistillationLoss
+
+    torch.manual_seed(0)
+    t = torch.rand(2, 4, 6, 6) + 0.5
+    student, sr = Features(deep=0.9 * t, blocks=[0.9 * t]), torch.zeros(2, 3, 6, 6)
+    for scale in (1.0, 100.0):
+        teacher = Features(deep=scale * t, blocks=[scale * t])
+        plain = DistillationLoss(student, teacher, w_feat=1.0, w_depth=1.0)
+        normed = DistillationLoss(student, teacher, w_feat=1.0, w_depth=1.0, feat_norm="teacher")
+        s = Features(deep=0.9 * scale * t, blocks=[0.9 * scale * t])
+        assert float(normed(sr, s, sr, teacher)["feat"]) == pytest.approx(0.1, rel=1e-5)
+        assert float(normed(sr, s, sr, teacher)["depth"]) == pytest.approx(0.1, rel=1e-5)
+        assert float(plain(sr, s, sr, teacher)["feat"]) == pytest.approx(0.1 * scale * float(t.mean()), rel=1e-5)
+    with pytest.raises(Exception, match="feat_norm 'batch'"):
+        DistillationLoss(student, teacher, feat_norm="batch")

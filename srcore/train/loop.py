@@ -194,7 +194,7 @@ def setup(config: dict[str, Any], rank: int, world: int, device: torch.device) -
         with torch.no_grad():
             loss_terms = DistillationLoss(model.forward_features(probe), teacher.forward_features(probe),
                                           cfg.w_out, cfg.w_feat, cfg.w_depth, cfg.depth_weights,
-                                          cfg.depth_map).to(device)
+                                          cfg.depth_map, cfg.feat_norm).to(device)
     trainable = _Trainable(model, loss_terms)
     if cfg.channels_last:
         trainable = trainable.to(memory_format=torch.channels_last)

@@ -50,9 +50,12 @@ class DistillationLoss(nn.Module):
     def __init__(self, student_feats: Features, teacher_feats: Features, w_out: float = 0.0,
                  w_feat: float = 1.0,
                  w_depth: float = 0.0, depth_weights: Sequence[float] | None = None,
-                 depth_map: Sequence[int] | str = "proportional") -> None:
+                 depth_map: Sequence[int] | str = "proportional", feat_norm: str = "none") -> None:
         super().__init__()
         self.w_out, self.w_feat, self.w_depth = w_out, w_feat, w_depth
+        if feat_norm not in ("none", "teacher"):
+            raise ConfigError(f"feat_norm {feat_norm!r}: use none or teacher")
+        self.feat_norm = feat_norm
         self.feat_adapter = _adapter(student_feats.deep.shape[1], teacher_feats.deep.shape[1])
         n_s, n_t = len(student_feats.blocks), len(teacher_feats.blocks)
         self.mapping = depth_mapping(n_s, n_t, depth_map) if w_depth > 0 else []
@@ -64,17 +67,26 @@ class DistillationLoss(nn.Module):
             _adapter(student_feats.blocks[i].shape[1], teacher_feats.blocks[t].shape[1])
             for i, t in enumerate(self.mapping))
 
+    def _feature_l1(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """L1 between adapted student and teacher features; with ``feat_norm="teacher"`` relative to the
+        teacher feature's mean magnitude, so a teacher whose features are ~100x larger (RLFN works on a
+        0-255 range) does not drown the reconstruction term."""
+        loss = F.l1_loss(student, teacher)
+        if self.feat_norm == "teacher":
+            loss = loss / teacher.abs().mean().clamp_min(1e-6)
+        return loss
+
     def forward(self, sr: torch.Tensor, s: Features, t_sr: torch.Tensor,
                 t: Features) -> dict[str, torch.Tensor]:
         terms: dict[str, torch.Tensor] = {}
         if self.w_out:
             terms["out"] = self.w_out * F.l1_loss(sr, t_sr)
         if self.w_feat:
-            terms["feat"] = self.w_feat * F.l1_loss(self.feat_adapter(s.deep), t.deep)
+            terms["feat"] = self.w_feat * self._feature_l1(self.feat_adapter(s.deep), t.deep)
         if self.w_depth:
             total = sr.new_zeros(())
             pairs = zip(self.mapping, self.depth_weights, self.depth_adapters, strict=False)
             for i, (tj, w, ad) in enumerate(pairs):
-                total = total + w * F.l1_loss(ad(s.blocks[i]), t.blocks[tj])
+                total = total + w * self._feature_l1(ad(s.blocks[i]), t.blocks[tj])
             terms["depth"] = self.w_depth * total
         return terms
