@@ -91,16 +91,18 @@ def main() -> None:
         f"({torch.get_num_threads()} threads), FLOPs in the fvcore convention at a 1x3x256x256 LR input",
         "with the selective scan counted as 9·B·L·D·N; \"plain fvcore\" is what fvcore reports for the",
         "official implementation (it cannot see inside mamba-ssm's fused kernel). Activations: elements of",
-        "all convolution outputs. Latency: median of repeats after warm-up, random weights.",
+        "all convolution outputs. Latency: median of repeats after warm-up, random weights. Peak memory:",
+        "the most extra tensor storage alive at once during a 256x256 forward, counted op by op.",
         "",
         "| model | params | GFLOPs | GFLOPs (plain fvcore) | activations (M) "
-        "| latency 64x64 (ms) | latency 256x256 (ms) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| peak memory 256x256 (MB) | latency 64x64 (ms) | latency 256x256 (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(f"| {r['model']} | {r['params']:,} | {r['flops_g']:.2f} | "
                      f"{r['flops_fvcore_plain_g']:.2f} | "
-                     f"{r['activations_m']:.1f} | {r['latency_64_ms']:.0f} | {r['latency_ms']:.0f} |")
+                     f"{r['activations_m']:.1f} | {r['peak_mem_mb']:.0f} | {r['latency_64_ms']:.0f} | "
+                     f"{r['latency_ms']:.0f} |")
     lines += ["", "## Set5 x4 with official weights (PSNR-Y / SSIM-Y, border 4)", "",
               "| model | params | PSNR-Y | SSIM-Y |", "|---|---:|---:|---:|"]
     for s in scores:
