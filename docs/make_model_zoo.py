@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from srcore.evaluation import evaluate_dataset  # noqa: E402
-from srcore.metrics.efficiency import measure_latency, profile_model  # noqa: E402
+from srcore.metrics.efficiency import measure_latency, measure_peak_memory, profile_model  # noqa: E402
 from srcore.models import build, load_model, preset_names  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -56,9 +56,21 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--plot-only", action="store_true",
                     help="redraw the plot from the recorded model_zoo.json without measuring again")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="measure only the peak memory again (it does not depend on machine load, unlike "
+                         "latency) and rewrite the tables from the recorded model_zoo.json")
     args = ap.parse_args()
+    recorded = json.loads((HERE / "model_zoo.json").read_text())
     if args.plot_only:
-        plot(json.loads((HERE / "model_zoo.json").read_text())["set5_x4"])
+        plot(recorded["set5_x4"])
+        return
+    if args.memory_only:
+        for r in recorded["efficiency"]:
+            model, x = build(r["model"], 4).eval(), torch.rand(1, 3, 256, 256)
+            with torch.no_grad():
+                r["peak_mem_mb"] = measure_peak_memory(model, x)
+            print(f"measured {r['model']}: {r['peak_mem_mb']:.0f} MB")
+        write(recorded["efficiency"], recorded["set5_x4"])
         return
     if args.weights_dir is None or args.data_root is None:
         ap.error("--weights-dir and --data-root are required to measure (or pass --plot-only)")
@@ -83,7 +95,12 @@ def main() -> None:
         scores.append({"label": label, "model": name, "params": params,
                        "psnr_y": res.psnr_y, "ssim_y": res.ssim_y})
         print(f"evaluated {label}: {res.psnr_y:.2f}")
+    write(rows, scores)
+    plot(scores)
 
+
+def write(rows: list[dict], scores: list[dict]) -> None:
+    """model_zoo.md and model_zoo.json from the measured rows."""
     lines = [
         "# Model zoo",
         "",
@@ -110,8 +127,6 @@ def main() -> None:
     lines += ["", "![PSNR vs parameters](model_zoo_psnr_params.png)", ""]
     (HERE / "model_zoo.md").write_text("\n".join(lines))
     (HERE / "model_zoo.json").write_text(json.dumps({"efficiency": rows, "set5_x4": scores}, indent=2) + "\n")
-
-    plot(scores)
 
 
 if __name__ == "__main__":
