@@ -84,25 +84,19 @@ class Variant:
 # Method variants use the RLFN release as teacher (strong, cheap to run); teacher-strength
 # variants use output distillation, the one term that needs no feature alignment across
 # architectures.
+METHODS: list[Variant] = [
+    Variant("none", "no distillation"),
+    Variant("out-rlfn", "output KD", "rlfn", {"w_out": 1.0}),
+    Variant("feat-rlfn", "feature KD (deep features)", "rlfn", {"w_feat": 1.0}),
+    Variant("depth-rlfn", "multi-depth KD", "rlfn", {"w_depth": 1.0}),
+    Variant("featnorm-rlfn", "feature KD, relative to the teacher's scale", "rlfn",
+            {"w_feat": 1.0, "feat_norm": "teacher"}),
+]
 VARIANTS: dict[str, list[Variant]] = {
-    "dvmsr": [
-        Variant("none", "no distillation"),
-        Variant("out-rlfn", "output KD", "rlfn", {"w_out": 1.0}),
-        Variant("feat-rlfn", "feature KD (deep features)", "rlfn", {"w_feat": 1.0}),
-        Variant("depth-rlfn", "multi-depth KD", "rlfn", {"w_depth": 1.0}),
-        Variant("featnorm-rlfn", "feature KD, relative to the teacher's scale", "rlfn",
-                {"w_feat": 1.0, "feat_norm": "teacher"}),
-        Variant("out-tiny", "output KD, tiny teacher", "tiny", {"w_out": 1.0}),
-        Variant("out-dvmsr", "output KD, DVMSR teacher", "dvmsr", {"w_out": 1.0}),
-    ],
-    "ibmdn": [
-        Variant("none", "no distillation"),
-        Variant("out-rlfn", "output KD", "rlfn", {"w_out": 1.0}),
-        Variant("feat-rlfn", "feature KD (deep features)", "rlfn", {"w_feat": 1.0}),
-        Variant("depth-rlfn", "multi-depth KD", "rlfn", {"w_depth": 1.0}),
-        Variant("featnorm-rlfn", "feature KD, relative to the teacher's scale", "rlfn",
-                {"w_feat": 1.0, "feat_norm": "teacher"}),
-    ],
+    "dvmsr": [*METHODS,
+              Variant("out-tiny", "output KD, tiny teacher", "tiny", {"w_out": 1.0}),
+              Variant("out-dvmsr", "output KD, DVMSR teacher", "dvmsr", {"w_out": 1.0})],
+    "ibmdn": METHODS,
 }
 
 NO_DISTILL = {"w_out": 0.0, "w_feat": 0.0, "w_depth": 0.0}
