@@ -29,6 +29,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _send_pending_logs() -> None:
+    """Flow-run logs still queued for the API go out before the server stops; sent afterwards, each
+    batch would print "Error logging to API" on the console."""
+    from prefect.logging.handlers import APILogHandler
+
+    try:
+        APILogHandler().flush()
+    except Exception:  # a log that cannot be delivered must not fail a finished job
+        pass
+
+
 @contextmanager
 def prefect_api():
     """Use PREFECT_API_URL when set; otherwise run a Prefect server on loopback for the job
@@ -55,6 +66,7 @@ def prefect_api():
         os.environ["PREFECT_API_URL"] = url
         yield url
     finally:
+        _send_pending_logs()
         proc.terminate()
         try:
             proc.wait(timeout=30)
