@@ -31,9 +31,9 @@ def test_zero_weights_train_plainly_without_the_teacher(tmp_path):
 
 
 def test_baseline_lineage_and_preflight_need_no_teacher(tmp_path):
-    from srcore.tracking.runs import stage_lineage
-
     from test_train import TINY, _smooth_images
+
+    from srcore.tracking.runs import stage_lineage
 
     _smooth_images(tmp_path / "raw")
     overrides = {**TINY, "prepare.input": str(tmp_path / "raw"), "prepare.out": str(tmp_path / "patches"),
@@ -63,6 +63,23 @@ def test_feature_terms_relative_to_the_teacher_scale():
         s = Features(deep=0.9 * scale * t, blocks=[0.9 * scale * t])
         assert float(normed(sr, s, sr, teacher)["feat"]) == pytest.approx(0.1, rel=1e-5)
         assert float(normed(sr, s, sr, teacher)["depth"]) == pytest.approx(0.1, rel=1e-5)
-        assert float(plain(sr, s, sr, teacher)["feat"]) == pytest.approx(0.1 * scale * float(t.mean()), rel=1e-5)
+        expected = 0.1 * scale * float(t.mean())
+        assert float(plain(sr, s, sr, teacher)["feat"]) == pytest.approx(expected, rel=1e-5)
     with pytest.raises(Exception, match="feat_norm 'batch'"):
         DistillationLoss(student, teacher, feat_norm="batch")
+
+
+def test_only_the_terms_in_use_have_adapters():
+    """Output distillation alone trains no adapter (DDP fails on parameters without gradients)."""
+    from srcore.models.base import Features
+    from srcore.train.losses import DistillationLoss
+
+    student = Features(deep=torch.rand(1, 16, 4, 4), blocks=[torch.rand(1, 16, 4, 4)] * 2)
+    teacher = Features(deep=torch.rand(1, 32, 4, 4), blocks=[torch.rand(1, 32, 4, 4)] * 4)
+
+    def trainable(**weights) -> int:
+        return sum(p.numel() for p in DistillationLoss(student, teacher, **weights).parameters())
+
+    assert trainable(w_out=1.0, w_feat=0.0) == 0
+    assert trainable(w_out=0.0, w_feat=1.0) == 16 * 32 + 32
+    assert trainable(w_out=0.0, w_feat=0.0, w_depth=1.0) == 2 * (16 * 32 + 32)

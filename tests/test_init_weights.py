@@ -5,8 +5,6 @@ its Set5 PSNR."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from conftest import BENCHMARKS, WEIGHTS, require
@@ -100,10 +98,10 @@ def test_teacher_and_init_share_one_reader(tmp_path):
 
 def test_a_bad_init_fails_before_training_starts(tmp_path):
     """The driver-side check refuses it: no Ray, no run folder."""
+    from test_train import TINY, _smooth_images
+
     from srcore.data.prepare import prepare
     from srcore.train.runner import run_stage
-
-    from test_train import TINY, _smooth_images
 
     _smooth_images(tmp_path / "raw")
     overrides = {**TINY, "prepare.input": str(tmp_path / "raw"), "prepare.out": str(tmp_path / "patches"),
@@ -120,7 +118,8 @@ def test_a_bad_init_fails_before_training_starts(tmp_path):
 def test_init_is_in_the_stage_lineage(tmp_path):
     from srcore.tracking.runs import stage_lineage
 
-    params = load_params(None, {"prepare.out": str(tmp_path), "teacher.init": "models:/srcore-rlfn-x4@champion",
+    params = load_params(None, {"prepare.out": str(tmp_path),
+                                "teacher.init": "models:/srcore-rlfn-x4@champion",
                                 "student.init": "runs/student-v1"})
     assert stage_lineage(params, "teacher")["init"] == "models:/srcore-rlfn-x4@champion"
     tags = stage_lineage(params, "distill")

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.slow
 
 def _checkpoint(path, seed: int) -> str:
     torch.manual_seed(seed)
-    save_model(path, build("rlfn", 4, feature_channels=8, mid_channels=8, esa_channels=4, num_blocks=1), "rlfn")
+    model = build("rlfn", 4, feature_channels=8, mid_channels=8, esa_channels=4, num_blocks=1)
+    save_model(path, model, "rlfn")
     return str(path)
 
 

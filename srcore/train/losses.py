@@ -56,7 +56,10 @@ class DistillationLoss(nn.Module):
         if feat_norm not in ("none", "teacher"):
             raise ConfigError(f"feat_norm {feat_norm!r}: use none or teacher")
         self.feat_norm = feat_norm
-        self.feat_adapter = _adapter(student_feats.deep.shape[1], teacher_feats.deep.shape[1])
+        # Adapters exist only for terms that are on: an unused adapter would be a parameter without a
+        # gradient, which DDP refuses on every rank.
+        self.feat_adapter = (_adapter(student_feats.deep.shape[1], teacher_feats.deep.shape[1]) if w_feat
+                             else nn.Identity())
         n_s, n_t = len(student_feats.blocks), len(teacher_feats.blocks)
         self.mapping = depth_mapping(n_s, n_t, depth_map) if w_depth > 0 else []
         weights = list(depth_weights) if depth_weights is not None else [1.0 / max(1, n_s)] * n_s
