@@ -81,18 +81,19 @@ def models_cmd(scale: Annotated[int, typer.Option(help="Scale to count parameter
     out.print(table)
 
 
-def _load(model: str, scale: int, weights: str | None, weights_key: str | None, offline: bool = False):
-    from srcore.models import build, load_model
+def _load(model: str | None, scale: int, weights: str | None, weights_key: str | None = None,
+          offline: bool = False):
+    """``model`` with ``weights`` (any spec ``srcore.train.weights`` reads; without ``model`` the
+    checkpoint names it), or randomly initialised without weights."""
+    from srcore.models import build
+    from srcore.train.weights import load_spec
 
     if weights is None:
         if model != "bicubic":
             console.print(f"[yellow]warning:[/] no --weights given: {model} runs with random initialisation")
         return build(model, scale)
-    if weights.startswith("models:/"):
-        from srcore.tracking.registry import load_registered_model
-
-        return load_registered_model(weights, offline=offline)
-    return load_model(weights, name=model, scale=scale, key=weights_key)
+    registered = weights.startswith("models:/")  # a registered model's own scale is checked by the caller
+    return load_spec(weights, model, None if registered else scale, weights_key, offline)
 
 
 def _eval_entries(models: list[str], weights: list[str], weights_key: str | None, scales: list[int],
@@ -109,23 +110,13 @@ def _eval_entries(models: list[str], weights: list[str], weights_key: str | None
     entries = []
     for i, w in enumerate(weights):
         name = models[i] if len(models) == len(weights) else (models[0] if models else None)
-        net = _load(name, scales[0], w, weights_key) if name else _load_weights_only(w, scales[0])
+        net = _load(name, scales[0], w, weights_key)
         net = net.to(device)
         if len(scales) == 1 and net.scale != scales[0]:
             raise ConfigError(f"the weights are for x{net.scale}, but --scale is {scales[0]}")
         entries.append(ModelEntry(f"{net.arch} ({w if w.startswith('models:/') else Path(w).name})",
                                   lambda s, net=net: net if s == net.scale else None))
     return entries
-
-
-def _load_weights_only(weights: str, scale: int):
-    from srcore.models import load_model
-
-    if weights.startswith("models:/"):
-        from srcore.tracking.registry import load_registered_model
-
-        return load_registered_model(weights)
-    return load_model(weights, scale=scale)
 
 
 def _check_eval_outputs(json_out: str | None, csv_out: Path | None, md_out: Path | None,

@@ -17,29 +17,39 @@ from srcore.models import load_model, load_weights
 from srcore.models.base import SRModel
 from srcore.models.checkpoint import read_checkpoint
 
-__all__ = ["init_weights", "load_teacher", "read_weights"]
+__all__ = ["init_weights", "load_spec", "load_teacher", "read_weights"]
 
 
-def read_weights(spec: str, role: str = "weights") -> dict:
-    """The checkpoint dict behind ``spec`` (see the module docstring); ``role`` names it in errors."""
+def read_weights(spec: str, role: str = "weights", offline: bool = False) -> dict:
+    """The checkpoint dict behind ``spec`` (see the module docstring); ``role`` names it in errors;
+    ``offline`` reads a registered model from the local cache only."""
     if spec.startswith("models:/"):
         from srcore.tracking.registry import registered_weights
 
-        return read_checkpoint(registered_weights(spec))
+        return read_checkpoint(registered_weights(spec, offline))
     if is_uri(spec):
         return read_checkpoint(spec)
     path = Path(spec)
     if path.is_dir():
         path = path / "model.pth"
-    if not path.is_file():
+    if not path.is_file() and role != "weights":  # plain weights: read_checkpoint's own message
         raise CheckpointError(f"{role} {spec}: not found; give a checkpoint file, a run folder (with "
                               "model.pth), an s3:// URI or models:/name@alias")
     return read_checkpoint(path)
 
 
+def load_spec(spec: str, preset: str | None = None, scale: int | None = None, key: str | None = None,
+              offline: bool = False, role: str = "weights") -> SRModel:
+    """The model ``spec`` names, built from its checkpoint; ``preset``/``scale`` are checked against
+    our checkpoints and name the architecture of official files; ``key`` picks BasicSR's
+    ``params``/``params_ema``."""
+    return load_model(read_weights(spec, role, offline), name=preset, scale=scale, key=key,
+                      label=spec if role == "weights" else f"{role} {spec}")
+
+
 def load_teacher(spec: str, scale: int, preset: str | None = None) -> SRModel:
     """The teacher ``spec`` names; ``preset`` says which architecture an official file holds."""
-    model = load_model(read_weights(spec, "teacher"), name=preset, scale=scale, label=f"teacher {spec}")
+    model = load_spec(spec, preset, scale, role="teacher")
     if model.scale != scale:
         raise CheckpointError(f"teacher {spec} is x{model.scale} but the student is x{scale}; "
                               "use matching scales")
