@@ -12,6 +12,11 @@ H W, default 64 64), where the selective scan's blocked closed form unrolls into
 them every runtime, eager included, runs the same tiles of the 256x256 image, so the ratios
 compare runtimes, not tilings. A model that cannot be exported gets a row saying why.
 
+The hardware floor: each row also says what fraction of the CPU's fp32 peak it reaches
+(2 FLOPs per multiply-add as ``srcore.metrics.efficiency.count_flops`` counts them, over the
+latency). The peak is ``--peak-gflops`` or, by default, cores x clock x 32 (two 256-bit FMA
+units, AVX2) from /proc/cpuinfo; a runtime can be at most 1 / (eager's fraction) times eager.
+
 Run: python bench/export.py [--models rlfn ibmdn srconvnet] [--size 256] [--repeats 3] [--threads 1]
 """
 
@@ -29,6 +34,7 @@ from srcore.export import ExportedModel, ExportOptions, export_model, load_expor
 from srcore.export.api import FIXED_SIZE_ONLY
 from srcore.export.runtime import ExportMeta
 from srcore.inference import upscale_tensor
+from srcore.metrics.efficiency import count_flops
 from srcore.models import build
 
 CNN_STUDENTS = ("rlfn", "ibmdn", "srconvnet")
@@ -42,11 +48,19 @@ def _graph_size(model, fmt: str, size: int, tile: tuple[int, int]) -> tuple[int,
     return tile if model.arch in ("dvmsr", "mair") else (size, size)
 
 
+def default_peak_gflops(threads: int) -> float:
+    """fp32 peak of ``threads`` cores: clock (MHz, /proc/cpuinfo) x 32 FLOPs a cycle (AVX2, 2 FMA units)."""
+    mhz = max(float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines()
+              if line.startswith("cpu MHz"))
+    return threads * mhz * 32 / 1e3
+
+
 def _bench_model(name: str, scale: int, size: int, tile: tuple[int, int], repeats: int, threads: int,
-                 tmp: Path) -> list[dict]:
+                 tmp: Path, peak_gflops: float) -> list[dict]:
     torch.manual_seed(0)
     model = build(name, scale).eval()
     x = torch.rand(1, 3, size, size)
+    gflop = 2 * count_flops(model, x)[0] / 1e9
     mamba = model.arch in ("dvmsr", "mair")
     graph = f"tiles {tile[0]}x{tile[1]}" if mamba else f"{size}x{size}"
     runs: dict[str, tuple[str, float, ExportedModel]] = {}
@@ -65,15 +79,15 @@ def _bench_model(name: str, scale: int, size: int, tile: tuple[int, int], repeat
                  if plan else model)
     eager = timeit(lambda: upscale_tensor(eager_run, x, tile=plan), repeats=repeats)
     rows = [{"model": name, "format": "pytorch eager", "graph": graph, "max_abs_diff": 0.0,
-             "ms": eager * 1e3, "ratio": 1.0}]
+             "ms": eager * 1e3, "ratio": 1.0, "of_peak": gflop / eager / peak_gflops}]
     for fmt, (what, diff, run) in runs.items():
         if run is None:
             rows.append({"model": name, "format": fmt, "graph": what[:160], "max_abs_diff": diff,
-                         "ms": float("nan"), "ratio": float("nan")})
+                         "ms": float("nan"), "ratio": float("nan"), "of_peak": float("nan")})
             continue
         sec = timeit(lambda run=run: upscale_tensor(run, x, tile=run.plan()), repeats=repeats)
         rows.append({"model": name, "format": fmt, "graph": what, "max_abs_diff": diff, "ms": sec * 1e3,
-                     "ratio": eager / sec})
+                     "ratio": eager / sec, "of_peak": gflop / sec / peak_gflops})
     return rows
 
 
@@ -87,15 +101,19 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch and onnxruntime threads (0: their default)")
     p.add_argument("--name", default="export", help="results file: bench/results/<name>.json")
+    p.add_argument("--peak-gflops", type=float, default=None,
+                   help="fp32 peak of the cores used (default: cores x clock x 32, AVX2 FMA)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    peak = args.peak_gflops or default_peak_gflops(torch.get_num_threads())
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             rows += _bench_model(name, args.scale, args.size, tuple(args.tile), args.repeats, args.threads,
-                                 Path(tmp))
-    report(args.name, rows, f"latency per {args.size}x{args.size} LR image, x{args.scale}, CPU")
+                                 Path(tmp), peak)
+    report(args.name, rows, f"latency per {args.size}x{args.size} LR image, x{args.scale}, CPU "
+                            f"(of_peak: fraction of {peak:.0f} GFLOP/s)")
 
 
 if __name__ == "__main__":
