@@ -108,4 +108,4 @@ def test_a_folder_the_postgres_user_cannot_enter_is_found_before_start(tmp_path,
     monkeypatch.setattr(pg_utils, "ensure_user_exists", lambda user: pwd.getpwnam(user))
     monkeypatch.setattr(pg_utils, "ensure_prefix_permissions", lambda path: None)
     with pytest.raises(StackError, match=r"cannot enter .*chmod o\+x"):
-        services.Postgres(cfg)._system_user()
+        services.Postgres(cfg)._check_binaries_reachable(services.Postgres(cfg)._system_user())

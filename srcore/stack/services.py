@@ -151,15 +151,20 @@ class Postgres(Service):
 
         ensure_user_exists(_PG_SYSTEM_USER)
         ensure_prefix_permissions(self.data_dir.parent)
+        return _PG_SYSTEM_USER
+
+    def _check_binaries_reachable(self, user: str | None) -> None:
+        """Before initdb: the server's own user must be able to reach the binaries in the venv."""
+        if user is None:
+            return
         binaries = Path(self._commands().__file__).parent / "pginstall" / "bin"
-        blocked = first_closed_folder(binaries, _PG_SYSTEM_USER)
+        blocked = first_closed_folder(binaries, user)
         if blocked is not None:
             raise StackError(
-                f"PostgreSQL runs as the unprivileged user {_PG_SYSTEM_USER!r} (it refuses root), which "
-                f"cannot enter {blocked} (mode {blocked.stat().st_mode & 0o777:o}) on the way to its "
-                f"binaries in {binaries}; run `chmod o+x {blocked}` or keep the checkout and its .venv "
-                "in a folder other users can enter")
-        return _PG_SYSTEM_USER
+                f"PostgreSQL runs as the unprivileged user {user!r} (it refuses root), which cannot enter "
+                f"{blocked} (mode {blocked.stat().st_mode & 0o777:o}) on the way to its binaries in "
+                f"{binaries}; run `chmod o+x {blocked}` or keep the checkout and its .venv in a folder "
+                "other users can enter")
 
     def _chown(self, path: Path, user: str | None) -> None:
         if user is not None:
@@ -177,6 +182,7 @@ class Postgres(Service):
         pg = self._commands()
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         user = self._system_user()
+        self._check_binaries_reachable(user)
         self._chown(self.data_dir.parent, user)
         if not (self.data_dir / "PG_VERSION").exists():
             creds = self.cfg.credentials()
