@@ -15,9 +15,11 @@ into equal streams per rank.
 
 from __future__ import annotations
 
+import math
 import os
 import random
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -209,6 +211,30 @@ def crop_augment_batch(batch: dict[str, np.ndarray], scale: int, patch_size: int
     return {"lr": np.stack(lrs), "hr": np.stack(hrs)}
 
 
+# Ray Data lists Parquet files through a pool of footer-reading actors that it starts for every
+# execution (each epoch), 32 of them unless RAY_DATA_PARQUET_FOOTER_NUM_ACTORS says otherwise,
+# and reads that variable only when ``read_parquet`` builds the plan. Each actor is a process
+# start; a few shards need one actor per batch of FOOTERS_PER_READER files, not 32. Ray offers no
+# argument for it, hence the variable, set for the duration of the call and restored after.
+FOOTER_READERS_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
+FOOTERS_PER_READER = 10  # Ray's files per footer-reading call
+MAX_FOOTER_READERS = 32  # Ray's default pool
+
+
+@contextmanager
+def _footer_readers(n_files: int) -> Iterator[None]:
+    """As many footer readers as ``n_files`` can keep busy, unless the user chose a number."""
+    if FOOTER_READERS_ENV in os.environ:
+        yield
+        return
+    readers = min(MAX_FOOTER_READERS, max(1, math.ceil(n_files / FOOTERS_PER_READER)))
+    os.environ[FOOTER_READERS_ENV] = str(readers)
+    try:
+        yield
+    finally:
+        os.environ.pop(FOOTER_READERS_ENV, None)
+
+
 def ray_dataset(files: Sequence[str | os.PathLike], scale: int, patch_size: int, augment: bool = True,
                 batch_size: int = 16):
     """A ``ray.data.Dataset`` of ``{"lr", "hr"}`` training crops read from the shards.
@@ -222,7 +248,9 @@ def ray_dataset(files: Sequence[str | os.PathLike], scale: int, patch_size: int,
     if len(encodings) != 1:
         raise DataError(f"shards mix patch encodings {sorted(encodings)}; "
                         "prepare them again with one encoding")
-    ds = ray.data.read_parquet([str(Path(f).resolve()) for f in files], columns=_PAIR_COLUMNS)
+    with _footer_readers(len(files)):
+        ds = ray.data.read_parquet([str(Path(f).resolve()) for f in files]).select_columns(_PAIR_COLUMNS)
     return ds.map_batches(crop_augment_batch, batch_size=batch_size, batch_format="numpy",
                           fn_kwargs={"scale": scale, "patch_size": patch_size, "encoding": encodings.pop(),
                                      "augment": augment})
+
