@@ -110,7 +110,9 @@ def prefect_server(tmp_path_factory):
 
     port = free_port()
     env = {"PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect-home"))}
+           "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect-home")),
+           # a worker started with this environment asks for scheduled runs every second, not every 10 s
+           "PREFECT_WORKER_QUERY_SECONDS": "1"}
     proc = _start_server([str(Path(sys.executable).parent / "prefect"), "server", "start",
                           "--host", "127.0.0.1", "--port", str(port)],
                          env["PREFECT_API_URL"] + "/health", env=env)

@@ -60,6 +60,10 @@ def test_every_service_answers_and_second_up_is_a_no_op(stack):
     assert set(rows) == {"postgres", "seaweedfs", "mlflow", "prefect-server", "ray", "prefect-worker"}
     assert all(r.healthy and r.pids for r in rows.values()), rows
     assert RayCluster(cfg).nodes_alive() == 2
+    import psutil  # the worker asks for runs as often as the configuration says
+
+    worker_env = psutil.Process(rows["prefect-worker"].pids[0]).environ()
+    assert worker_env["PREFECT_WORKER_QUERY_SECONDS"] == str(cfg.worker_query_s)
     env = read_env_file(cfg.env_file)
     assert env["MLFLOW_TRACKING_URI"].endswith(f":{cfg.ports.mlflow}")
     assert env["RAY_ADDRESS"] == cfg.ray_address

@@ -25,6 +25,8 @@ def test_ports_derive_from_one_base_and_settings_persist(tmp_path):
     assert again.port_base == 30000 and again.root == cfg.root
     with pytest.raises(ValueError, match="port_base"):
         StackConfig(root=tmp_path, port_base=80)
+    with pytest.raises(ValueError, match="worker_query_s"):
+        StackConfig(root=tmp_path, worker_query_s=0)
 
 
 def test_credentials_are_generated_once_and_private(tmp_path):

@@ -92,6 +92,9 @@ class StackConfig(BaseModel):
     ray_cpus_per_node: int = Field(1, ge=1)
     work_pool: str = "srcore-process"
     prefect_ui: bool = False
+    # how often the worker asks the server for runs to start; Prefect's 10 s suits a shared server,
+    # a stack on loopback answers a `deployment run` sooner for a query every 2 s
+    worker_query_s: float = Field(2, gt=0)
     start_timeout_s: float = Field(240, gt=0)
 
     @field_validator("root", "project_dir")
