@@ -253,4 +253,3 @@ def ray_dataset(files: Sequence[str | os.PathLike], scale: int, patch_size: int,
     return ds.map_batches(crop_augment_batch, batch_size=batch_size, batch_format="numpy",
                           fn_kwargs={"scale": scale, "patch_size": patch_size, "encoding": encodings.pop(),
                                      "augment": augment})
-

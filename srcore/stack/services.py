@@ -406,9 +406,9 @@ class PrefectWorker(Service):
         names = pool_deployments(self.cfg.project_dir / "prefect.yaml", self.cfg.work_pool)
         self._prefect("deploy", *(arg for name in names for arg in ("--name", name)))
         argv = [_exe("prefect"), "worker", "start", "--pool", self.cfg.work_pool, "--type", "process"]
-        spawn(argv, self.pid_file, self.log_file, {**service_env(self.cfg), "PREFECT_HOME": str(
-            self.cfg.path("prefect")), "PREFECT_WORKER_QUERY_SECONDS": str(self.cfg.worker_query_s)},
-              cwd=self.cfg.project_dir)
+        env = {**service_env(self.cfg), "PREFECT_HOME": str(self.cfg.path("prefect")),
+               "PREFECT_WORKER_QUERY_SECONDS": str(self.cfg.worker_query_s)}
+        spawn(argv, self.pid_file, self.log_file, env, cwd=self.cfg.project_dir)
 
     def _save_result_storage(self) -> None:
         """The block the env file names (``PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK``), on the results bucket."""
