@@ -21,8 +21,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m flows.demo
 
+# two pytest workers: a test waiting on a server or a Ray stage leaves a core to the other; tests sharing
+# the session's servers or the stack stay together (tests/conftest.py)
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q --timeout=900
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q --timeout=900 -n $(TEST_WORKERS) --dist loadgroup
 
 # everything but the tests that start servers, clusters or whole pipelines (marked slow)
 test-fast: $(STAMP)

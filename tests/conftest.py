@@ -1,15 +1,23 @@
 """Shared fixtures: paths to ../shared (tests using it skip when it is absent), and what a test
-session starts once: the MLflow and Prefect servers, the Ray cluster and a prepared sample project."""
+session starts once: the MLflow server and the Ray cluster. (Prefect runs on the stack's server,
+``tests/test_stack.py``.)"""
 
 from __future__ import annotations
 
-import shutil
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+
+# Ray Train's controller looks at its workers every 2 s by default, so each stage waits up to 2 s to
+# see its workers start and again to see them finish; the tests run some twenty tiny stages. Set
+# here, every Ray the tests start (and every process they spawn) inherits it. The preemption
+# watcher (one more actor process a stage) watches for spot-instance notices a laptop never gets.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -103,23 +111,6 @@ def mlflow_server(tmp_path_factory):
     _stop(proc)
 
 
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory):
-    """A real Prefect server; yields the environment a client or worker needs to reach it."""
-    import sys
-
-    port = free_port()
-    env = {"PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_HOME": str(tmp_path_factory.mktemp("prefect-home")),
-           # a worker started with this environment asks for scheduled runs every second, not every 10 s
-           "PREFECT_WORKER_QUERY_SECONDS": "1"}
-    proc = _start_server([str(Path(sys.executable).parent / "prefect"), "server", "start",
-                          "--host", "127.0.0.1", "--port", str(port)],
-                         env["PREFECT_API_URL"] + "/health", env=env)
-    yield env
-    _stop(proc)
-
-
 # The session's Ray: a head on 127.0.0.2 and a worker node on 127.0.0.3, this process the driver.
 # Two CPUs a node: a stage asking for two CPUs a rank still fits on one node, and a run with two such
 # ranks has to use both nodes. The nodes hold the dummy credentials a loopback S3 server (moto)
@@ -173,69 +164,6 @@ def ray_local(ray_cluster):
     return ray_cluster
 
 
-# ---------------------------------------------------------------------------------------------
-# One prepared sample project per session: a throwaway checkout (git + DVC + the project's pipeline
-# files) with tiny parameters, the sample committed and the prepare stage reproduced. Tests get a
-# copy of it (``sample_project``), so that what one changes never reaches another.
-
-TINY_FLOW = {
-    "prepare.scales": [4], "prepare.crop_size": 96, "prepare.step": 96, "prepare.workers": 1,
-    "loader.patch_size": 12, "loader.batch_size": 4, "loader.shuffle_buffer": 8,
-    "teacher.model_overrides": {"embed_dim": 8, "depths": [1]}, "teacher.steps": 6, "teacher.val_every": 6,
-    "student.model_overrides": {"embed_dim": 4, "depths": [1]}, "student.steps": 6, "student.val_every": 6,
-    "teacher.ray.cpus_per_worker": 1, "student.ray.cpus_per_worker": 1, "teacher.log_every": 2,
-    "student.log_every": 2,
-    "eval.efficiency_size": 32,  # the efficiency figures are checked for being logged, not for their values
-}
-
-
-def make_project(root: Path, overrides: dict[str, Any]) -> Path:
-    """A throwaway checkout: git + DVC + the project's pipeline files, params.yaml with ``overrides``
-    (dotted keys) and no profile."""
-    import os
-    import subprocess
-    import sys
-
-    import yaml
-
-    root.mkdir(parents=True)
-    for name in ("data.dvc", "dvc.yaml", ".dvcignore", "prefect.yaml"):
-        shutil.copy(REPO / name, root / name)
-    shutil.copytree(REPO / "flows", root / "flows", ignore=shutil.ignore_patterns("__pycache__"))
-    # the whole package, not only srcore/data (the DVC dependency): a process started in the copy
-    # imports srcore from it, and a partial copy would shadow the installed package
-    shutil.copytree(REPO / "srcore", root / "srcore", ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["profile"] = None
-    for key, value in overrides.items():
-        section, *rest = key.split(".")
-        node = params.setdefault(section, {})
-        for k in rest[:-1]:
-            node = node.setdefault(k, {})
-        node[rest[-1]] = value
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=root, check=True, env=env)
-    return root
-
-
-@pytest.fixture(scope="session")
-def prepared_project(tmp_path_factory) -> Path:
-    """The session's sample project, prepared once (tests use ``sample_project``, a copy)."""
-    from srcore.data.versioning import reproduce_patches
-
-    root = make_project(tmp_path_factory.mktemp("sample") / "proj", TINY_FLOW)
-    reproduce_patches(root, pull=False)  # the sample, committed to DVC; `dvc repro prepare`
-    return root
-
-
-@pytest.fixture
-def sample_project(prepared_project, tmp_path) -> Path:
-    """A private copy of the session's prepared sample project."""
-    return Path(shutil.copytree(prepared_project, tmp_path / "proj", symlinks=True))
-
-
 def pytest_sessionfinish(session, exitstatus):
     import sys
 
@@ -244,3 +172,26 @@ def pytest_sessionfinish(session, exitstatus):
 
         if ray.is_initialized():
             ray.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------
+# Running on two pytest-xdist workers (``make test``): every module whose tests use the session's
+# MLflow server or Ray cluster runs on one worker, so that each is still started once; the stack's
+# module runs whole on one worker too. Every other test goes where there is room.
+
+SESSION_SERVICES = {"ray_cluster", "ray_local", "mlflow_server"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    groups: dict[str, str] = {}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        if "stack" in item.fixturenames:
+            groups[module] = "stack"
+        elif SESSION_SERVICES & set(item.fixturenames):
+            groups.setdefault(module, "session-services")
+    for item in items:
+        group = groups.get(item.nodeid.split("::")[0])
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))

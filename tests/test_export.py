@@ -148,7 +148,8 @@ def _cli(*args: str):
 
     from srcore.cli import app
 
-    return CliRunner().invoke(app, ["export", *args])
+    # a console wide enough that no temporary path is broken across lines
+    return CliRunner().invoke(app, ["export", *args], env={"COLUMNS": "400"})
 
 
 @pytest.mark.parametrize(("args", "expected"), [

@@ -2,10 +2,12 @@
 
 One stack for the module (``stack_fixtures.stack``), serving a throwaway checkout. Checks that each
 service answers, that MLflow keeps run metadata in PostgreSQL and artifacts in the bucket, that
-Prefect's API is backed by PostgreSQL and runs a deployment through the worker with its task results
-in the bucket, that DVC round-trips through the S3 remote, that the retrain deployment runs end to
-end on the stack (two-node Ray with checkpoints in S3, registry, DVC), that registration survives
-the MLflow server dying in its middle, and that ``down`` leaves none of the processes ``up`` started.
+Prefect's API is backed by PostgreSQL, holds every deployment of the pool, refuses a parameter a
+flow does not take and runs a deployment through the worker with its task results in the bucket,
+that DVC round-trips through the S3 remote, that the retrain deployment runs end to end on the
+stack (two-node Ray with checkpoints in S3, nested MLflow runs, registry, DVC) and hits every cache
+when run again, that registration survives the MLflow server dying in its middle, and that
+``down`` leaves none of the processes ``up`` started.
 """
 
 from __future__ import annotations
@@ -92,6 +94,8 @@ def test_mlflow_metadata_in_postgres_and_artifacts_in_bucket(stack, tmp_path):
 
 
 def test_prefect_on_postgres_runs_a_deployment_through_the_worker(stack):
+    from srcore.stack.services import pool_deployments
+
     cfg, _ = stack
     env = _env(cfg)
     argv = [str(BIN / "prefect"), "--no-prompt", "deployment", "run", "evaluate/bicubic", "--watch",
@@ -110,6 +114,17 @@ def test_prefect_on_postgres_runs_a_deployment_through_the_worker(stack):
         cur.execute("select fr.state_type from flow_run fr join deployment d on d.id = fr.deployment_id "
                     "where d.name = 'bicubic'")
         assert [r[0] for r in cur.fetchall()] == ["COMPLETED"]
+        # every deployment of the stack's pool in prefect.yaml is there (distill/dvmsr among them)
+        cur.execute("select d.name from deployment d join work_queue q on q.id = d.work_queue_id "
+                    "join work_pool w on w.id = q.work_pool_id where w.name = %s", (cfg.work_pool,))
+        deployed = {r[0] for r in cur.fetchall()}
+    assert deployed == set(pool_deployments(cfg.project_dir / "prefect.yaml", cfg.work_pool))
+    assert "dvmsr" in deployed
+    # a parameter the flow does not take is refused before anything runs
+    bad = subprocess.run([str(BIN / "prefect"), "deployment", "run", "distill/dvmsr", "--param", "bogus=1"],
+                         env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    said = bad.stdout + bad.stderr
+    assert bad.returncode != 0 and "bogus" in said, said[-2000:]
 
 
 def test_dvc_push_to_s3_and_pull_back_byte_identical(stack, tmp_path):
@@ -230,7 +245,30 @@ def test_retrain_deployment_end_to_end_on_the_stack(stack, tmp_path):
     assert run.data.tags["model_path"] == "s3://ray/e2e/student/model.pth"
     assert run.data.tags["stage"] == "distill" and "teacher_run_id" in run.data.tags
     assert "sample-val_psnr_y" in run.data.metrics
+    assert {"flops_g", "peak_mem_mb", "latency_ms"} <= set(run.data.metrics)
     assert any(champion.run_id in k for k in _s3_keys(cfg, "mlflow")), "the run's artifacts are not in S3"
+    with _pg(cfg, "mlflow") as conn, conn.cursor() as cur:
+        cur.execute("select version from model_versions where name = %s", (name,))
+        assert [str(r[0]) for r in cur.fetchall()] == [champion.version]
+    # one parent run holds the stage runs; the student's run names its teacher's run
+    parent = run.data.tags["mlflow.parentRunId"]
+    teacher = client.get_run(run.data.tags["teacher_run_id"])
+    assert teacher.data.tags["mlflow.parentRunId"] == parent and teacher.data.tags["stage"] == "teacher"
+    assert client.get_run(parent).data.tags["profile"] == "tiny"
+    assert len(client.get_metric_history(teacher.info.run_id, "train_loss_rec")) >= 1
+
+    # the same deployment again, nothing changed: every cache hits (checkpoints and results in S3 are
+    # recognised), no stage trains, the registered version stays the only one
+    checkpoints = sorted(k for k in ray_keys if "/checkpoint_" in k)
+    again = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=1600)
+    assert again.returncode == 0 and "Completed" in again.stdout, again.stdout[-2000:] + again.stderr[-1000:]
+    assert sorted(k for k in _s3_keys(cfg, "ray", "e2e/") if "/checkpoint_" in k) == checkpoints
+    for stage in ("teacher", "distill"):
+        newest = client.search_runs(sorted({run.info.experiment_id, teacher.info.experiment_id}),
+                                    f"tags.stage = '{stage}'",
+                                    order_by=["attributes.start_time DESC"], max_results=1)[0]
+        assert newest.info.run_id != (teacher if stage == "teacher" else run).info.run_id
+        assert newest.data.tags.get("reused_result") == "true", stage  # recorded result, no training
     with _pg(cfg, "mlflow") as conn, conn.cursor() as cur:
         cur.execute("select version from model_versions where name = %s", (name,))
         assert [str(r[0]) for r in cur.fetchall()] == [champion.version]

@@ -26,12 +26,12 @@ from srcore import errors
 from srcore.config import Params, TrainParams
 from srcore.data.loaders import ray_dataset, shard_files
 from srcore.errors import SrcoreError
-from srcore.io import atomic_write_bytes, is_uri
+from srcore.io import is_uri
 from srcore.raycluster import ensure_ray
 from srcore.train import faults
 from srcore.train.preflight import check_cluster_fits, check_training_inputs, stage_params
 from srcore.train.state import read_state
-from srcore.train.storage import copy_file
+from srcore.train.storage import copy_file, file_exists, read_bytes, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -258,9 +258,12 @@ def run_stage(params: Params, stage: str, address: str | None = None, name: str 
     metrics = dict(result.metrics or {}) or (history[-1] if history else {})
     log.info("%s finished at step %s -> %s", cfg.name, state.get("step"), model_path)
     out = StageResult(cfg.name, run_dir, model_path, {**metrics, "step": state.get("step")}, history)
-    if not is_uri(run_dir):
-        record = {**asdict(out), "config_digest": config_digest}
-        atomic_write_bytes(Path(run_dir) / _RESULT, json.dumps(record, default=str).encode())
+    record = {**asdict(out), "config_digest": config_digest}
+    try:
+        write_bytes(f"{run_dir}/{_RESULT}", json.dumps(record, default=str).encode())
+    except OSError as exc:  # the model is safe; only the shortcut for an identical re-run is lost
+        log.warning("could not record %s's result in %s (%s); an identical re-run will train again",
+                    cfg.name, run_dir, exc)
     return out
 
 
@@ -275,15 +278,12 @@ def _digest(stage: str, cfg: TrainParams, params: Params) -> str:
 
 def _finished(run_dir: str, config_digest: str, steps: int) -> StageResult | None:
     """The recorded result of a completed run with the same parameters, if any."""
-    path = Path(run_dir) / _RESULT
-    if is_uri(run_dir) or not path.is_file():
-        return None
     try:
-        record = json.loads(path.read_text())
-    except ValueError:
+        record = json.loads(read_bytes(f"{run_dir}/{_RESULT}"))
+    except (OSError, ValueError):  # none yet (or unreadable): train
         return None
     if record.get("config_digest") != config_digest or (record.get("metrics") or {}).get("step") != steps \
-            or not Path(record.get("model_path", "")).is_file():
+            or not file_exists(record.get("model_path") or ""):
         return None
     record.pop("config_digest")
     return StageResult(**record)
