@@ -60,7 +60,7 @@ def test_live_points_nesting_and_teacher_link(workdir, mlflow_server, ray_local,
         params = load_params(None, _overrides(workdir))
         teacher, t_run = run_tracked_stage(params, "teacher", parent_run_id=parent)
     finished_ms = time.time() * 1000
-    client = MlflowClient(mlflow_server)
+    client = MlflowClient(mlflow_server, mlflow_server)
     t = client.get_run(t_run.run_id)
     assert t.data.tags["mlflow.parentRunId"] == parent and t.info.status == "FINISHED"
     assert t_run.url.startswith(mlflow_server) and t_run.url.endswith(t_run.run_id)

@@ -45,6 +45,15 @@ def _pg(cfg, database: str):
                             dbname=database)
 
 
+def _mlflow(cfg):
+    """A client of the stack's MLflow, for runs and the registry alike (never a registry URI another
+    test left set in this process)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = cfg.client_env()["MLFLOW_TRACKING_URI"]
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
 def _s3_keys(cfg, bucket: str, prefix: str = "") -> list[str]:
     from srcore.stack.services import SeaweedFS
 
@@ -76,10 +85,9 @@ def test_every_service_answers_and_second_up_is_a_no_op(stack):
 
 
 def test_mlflow_metadata_in_postgres_and_artifacts_in_bucket(stack, tmp_path):
-    from mlflow.tracking import MlflowClient
 
     cfg, _ = stack
-    client = MlflowClient(tracking_uri=cfg.client_env()["MLFLOW_TRACKING_URI"])
+    client = _mlflow(cfg)
     exp = client.create_experiment("stack-test")
     run = client.create_run(exp)
     client.log_metric(run.info.run_id, "psnr", 31.5)
@@ -154,7 +162,6 @@ def test_dvc_push_to_s3_and_pull_back_byte_identical(stack, tmp_path):
 def test_a_model_in_the_bucket_is_hashed_evaluated_and_registered(stack, tmp_path, monkeypatch):
     """Training with ``storage_path: s3://...`` leaves the model in the bucket: the later stages
     must hash, load (to evaluate) and register it from there."""
-    from mlflow.tracking import MlflowClient
 
     from flows.common import file_digest
     from srcore.config import load_params
@@ -182,7 +189,7 @@ def test_a_model_in_the_bucket_is_hashed_evaluated_and_registered(stack, tmp_pat
     params = load_params(None, {"eval.datasets": ["embedded"], "prepare.out": str(tmp_path / "patches"),
                                 "student.model": "dvmsr", "student.scale": 2})
     reg = log_and_register(params, "distill", uri, metrics, policy=PromotionPolicy("embedded_psnr_y"))
-    client = MlflowClient(tracking_uri=cfg.client_env()["MLFLOW_TRACKING_URI"])
+    client = _mlflow(cfg)
     assert client.get_model_version_by_alias(reg["registered_model"], "champion").version == reg["version"]
     assert client.get_run(reg["run_id"]).data.tags["model_path"] == uri
     assert any(reg["run_id"] in key for key in _s3_keys(cfg, "mlflow")), "the run's artifacts are not in S3"
@@ -209,7 +216,6 @@ def _tree_bytes(folder: Path) -> dict[str, bytes]:
 
 
 def test_retrain_deployment_end_to_end_on_the_stack(stack, tmp_path):
-    from mlflow.tracking import MlflowClient
 
     from srcore.stack.services import RayCluster
 
@@ -238,7 +244,7 @@ def test_retrain_deployment_end_to_end_on_the_stack(stack, tmp_path):
     assert _s3_keys(cfg, "prefect", "results/")
 
     # the student is a registered version, champion, its run (in PostgreSQL) with artifacts in S3
-    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    client = _mlflow(cfg)
     name = "srcore-dvmsr-x4"
     champion = client.get_model_version_by_alias(name, "champion")
     run = client.get_run(champion.run_id)
@@ -324,7 +330,6 @@ def test_registration_survives_the_mlflow_server_dying_in_its_middle(stack, tmp_
     """The register flow pauses once its version exists (a fault hook), the MLflow server is killed
     (SIGKILL) and started again; the task's explicit retries finish the registration: exactly one new
     version, whose run holds the metric, and every alias on a version that exists."""
-    from mlflow.tracking import MlflowClient
 
     from srcore.data.sample import write_sample
     from srcore.models import build, save_model
@@ -336,7 +341,7 @@ def test_registration_survives_the_mlflow_server_dying_in_its_middle(stack, tmp_
     sample = cfg.project_dir / "data" / "raw" / "sample"
     if not (sample / "val").is_dir():  # the comparison grid's images (the end-to-end run writes them too)
         write_sample(sample)
-    client = MlflowClient(tracking_uri=cfg.client_env()["MLFLOW_TRACKING_URI"])
+    client = _mlflow(cfg)
     name = "srcore-dvmsr-x4"
     before = {mv.version for mv in client.search_model_versions(f"name='{name}'")}
     model = tmp_path / "model.pth"

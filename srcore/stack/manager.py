@@ -3,7 +3,8 @@
 ``up`` starts the services in three waves (storage and Ray; servers; the Prefect worker), each
 wave's processes launched before any of them is waited for, so slow starts overlap. A service
 whose recorded process still runs is left alone (a second ``up`` is a no-op). If a start fails,
-what this call started is stopped again, and the error names the service and its log.
+what this call started is stopped again, and the error names the service and its log. ``down``
+stops the waves in reverse order, the services of a wave side by side.
 """
 
 from __future__ import annotations
@@ -129,13 +130,21 @@ def down(cfg: StackConfig) -> dict[str, list[int]]:
 
 
 def _down(cfg: StackConfig) -> dict[str, list[int]]:
+    # The waves in reverse (the worker first, storage last), each wave's services stopped side by side:
+    # a server that takes its grace period to exit does not hold up the others of its wave.
+    from concurrent.futures import ThreadPoolExecutor
+
     stopped: dict[str, list[int]] = {}
     errors = []
-    for svc in reversed(_services(cfg)):
-        try:
-            stopped[svc.name] = svc.stop()
-        except Exception as exc:  # stop the rest, then report
-            errors.append(f"{svc.name}: {exc}")
+    for wave in reversed(WAVES):
+        services = [cls(cfg) for cls in wave]
+        with ThreadPoolExecutor(max_workers=len(services)) as pool:
+            futures = [(svc, pool.submit(svc.stop)) for svc in services]
+        for svc, future in futures:
+            try:
+                stopped[svc.name] = future.result()
+            except Exception as exc:  # stop the rest, then report
+                errors.append(f"{svc.name}: {exc}")
     cfg.env_file.unlink(missing_ok=True)
     if errors:
         raise StackError("some services did not stop cleanly: " + "; ".join(errors))
