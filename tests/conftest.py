@@ -1,6 +1,6 @@
 """Shared fixtures: paths to ../shared (tests using it skip when it is absent), and what a test
-session starts once: the MLflow server and the Ray cluster. (Prefect runs on the stack's server,
-``tests/test_stack.py``.)"""
+session starts once: the Ray cluster, and an MLflow server (once per pytest worker that needs one).
+Prefect runs on the stack's server (``tests/test_stack.py``)."""
 
 from __future__ import annotations
 
@@ -176,10 +176,11 @@ def pytest_sessionfinish(session, exitstatus):
 
 # ---------------------------------------------------------------------------------------------
 # Running on two pytest-xdist workers (``make test``): every module whose tests use the session's
-# MLflow server or Ray cluster runs on one worker, so that each is still started once; the stack's
-# module runs whole on one worker too. Every other test goes where there is room.
+# Ray cluster runs on one worker, so that the session still starts one Ray; the stack's module runs
+# whole on one worker too. Every other test goes where there is room (a worker that runs a test
+# needing the MLflow server starts its own: a few seconds, and nothing is shared through it).
 
-SESSION_SERVICES = {"ray_cluster", "ray_local", "mlflow_server"}
+RAY_FIXTURES = {"ray_cluster", "ray_local"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
@@ -189,9 +190,32 @@ def pytest_collection_modifyitems(config, items):
         module = item.nodeid.split("::")[0]
         if "stack" in item.fixturenames:
             groups[module] = "stack"
-        elif SESSION_SERVICES & set(item.fixturenames):
-            groups.setdefault(module, "session-services")
+        elif RAY_FIXTURES & set(item.fixturenames):
+            groups.setdefault(module, "session-ray")
     for item in items:
         group = groups.get(item.nodeid.split("::")[0])
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_configure(config):
+    # xdist 3.8 groups a test by renaming Item._nodeid, which pytest 9.2 no longer reads: the groups
+    # would be split across the workers, each starting its own cluster and stack
+    if config.getoption("dist", "no") == "loadgroup" and pytest.version_tuple >= (9, 2):
+        import xdist
+
+        if tuple(int(p) for p in xdist.__version__.split(".")[:2]) <= (3, 8):
+            raise pytest.UsageError(f"pytest {pytest.__version__} with pytest-xdist {xdist.__version__} "
+                                    "cannot keep test groups together; install the dev extra "
+                                    "(pip install -e '.[dev]'), which asks for pytest below 9.2")
+
+
+def pytest_collection_finish(session):
+    # the same, checked where it happens (each xdist worker): a grouped test whose node id lacks its
+    # "@group" would run apart from its group, so the worker refuses to run any
+    if getattr(session.config.option, "loadgroup", False):
+        ungrouped = [item.nodeid for item in session.items
+                     if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+        if ungrouped:
+            raise pytest.UsageError(f"pytest-xdist did not group {ungrouped[0]} (and {len(ungrouped) - 1} "
+                                    "more); install the pytest version pyproject.toml asks for")

@@ -20,7 +20,7 @@ from srcore.errors import CheckpointError, ConfigError
 from srcore.io import is_uri
 from srcore.train import faults
 from srcore.train.state import load_with_fallback, read_state, restore_rng, rng_state, write_state
-from srcore.train.storage import copy_file
+from srcore.train.storage import copy_file, file_exists, read_bytes, write_bytes
 
 
 class _Payload:
@@ -203,6 +203,16 @@ def test_copy_file_between_local_paths_and_uris(tmp_path):
     copy_file(src, f"file://{tmp_path / 'd.bin'}")
     assert {p.read_bytes() for p in (tmp_path / "c.bin", tmp_path / "d.bin")} == {b"weights"}
     assert not list(tmp_path.glob(".*.tmp")) and not list((tmp_path / "sub").glob(".*.tmp"))
+    # a run's recorded result, read and written the same way on a disk and in a store
+    for where in (tmp_path / "run" / "result.json", f"file://{tmp_path / 'result.json'}"):
+        assert not file_exists(where)
+        with pytest.raises(FileNotFoundError):
+            read_bytes(where)
+        if not is_uri(where):
+            where.parent.mkdir()
+        write_bytes(where, b"{}")
+        assert file_exists(where) and read_bytes(where) == b"{}"
+    assert not file_exists("") and not file_exists(tmp_path)  # a folder is not a file
 
 
 def test_training_task_retries_only_errors_that_are_not_the_users():
