@@ -21,8 +21,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m flows.demo
 
-# two pytest workers: a test waiting on a server or a Ray stage leaves a core to the other; tests sharing
-# the session's servers or the stack stay together (tests/conftest.py)
+# two pytest workers: a test waiting on a server or a Ray stage leaves a core to the other; the tests
+# sharing the session's Ray cluster stay on one worker, the stack's on one (tests/conftest.py)
 TEST_WORKERS ?= 2
 
 test: $(STAMP)

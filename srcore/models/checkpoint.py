@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from srcore.errors import CheckpointError
-from srcore.io import atomic_write_bytes, is_uri
+from srcore.io import atomic_write_bytes, is_uri, read_bytes
 from srcore.models.base import SRModel
 from srcore.models.presets import Preset, build, preset
 
@@ -41,14 +41,11 @@ def save_model(path: str | os.PathLike, model: SRModel, name: str,
 
 def _read_object(uri: str) -> io.BytesIO:
     """The bytes of a file in an object store (``s3://...``: training writes there when its
-    ``storage_path`` is a URI), through pyarrow's filesystems (endpoint and keys from the environment)."""
+    ``storage_path`` is a URI)."""
     import pyarrow as pa
-    import pyarrow.fs as pafs
 
     try:
-        fs, key = pafs.FileSystem.from_uri(uri)
-        with fs.open_input_stream(key) as stream:
-            return io.BytesIO(stream.read())
+        return io.BytesIO(read_bytes(uri))
     except (OSError, pa.ArrowException) as exc:
         raise CheckpointError(f"{uri}: weights file not found or unreadable ({exc})") from exc
 

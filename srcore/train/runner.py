@@ -26,12 +26,12 @@ from srcore import errors
 from srcore.config import Params, TrainParams
 from srcore.data.loaders import ray_dataset, shard_files
 from srcore.errors import SrcoreError
-from srcore.io import is_uri
+from srcore.io import file_exists, is_uri, read_bytes, write_bytes
 from srcore.raycluster import ensure_ray
 from srcore.train import faults
 from srcore.train.preflight import check_cluster_fits, check_training_inputs, stage_params
 from srcore.train.state import read_state
-from srcore.train.storage import copy_file, file_exists, read_bytes, write_bytes
+from srcore.train.storage import copy_file
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Where training keeps its files: a local folder or an object store (``s3://...``, any URI pyarrow reads).
 
 ``copy_file`` copies one file between any two such places (a local destination is written
-atomically); ``read_bytes``, ``write_bytes`` and ``file_exists`` handle a small file (a run's recorded
-result) in either; ``srcore.io.is_uri`` tells the two apart.
+atomically); ``srcore.io`` reads, writes and finds a whole small file in either, and ``is_uri``
+tells the two apart.
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import os
 import tempfile
 from pathlib import Path
 
-from srcore.io import atomic_output, atomic_write_bytes, is_uri
+from srcore.io import atomic_output, is_uri
 
-__all__ = ["copy_file", "fetch_to_local", "file_exists", "is_uri", "read_bytes", "write_bytes"]
+__all__ = ["copy_file", "fetch_to_local", "is_uri"]
 
 
 def copy_file(src: str | os.PathLike, dest: str | os.PathLike) -> None:
@@ -38,39 +38,3 @@ def fetch_to_local(uri: str, folder: str | os.PathLike | None = None) -> Path:
     target = folder / Path(uri.split("://", 1)[-1]).name
     copy_file(uri, target)
     return target
-
-
-def read_bytes(path: str | os.PathLike) -> bytes:
-    """The whole file, local or in an object store. Raises ``OSError`` (``FileNotFoundError`` if absent)."""
-    if not is_uri(path):
-        return Path(path).read_bytes()
-    import pyarrow.fs as pafs
-
-    fs, key = pafs.FileSystem.from_uri(str(path))
-    with fs.open_input_stream(key) as stream:
-        return stream.read()
-
-
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write a whole file: atomically on a local disk; an object store's put is whole or nothing."""
-    if not is_uri(path):
-        atomic_write_bytes(path, data)
-        return
-    import pyarrow.fs as pafs
-
-    fs, key = pafs.FileSystem.from_uri(str(path))
-    with fs.open_output_stream(key) as stream:
-        stream.write(data)
-
-
-def file_exists(path: str | os.PathLike) -> bool:
-    """Whether a file is there, local or in an object store (``False`` when the store cannot say)."""
-    if not is_uri(path):
-        return Path(path).is_file()
-    import pyarrow.fs as pafs
-
-    try:
-        fs, key = pafs.FileSystem.from_uri(str(path))
-        return fs.get_file_info(key).type == pafs.FileType.File
-    except OSError:
-        return False
