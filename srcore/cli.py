@@ -22,7 +22,8 @@ console = Console(stderr=True)
 out = Console()
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    # one line, however long: a path in the message must stay whole when copied from the terminal
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -185,16 +185,14 @@ RAY_FIXTURES = {"ray_cluster", "ray_local"}
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    groups: dict[str, str] = {}
+    groups: dict[Path, str] = {}
     for item in items:
-        module = item.nodeid.split("::")[0]
         if "stack" in item.fixturenames:
-            groups[module] = "stack"
+            groups[item.path] = "stack"
         elif RAY_FIXTURES & set(item.fixturenames):
-            groups.setdefault(module, "session-ray")
+            groups.setdefault(item.path, "session-ray")
     for item in items:
-        group = groups.get(item.nodeid.split("::")[0])
-        if group:
+        if group := groups.get(item.path):
             item.add_marker(pytest.mark.xdist_group(group))
 
 
