@@ -21,13 +21,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m flows.demo
 
-# pytest workers: 2 halves the wall time on two cores, but there a Ray node of the test cluster was once
-# declared dead (missed heartbeats) while the stack booted beside it; one worker is the safe default.
-# Tests sharing the session's Ray cluster stay on one worker, the stack's on one (tests/conftest.py).
-TEST_WORKERS ?= 1
+# Two pytest workers on two cores: the tests sharing the session's Ray cluster and MLflow server run on
+# one, the stack's on the other, every other module whole where there is room (tests/conftest.py).
+TEST_WORKERS ?= 2
 
 test: $(STAMP)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q --timeout=900 -n $(TEST_WORKERS) --dist loadgroup
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q --timeout=900 -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
 
 # everything but the tests that start servers, clusters or whole pipelines (marked slow)
 test-fast: $(STAMP)

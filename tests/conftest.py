@@ -1,6 +1,6 @@
 """Shared fixtures: paths to ../shared (tests using it skip when it is absent), and what a test
-session starts once: the Ray cluster, and an MLflow server (once per pytest worker that needs one).
-Prefect runs on the stack's server (``tests/test_stack.py``)."""
+session starts once: the Ray cluster and an MLflow server. Prefect runs on the stack's server
+(``tests/test_stack.py``)."""
 
 from __future__ import annotations
 
@@ -144,6 +144,7 @@ class SessionRay:
         """A fresh worker node in place of one a test killed, for the tests after it."""
         from local_ray_cluster import replace_node
 
+        self.connect()  # the GCS is asked when the killed node is declared dead
         self.worker = replace_node(self.cluster, self.worker, RAY_CPUS_PER_NODE, env=S3_TEST_ENV)
 
 
@@ -175,12 +176,15 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 # ---------------------------------------------------------------------------------------------
-# Running on two pytest-xdist workers (``make test``): every module whose tests use the session's
-# Ray cluster runs on one worker, so that the session still starts one Ray; the stack's module runs
-# whole on one worker too. Every other test goes where there is room (a worker that runs a test
-# needing the MLflow server starts its own: a few seconds, and nothing is shared through it).
+# Running on two pytest-xdist workers (``make test``): the modules that use the session's servers
+# (its Ray cluster, its MLflow server) run on one worker, so that the session starts each once; the
+# stack's module runs whole on another. Every other module runs whole on whichever worker is free,
+# so a module-scoped fixture (a Triton interpreter run, a served model) is built once, not on both.
+# The two long groups go first (``--no-loadscope-reorder`` keeps this order), one to each worker;
+# the short modules then fill in around them.
 
-RAY_FIXTURES = {"ray_cluster", "ray_local"}
+SESSION_SERVERS = {"ray_cluster", "ray_local", "mlflow_server"}
+GROUP_ORDER = {"stack": 0, "session-servers": 1}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
@@ -189,11 +193,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "stack" in item.fixturenames:
             groups[item.path] = "stack"
-        elif RAY_FIXTURES & set(item.fixturenames):
-            groups.setdefault(item.path, "session-ray")
+        elif SESSION_SERVERS & set(item.fixturenames):
+            groups.setdefault(item.path, "session-servers")
     for item in items:
-        if group := groups.get(item.path):
-            item.add_marker(pytest.mark.xdist_group(group))
+        item.add_marker(pytest.mark.xdist_group(groups.get(item.path, item.path.stem)))
+    items.sort(key=lambda item: GROUP_ORDER.get(groups.get(item.path, ""), len(GROUP_ORDER)))  # stable
 
 
 def pytest_configure(config):

@@ -72,9 +72,26 @@ def local_cluster(nodes: int = 2, cpus_per_node: int = 1, env: dict[str, str] | 
         cluster.shutdown()
 
 
+def wait_until_dead(node_id: str, timeout: float = 180) -> None:
+    """Until the GCS declares ``node_id`` dead. A node whose raylet was killed stays "alive" to the
+    scheduler until its health checks run out (about 15 s, longer on a busy host): work placed on it
+    meanwhile (the next test's actors) would die with it."""
+    import time
+
+    import ray
+
+    deadline = time.monotonic() + timeout
+    while any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Ray node {node_id} still alive {timeout:.0f} s after its raylet was killed")
+        time.sleep(0.5)
+
+
 def replace_node(cluster: Any, node: Any, num_cpus: int, env: dict[str, str] | None = None) -> Any:
     """A fresh worker node at ``node``'s address in place of ``node`` (whose raylet a test killed):
-    what is left of the old node is ended, the new one starts with ``env`` as in ``local_cluster``."""
+    what is left of the old node is ended and declared dead by the GCS, the new one starts with
+    ``env`` as in ``local_cluster``. Needs this process connected as the cluster's driver."""
     cluster.remove_node(node, allow_graceful=False)
+    wait_until_dead(node.node_id)
     with _environment(env):
         return add_node(cluster, node_ip_address=node.node_ip_address, num_cpus=num_cpus)
