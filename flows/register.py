@@ -21,12 +21,12 @@ from srcore.tracking.registry import PromotionPolicy
 
 
 def _register_key(_ctx, args: dict[str, Any]) -> str:
-    # The same model file under the same policy is registered once: reruns keep the champion.
-    from srcore.tracking.runs import tracking_uri
+    # The same model file under the same policy is registered once in a store: reruns keep the champion.
+    from srcore.tracking.runs import store_identity
 
     policy = (args["gate_metric"], args["margin"], args["max_params"], args["max_latency_ms"],
               args.get("max_flops_g"))
-    return "register-" + digest(tracking_uri(), args["stage"], file_digest(args["model_path"]), *policy)
+    return "register-" + digest(store_identity(), args["stage"], file_digest(args["model_path"]), *policy)
 
 
 @task(name="mlflow-log-register", retries=4, retry_delay_seconds=[10, 30, 60, 120],

@@ -4,6 +4,8 @@ image size, and an unreachable server."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -86,3 +88,32 @@ def test_unreachable_tracking_server_fails_fast(monkeypatch, tmp_path):
 
     with pytest.raises(ConfigError, match="cannot reach the MLflow tracking server"):
         log_and_register(load_params(None), "distill", _checkpoint(tmp_path / "a.pth", 0), {"x": 1.0})
+
+
+def test_register_cache_key_names_the_store_not_only_its_uri(tmp_path, monkeypatch):
+    """A store made anew at the same URI (a fresh clone's mlflow.db in the same folder) is another
+    store: the register task's cache key changes, so the model is registered there, not taken as
+    registered; the same store keeps its key (a rerun hits the cache); an unreachable store never
+    hits a cache."""
+    from flows.register import _register_key
+    from srcore.tracking.runs import store_identity
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    args = {"stage": "distill", "model_path": _checkpoint(tmp_path / "m.pth", 0), "gate_metric": "psnr",
+            "margin": 0.0, "max_params": None, "max_latency_ms": None}
+    first = _register_key(None, args)
+    assert _register_key(None, args) == first
+
+    # a fresh clone's demo: a new process, a new mlflow.db at the same path (a process keeps the
+    # SQLite stores it opened, so this one could not see the file replaced)
+    fresh = ("import os; os.remove('mlflow.db'); "
+             "from srcore.tracking.runs import store_identity as s; print(s())")
+    res = subprocess.run([sys.executable, "-c", fresh], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    again = res.stdout.strip().splitlines()[-1]
+    assert again.split("#")[0] == store_identity().split("#")[0] and again != store_identity()
+    dead = "http://127.0.0.1:9"
+    monkeypatch.setenv("SRCORE_TRACKING_TIMEOUT", "2")
+    assert store_identity(dead) != store_identity(dead)

@@ -28,9 +28,9 @@ from srcore.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["tracking_uri", "reading_uri", "tracking_timeout", "bounded_requests", "call_with_deadline",
-           "configure", "flatten", "lineage", "stage_lineage", "comparison_grid", "run_url",
-           "stage_params", "EXPERIMENT"]
+__all__ = ["tracking_uri", "store_identity", "reading_uri", "tracking_timeout", "bounded_requests",
+           "call_with_deadline", "configure", "flatten", "lineage", "stage_lineage", "comparison_grid",
+           "run_url", "stage_params", "EXPERIMENT"]
 
 EXPERIMENT = "srcore"
 LOCAL_STORE = "mlflow.db"
@@ -40,6 +40,26 @@ _T = TypeVar("_T")
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(LOCAL_STORE).resolve()}"
+
+
+def store_identity(uri: str | None = None) -> str:
+    """The tracking store at ``uri`` (default: :func:`tracking_uri`) as one string: the URI and when
+    the store was made (its Default experiment's creation time). A store made anew at the same URI,
+    such as a fresh clone's ``mlflow.db`` in the same folder, is another store: caches of what was
+    registered in the old one must not be taken for the new one. An unreachable store gets a
+    one-off identity, which no cache holds."""
+    import uuid
+
+    from mlflow import MlflowClient
+
+    uri = uri or tracking_uri()
+    try:
+        with bounded_requests(tracking_timeout()):
+            created = MlflowClient(uri, uri).get_experiment("0").creation_time
+    except Exception as exc:  # any failure to ask: the caller's work runs instead of a cache hit
+        log.debug("tracking store %s did not answer (%s)", uri, exc)
+        return f"{uri}#unknown-{uuid.uuid4().hex}"
+    return f"{uri}#{created}"
 
 
 def reading_uri() -> str:
