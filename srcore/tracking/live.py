@@ -18,6 +18,7 @@ import math
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -110,8 +111,13 @@ def log_patch_input(patches_dir: str | os.PathLike, scale: int) -> None:
     if not manifest.is_file():
         log.debug("no patch manifest at %s; no input dataset logged", manifest)
         return
-    dataset = MetaDataset(resolve_dataset_source(str(manifest.parent)), name=f"patches-x{scale}",
-                          digest=manifest_hash(manifest.parent)[:16])
+    with warnings.catch_warnings():
+        # MLflow registers its local-artifact source twice (for "" and "file://"), so every local path
+        # "can be interpreted in multiple ways" by two identical classes: a warning with nothing to act on
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted",
+                                category=UserWarning)
+        source = resolve_dataset_source(str(manifest.parent))
+    dataset = MetaDataset(source, name=f"patches-x{scale}", digest=manifest_hash(manifest.parent)[:16])
     mlflow.log_input(dataset, context="training")
 
 
