@@ -242,6 +242,8 @@ def test_retrain_deployment_end_to_end_on_the_stack(stack, tmp_path):
     for run in ("teacher", "student"):
         assert f"e2e/{run}/model.pth" in ray_keys, ray_keys[:20]
         assert any(k.startswith(f"e2e/{run}/checkpoint_") for k in ray_keys), ray_keys[:20]
+        assert f"e2e/{run}/ray.log" in ray_keys, ray_keys[:20]  # Ray's own lines, kept beside the run
+    assert "PlacementGroupCleaner" not in worker_log, worker_log[-3000:]
     assert _s3_keys(cfg, "prefect", "results/")
 
     # the student is a registered version, champion, its run (in PostgreSQL) with artifacts in S3

@@ -224,3 +224,37 @@ def test_training_task_retries_only_errors_that_are_not_the_users():
     assert not _retryable(None, None, Failed(data=ConfigError("teacher.gamma: bad")))
     assert not _retryable(None, None, Failed(data=DataError("no shards")))
     assert _retryable(None, None, Failed(data=RuntimeError("worker died")))
+
+
+def _append(path: Path, text: str) -> None:
+    with path.open("a") as sink:
+        sink.write(text)
+
+
+def test_ray_log_of_a_run_in_an_object_store_is_appended_there(tmp_path, monkeypatch):
+    """Object stores have no append: each stage's Ray lines are spooled locally and added to the run's
+    ray.log in the store when the stage ends, also when it failed; a log that cannot be read is kept."""
+    from srcore.train import runner
+
+    run_dir = f"file://{tmp_path / 'run'}"
+    (tmp_path / "run").mkdir()
+    with runner._ray_log_in(run_dir) as (local, where):
+        assert not is_uri(local) and where == f"{run_dir}/ray.log"
+        _append(local, "first stage\n")
+    with pytest.raises(RuntimeError), runner._ray_log_in(run_dir) as (local, _):
+        _append(local, "second stage\n")
+        raise RuntimeError("the stage failed")
+    assert read_bytes(f"{run_dir}/ray.log") == b"first stage\nsecond stage\n"
+    assert not local.exists()  # the spool is gone once its lines are in the store
+
+    def unreadable(path):
+        raise PermissionError(13, "denied", str(path))
+
+    monkeypatch.setattr(runner, "read_bytes", unreadable)
+    with runner._ray_log_in(run_dir) as (local, where):
+        _append(local, "third stage\n")
+    assert where != f"{run_dir}/ray.log" and read_bytes(where) == b"third stage\n"
+    assert (tmp_path / "run" / "ray.log").read_bytes() == b"first stage\nsecond stage\n"
+    # a local run folder holds the file itself
+    with runner._ray_log_in(str(tmp_path / "local")) as (local, where):
+        assert local == tmp_path / "local" / "ray.log" and where == str(local)

@@ -3,7 +3,8 @@
 ``run_stage`` checks the inputs on the driver first (``srcore.train.preflight``), so a bad
 parameter fails in a second with a one-line error instead of inside a Ray worker. While the stage
 runs, Ray's own log stream (worker output, controller warnings, tracebacks of retried failures)
-goes to ``<run folder>/ray.log`` instead of the terminal (``quiet_ray=False`` keeps Ray's default),
+goes to ``<run folder>/ray.log`` instead of the terminal (``quiet_ray=False`` keeps Ray's default;
+a run folder in an object store gets the file when the stage ends),
 and rank 0's progress (step, loss, samples/s, validation PSNR) reaches ``on_progress`` on the
 driver. Errors the user must fix, raised inside a worker, come back as the same one-line error
 and are not retried.
@@ -15,7 +16,9 @@ import hashlib
 import json
 import logging
 import os
+import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -117,9 +120,48 @@ def ray_output_to(path: Path, address: str | None) -> Iterator[None]:
 
 
 @contextmanager
-def _ray_on_terminal(address: str | None) -> Iterator[None]:
-    ensure_ray(address, setting=_ADDRESS_SETTING)
-    yield
+def _ray_log_in(run_dir: str) -> Iterator[tuple[Path, str]]:
+    """The local file Ray's lines are written to during the stage, and where they end up.
+
+    A local run folder holds ``ray.log`` itself. An object store has no append, so for a run folder
+    there the lines go to a local spool that is added to ``<run_dir>/ray.log`` when the stage ends,
+    failed or not; an existing log that cannot be read is left as it is and the spool kept beside it.
+    """
+    if not is_uri(run_dir):
+        path = Path(run_dir) / RAY_LOG
+        yield path, str(path)
+        return
+    target = f"{run_dir}/{RAY_LOG}"
+    earlier = b""
+    if file_exists(target):
+        try:
+            earlier = read_bytes(target)
+        except OSError as exc:
+            target = f"{run_dir}/ray-{time.strftime('%Y%m%d-%H%M%S')}.log"
+            log.warning("could not read %s/%s (%s); this stage's Ray log goes to %s", run_dir, RAY_LOG,
+                        exc, target)
+    with tempfile.TemporaryDirectory(prefix="srcore-ray-log-") as spool:
+        local = Path(spool) / RAY_LOG
+        local.write_bytes(earlier)
+        try:
+            yield local, target
+        finally:
+            try:
+                write_bytes(target, local.read_bytes())
+            except OSError as exc:  # Ray's session logs (/tmp/ray/session_latest/logs) still hold it
+                log.warning("could not write Ray's log to %s (%s)", target, exc)
+
+
+@contextmanager
+def _ray_output(run_dir: str, address: str | None, quiet: bool) -> Iterator[str | None]:
+    """Ray started or connected for the block; with ``quiet`` its output kept out of the terminal,
+    and the place it is kept is yielded (``None``: Ray prints as it does by default)."""
+    if not quiet:
+        ensure_ray(address, setting=_ADDRESS_SETTING)
+        yield None
+        return
+    with _ray_log_in(run_dir) as (local, where), ray_output_to(local, address):
+        yield where
 
 
 class _DriverChannel:
@@ -235,15 +277,14 @@ def run_stage(params: Params, stage: str, address: str | None = None, name: str 
         return done
     import ray.train
 
-    quiet = quiet_ray and not is_uri(run_dir)
-    with ray_output_to(Path(run_dir) / RAY_LOG, address) if quiet else _ray_on_terminal(address):
+    with _ray_output(run_dir, address, quiet_ray) as ray_log:
         if address:
             check_cluster_fits(cfg, stage, _cluster_cpus(), f"the Ray cluster at {address}")
         with _DriverChannel(on_progress) as channel:
             try:
                 result = _trainer(params, stage, cfg, storage, run_dir, channel.queue).fit()
             except ray.train.TrainingFailedError as exc:
-                where = f"; details in {Path(run_dir) / RAY_LOG}" if quiet else ""
+                where = f"; details in {ray_log}" if ray_log else ""
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise TrainingFailed(f"{cfg.name}: training failed after {cfg.ray.max_failures} "
                                      f"retries: {first}{where}") from None
