@@ -247,10 +247,12 @@ def test_ray_log_of_a_run_in_an_object_store_is_appended_there(tmp_path, monkeyp
     assert read_bytes(f"{run_dir}/ray.log") == b"first stage\nsecond stage\n"
     assert not local.exists()  # the spool is gone once its lines are in the store
 
-    def unreadable(path):
-        raise PermissionError(13, "denied", str(path))
+    def unreadable_store_log(src, dest):
+        if is_uri(src):
+            raise PermissionError(13, "denied", str(src))
+        copy_file(src, dest)
 
-    monkeypatch.setattr(runner, "read_bytes", unreadable)
+    monkeypatch.setattr(runner, "copy_file", unreadable_store_log)
     with runner._ray_log_in(run_dir) as (local, where):
         _append(local, "third stage\n")
     assert where != f"{run_dir}/ray.log" and read_bytes(where) == b"third stage\n"

@@ -109,17 +109,6 @@ def _worker_lines_to(sink: TextIO) -> Iterator[None]:
 
 
 @contextmanager
-def ray_output_to(path: Path, address: str | None) -> Iterator[None]:
-    """Start or connect Ray with its output kept in ``path`` (appended) for the block; Ray's
-    session logs (``/tmp/ray/session_latest/logs``) keep everything as well."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", buffering=1) as sink, _ray_loggers_to(sink):
-        ensure_ray(address, setting=_ADDRESS_SETTING)
-        with _worker_lines_to(sink):
-            yield
-
-
-@contextmanager
 def _ray_log_in(run_dir: str) -> Iterator[tuple[Path, str]]:
     """The local file Ray's lines are written to during the stage, and where they end up.
 
@@ -132,36 +121,41 @@ def _ray_log_in(run_dir: str) -> Iterator[tuple[Path, str]]:
         yield path, str(path)
         return
     target = f"{run_dir}/{RAY_LOG}"
-    earlier = b""
-    if file_exists(target):
+    with tempfile.TemporaryDirectory(prefix="srcore-ray-log-") as spool:
+        local = Path(spool) / RAY_LOG
         try:
-            earlier = read_bytes(target)
+            copy_file(target, local)  # the lines of the run's earlier stages, appended to below
+        except FileNotFoundError:
+            pass
         except OSError as exc:
             target = f"{run_dir}/ray-{time.strftime('%Y%m%d-%H%M%S')}.log"
             log.warning("could not read %s/%s (%s); this stage's Ray log goes to %s", run_dir, RAY_LOG,
                         exc, target)
-    with tempfile.TemporaryDirectory(prefix="srcore-ray-log-") as spool:
-        local = Path(spool) / RAY_LOG
-        local.write_bytes(earlier)
         try:
             yield local, target
         finally:
             try:
-                write_bytes(target, local.read_bytes())
+                copy_file(local, target)
             except OSError as exc:  # Ray's session logs (/tmp/ray/session_latest/logs) still hold it
                 log.warning("could not write Ray's log to %s (%s)", target, exc)
 
 
 @contextmanager
 def _ray_output(run_dir: str, address: str | None, quiet: bool) -> Iterator[str | None]:
-    """Ray started or connected for the block; with ``quiet`` its output kept out of the terminal,
-    and the place it is kept is yielded (``None``: Ray prints as it does by default)."""
+    """Ray started or connected for the block; with ``quiet`` its output is kept in the run's
+    ``ray.log`` (appended) instead of the terminal, and where that is, is yielded (``None``: Ray
+    prints as it does by default). Ray's session logs (``/tmp/ray/session_latest/logs``) keep
+    everything as well."""
     if not quiet:
         ensure_ray(address, setting=_ADDRESS_SETTING)
         yield None
         return
-    with _ray_log_in(run_dir) as (local, where), ray_output_to(local, address):
-        yield where
+    with _ray_log_in(run_dir) as (local, where):
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with open(local, "a", buffering=1) as sink, _ray_loggers_to(sink):
+            ensure_ray(address, setting=_ADDRESS_SETTING)
+            with _worker_lines_to(sink):
+                yield where
 
 
 class _DriverChannel:
