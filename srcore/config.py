@@ -83,6 +83,10 @@ class LoaderParams(_Section):
     backend: Literal["torch", "ray_data"] = Field(
         "torch", description="torch: per-rank IterableDataset over the shards; "
                              "ray_data: ray.data.read_parquet split by Ray Train (get_dataset_shard)")
+    source: Literal["prepared", "dvc"] = Field(
+        "prepared", description="prepared: read prepare.out as it is (a folder or s3:// prefix); dvc: read "
+                                "the version of prepare.out that dvc.lock pins from the DVC remote (dvc push "
+                                "first; no machine needs a local copy)")
 
 
 class RayParams(_Section):

@@ -1,6 +1,5 @@
-"""Atomic file outputs and up-front output checks, shared by every room that writes files; whole
-small files read, written and found alike on a local disk or in an object store (``s3://...``,
-through pyarrow's filesystems: endpoint and keys from the environment).
+"""Atomic local file outputs and up-front output checks, shared by every room that writes files
+(files in an object store, and reading or writing whole files wherever they are: ``srcore.storage``).
 
 Readers never see a partial file: data goes to a temporary file in the destination folder and is
 renamed over the destination only when the write succeeds. ``check_output_file`` and
@@ -24,16 +23,7 @@ __all__ = [
     "atomic_write_text",
     "check_output_dir",
     "check_output_file",
-    "file_exists",
-    "is_uri",
-    "read_bytes",
-    "write_bytes",
 ]
-
-
-def is_uri(path: str | os.PathLike) -> bool:
-    """True for ``scheme://...`` locations (object stores); False for local paths. The one test."""
-    return "://" in str(path)
 
 
 class OutputError(SrcoreError, OSError):
@@ -114,39 +104,3 @@ def check_output_file(path: str | os.PathLike) -> Path:
         raise OutputError(f"{path}: exists and is not writable; choose another output path")
     check_output_dir(path.parent if str(path.parent) else Path("."))
     return path
-
-
-def read_bytes(path: str | os.PathLike) -> bytes:
-    """The whole file, local or in an object store. Raises ``OSError`` (``FileNotFoundError`` if absent)."""
-    if not is_uri(path):
-        return Path(path).read_bytes()
-    import pyarrow.fs as pafs
-
-    fs, key = pafs.FileSystem.from_uri(str(path))
-    with fs.open_input_stream(key) as stream:
-        return stream.read()
-
-
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write a whole file: atomically on a local disk; an object store's put is whole or nothing."""
-    if not is_uri(path):
-        atomic_write_bytes(path, data)
-        return
-    import pyarrow.fs as pafs
-
-    fs, key = pafs.FileSystem.from_uri(str(path))
-    with fs.open_output_stream(key) as stream:
-        stream.write(data)
-
-
-def file_exists(path: str | os.PathLike) -> bool:
-    """Whether a file is there, local or in an object store (``False`` when the store cannot say)."""
-    if not is_uri(path):
-        return Path(path).is_file()
-    import pyarrow.fs as pafs
-
-    try:
-        fs, key = pafs.FileSystem.from_uri(str(path))
-        return fs.get_file_info(key).type == pafs.FileType.File
-    except OSError:
-        return False

@@ -20,8 +20,8 @@ from srcore.config import PrepareParams
 from srcore.data import prepare as prep
 from srcore.data.prepare import LocalPool, prepare
 from srcore.data.prepare_ray import PrepareFailed, RayTasks
-from srcore.data.store import StoreUnavailable, open_store
 from srcore.errors import ConfigError, DataError
+from srcore.storage import StoreUnavailable, open_store
 
 REPO = Path(__file__).resolve().parents[1]
 # the cluster tests: the session's two-node cluster takes 20-70 s to start on two busy cores

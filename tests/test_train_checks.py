@@ -17,10 +17,9 @@ from typer.testing import CliRunner
 
 from srcore.config import load_params
 from srcore.errors import CheckpointError, ConfigError
-from srcore.io import file_exists, is_uri, read_bytes, write_bytes
+from srcore.storage import copy_file, file_exists, is_uri, read_bytes, write_bytes
 from srcore.train import faults
 from srcore.train.state import load_with_fallback, read_state, restore_rng, rng_state, write_state
-from srcore.train.storage import copy_file
 
 
 class _Payload:

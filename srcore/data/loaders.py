@@ -28,37 +28,13 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from srcore.data.shards import MANIFEST, decode_patch, read_manifest, shard_encoding
+from srcore.data.patch_source import PatchSource, as_source
+from srcore.data.shards import MANIFEST, decode_patch, shard_encoding
 from srcore.errors import DataError
+from srcore.storage import filesystem, is_uri, join, open_input_file
 
 __all__ = ["shard_files", "ShardPairs", "augment_pair", "random_crop_pair", "samples_per_rank", "ray_dataset",
            "crop_augment_batch", "training_sample"]
-
-
-def shard_files(root: str | os.PathLike, scale: int) -> list[Path]:
-    """The shards of one scale that the prepared folder's manifest lists, and only those.
-
-    Refuses a folder without a manifest, a manifest of a run that did not finish (interrupted,
-    or stopped by ``--on-bad fail``) and a listed shard that is missing, so training never reads
-    shards the manifest does not vouch for.
-    """
-    root = Path(root)
-    path = root / MANIFEST
-    rerun = f"run `srcore data prepare` (with scale {scale}) to finish it"
-    manifest = read_manifest(root)
-    if manifest is None:
-        raise DataError(f"no shards in {root} ({MANIFEST} not found); "
-                        f"run `srcore data prepare` (with scale {scale}) first")
-    if manifest.get("complete") is not True:
-        raise DataError(f"{path}: the prepare run that wrote it did not finish; {rerun}")
-    entries = manifest.get("scales", {}).get(str(scale), {}).get("shards", [])
-    if not entries:
-        raise DataError(f"no shards for x{scale} in {path}; run `srcore data prepare` with scale {scale}")
-    files = [root / e["file"] for e in entries]
-    missing = [f for f in files if not f.is_file()]
-    if missing:
-        raise DataError(f"{missing[0]}: listed in {path} but missing ({len(missing)} missing); {rerun}")
-    return files
 
 
 @dataclass(frozen=True)
@@ -68,10 +44,69 @@ class _Unit:
     rows: int
 
 
-def _units(files: Sequence[Path]) -> list[_Unit]:
+@dataclass(frozen=True)
+class ShardSet:
+    """The shards of one scale that a complete manifest vouches for, as every process opens them
+    (absolute local paths or URIs), with what the manifest says of them: rows per shard, rows per
+    row group and the patch encoding. Units of work come from these numbers alone, so no rank reads
+    a shard's footer before it reads the shard."""
+
+    root: str
+    files: tuple[str, ...]
+    rows: tuple[int, ...]
+    rows_per_group: int
+    encoding: str
+
+    def units(self) -> list[_Unit]:
+        # pyarrow writes ``rows_per_group`` rows per row group, the rest in the last one
+        per = self.rows_per_group
+        return [_Unit(f, g, min(per, n - g * per)) for f, n in zip(self.files, self.rows, strict=True)
+                for g in range(math.ceil(n / per))]
+
+
+def shard_set(source: PatchSource | dict | str | os.PathLike, scale: int) -> ShardSet:
+    """The shards of ``scale`` in a prepared folder, prefix or other source (``srcore.data.patch_source``),
+    and only those.
+
+    Refuses a source without a manifest, a manifest of a run that did not finish (interrupted, or
+    stopped by ``--on-bad fail``) and a listed shard that is missing (one listing, not a request per
+    shard), so training never reads shards the manifest does not vouch for.
+    """
+    source = as_source(source)
+    path = join(source.shown, MANIFEST)
+    rerun = f"run `srcore data prepare` (with scale {scale}) to finish it"
+    manifest = source.manifest()
+    if manifest is None:
+        raise DataError(f"no shards in {source.shown} ({MANIFEST} not found); "
+                        f"run `srcore data prepare` (with scale {scale}) first")
+    if manifest.get("complete") is not True:
+        raise DataError(f"{path}: the prepare run that wrote it did not finish; {rerun}")
+    entries = manifest.get("scales", {}).get(str(scale), {}).get("shards", [])
+    if not entries:
+        raise DataError(f"no shards for x{scale} in {path}; run `srcore data prepare` with scale {scale}")
+    present = source.shard_names()
+    missing = [join(source.shown, e["file"]) for e in entries if e["file"] not in present]
+    if missing:
+        raise DataError(f"{missing[0]}: listed in {path} but missing ({len(missing)} missing); {rerun}")
+    settings = manifest.get("params") or {}
+    return ShardSet(source.shown, tuple(source.location(e["file"]) for e in entries),
+                    tuple(int(e["rows"]) for e in entries), int(settings.get("rows_per_group", 1 << 30)),
+                    str(settings.get("encoding", "raw")))
+
+
+def shard_files(root: str | os.PathLike, scale: int) -> list[Path] | list[str]:
+    """The files of :func:`shard_set` as given: paths under ``root`` for a folder, URIs for a store."""
+    files = shard_set(root, scale).files
+    if is_uri(root):
+        return list(files)
+    return [Path(root) / Path(f).relative_to(Path(root).resolve()) for f in files]
+
+
+def _units(files: Sequence[str | os.PathLike]) -> list[_Unit]:
+    """Units read from each shard's footer (shards given without their manifest)."""
     units = []
     for f in files:
-        meta = pq.ParquetFile(f).metadata
+        meta = pq.ParquetFile(open_input_file(f)).metadata
         units += [_Unit(str(f), g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
     return units
 
@@ -123,16 +158,41 @@ def training_sample(hr: np.ndarray, lr: np.ndarray, patch: int, scale: int, rng:
 _PAIR_COLUMNS = ["hr", "hr_h", "hr_w", "lr", "lr_h", "lr_w"]
 
 
-class ShardPairs(IterableDataset):
-    """(lr, hr) float tensors in [0, 1] from shards, sharded across ranks and workers."""
+class _OpenShards:
+    """The shards a worker reads, kept open (footer parsed once) for the next of their row groups;
+    at most ``limit`` at a time, the least recently used closed first."""
 
-    def __init__(self, files: Sequence[str | os.PathLike], scale: int, patch_size: int, rank: int = 0,
-                 world_size: int = 1, seed: int = 0, shuffle_buffer: int = 256, augment: bool = True) -> None:
+    def __init__(self, limit: int = 32) -> None:
+        self.limit = limit
+        self.open: dict[str, pq.ParquetFile] = {}
+
+    def get(self, file: str) -> pq.ParquetFile:
+        shard = self.open.pop(file, None) or pq.ParquetFile(open_input_file(file))
+        self.open[file] = shard  # most recent last
+        if len(self.open) > self.limit:
+            oldest = next(iter(self.open))
+            self.open.pop(oldest).close()
+        return shard
+
+
+class ShardPairs(IterableDataset):
+    """(lr, hr) float tensors in [0, 1] from shards, sharded across ranks and workers.
+
+    ``shards`` is a :class:`ShardSet` (units from its manifest) or a list of shard files (units from
+    their footers). Local or in an object store alike, a worker reads only its own row groups: a
+    shard's footer once, then the column chunks of each of its row groups (range reads).
+    """
+
+    def __init__(self, shards: ShardSet | Sequence[str | os.PathLike], scale: int, patch_size: int,
+                 rank: int = 0, world_size: int = 1, seed: int = 0, shuffle_buffer: int = 256,
+                 augment: bool = True) -> None:
         super().__init__()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
-        self.files = [Path(f) for f in files]
-        self.units = _units(self.files)
+        if isinstance(shards, ShardSet):
+            self.units, self.encoding = shards.units(), shards.encoding
+        else:
+            self.units, self.encoding = _units(shards), None
         self.scale, self.patch, self.rank, self.world = scale, patch_size, rank, world_size
         self.seed, self.buffer, self.augment = seed, shuffle_buffer, augment
         self.epoch = 0
@@ -145,9 +205,11 @@ class ShardPairs(IterableDataset):
         return samples_per_rank(self.units, self.epoch, self.seed, self.world)
 
     def _rows(self, units: list[_Unit]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        files = _OpenShards()
         for u in units:
-            encoding = shard_encoding(u.file)
-            table = pq.ParquetFile(u.file).read_row_group(u.group, columns=_PAIR_COLUMNS)
+            shard = files.get(u.file)
+            encoding = self.encoding or shard_encoding(shard)
+            table = shard.read_row_group(u.group, columns=_PAIR_COLUMNS)
             for row in table.to_pylist():
                 yield (decode_patch(row["hr"], row["hr_h"], row["hr_w"], encoding),
                        decode_patch(row["lr"], row["lr_h"], row["lr_w"], encoding))
@@ -235,21 +297,30 @@ def _footer_readers(n_files: int) -> Iterator[None]:
         os.environ.pop(FOOTER_READERS_ENV, None)
 
 
-def ray_dataset(files: Sequence[str | os.PathLike], scale: int, patch_size: int, augment: bool = True,
-                batch_size: int = 16):
-    """A ``ray.data.Dataset`` of ``{"lr", "hr"}`` training crops read from the shards.
+def ray_dataset(shards: ShardSet | Sequence[str | os.PathLike], scale: int, patch_size: int,
+                augment: bool = True, batch_size: int = 16, epochs: int = 1):
+    """A ``ray.data.Dataset`` of ``{"lr", "hr"}`` training crops read from the shards (local or in
+    an object store), ``epochs`` passes over them in one dataset: a run streams through one Ray Data
+    execution instead of starting one (and its actors) per epoch.
 
     Pass it to ``TorchTrainer(datasets={"train": ...})``; each rank then iterates
-    ``ray.train.get_dataset_shard("train").iter_torch_batches(...)``.
+    ``ray.train.get_dataset_shard("train").iter_torch_batches(...)`` once (``RayDataStream``).
     """
     import ray.data
 
-    encodings = {shard_encoding(f) for f in files}
+    if isinstance(shards, ShardSet):
+        files, encodings = list(shards.files), {shards.encoding}
+    else:
+        files = [f if is_uri(f) else str(Path(f).resolve()) for f in map(str, shards)]
+        encodings = {shard_encoding(f) for f in files}
     if len(encodings) != 1:
         raise DataError(f"shards mix patch encodings {sorted(encodings)}; "
                         "prepare them again with one encoding")
+    fs, _ = filesystem(files[0])
+    paths = [filesystem(f)[1] for f in files]
     with _footer_readers(len(files)):
-        ds = ray.data.read_parquet([str(Path(f).resolve()) for f in files]).select_columns(_PAIR_COLUMNS)
+        one = ray.data.read_parquet(paths, filesystem=fs).select_columns(_PAIR_COLUMNS)
+    ds = one.union(*[one] * (epochs - 1)) if epochs > 1 else one  # read_parquet drops repeated paths
     return ds.map_batches(crop_augment_batch, batch_size=batch_size, batch_format="numpy",
                           fn_kwargs={"scale": scale, "patch_size": patch_size, "encoding": encodings.pop(),
                                      "augment": augment})

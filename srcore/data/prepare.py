@@ -17,7 +17,7 @@ files an interrupted run left behind are removed when the next run starts.
 The same shard job runs on either executor (``prepare.executor``): ``local``, a process pool on
 this machine, or ``ray``, one Ray task per shard on a cluster (``srcore.data.prepare_ray``); the
 bytes written do not depend on which. Input and output are a local folder or ``s3://bucket/prefix``
-(``srcore.data.store``); on a cluster a local folder must be mounted at the same path on every node.
+(``srcore.storage``); on a cluster a local folder must be mounted at the same path on every node.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ from srcore.config import PrepareParams
 from srcore.data.image_io import decode_rgb
 from srcore.data.patches import crop_starts, extract_pairs
 from srcore.data.shards import MANIFEST, encode_rows, file_sha256, write_shard
-from srcore.data.store import Bucket, Folder, StoreUnavailable, is_s3, open_store
 from srcore.errors import DataError
+from srcore.storage import Folder, ObjectStore, StoreUnavailable, is_s3, open_store
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,8 @@ class _ShardJob:
     on_bad: str
 
 
-def _cut(src: Folder | Bucket, name: str, job: _ShardJob) -> tuple[dict[int, list[dict]] | None, str | None]:
+def _cut(src: Folder | ObjectStore, name: str, job: _ShardJob
+         ) -> tuple[dict[int, list[dict]] | None, str | None]:
     """One image -> rows per scale, or the reason it was rejected. An unreachable object store
     is not the image's fault: that error propagates (a Ray task retries it)."""
     path = src.path(name)
@@ -173,7 +174,7 @@ def _watch_parent(parent: int, interval: float = 0.5) -> None:
     os._exit(1)
 
 
-def _shard_intact(out: Folder | Bucket, name: str, entry: dict) -> bool:
+def _shard_intact(out: Folder | ObjectStore, name: str, entry: dict) -> bool:
     """The file is the one the manifest recorded: same size, then same sha256."""
     if out.size(name) != entry.get("bytes"):
         return False
@@ -183,7 +184,7 @@ def _shard_intact(out: Folder | Bucket, name: str, entry: dict) -> bool:
     return True
 
 
-def _list_inputs(folder: Folder | Bucket) -> list[str]:
+def _list_inputs(folder: Folder | ObjectStore) -> list[str]:
     if not folder.is_folder():
         raise DataError(f"input folder {folder} not found; create it (srcore data sample) or pass --input")
     files = folder.files()
@@ -220,7 +221,7 @@ def dvc_hash_of(folder: Path, dvc_file: Path = Path("data.dvc")) -> str | None:
     return None
 
 
-def _load_manifest(out: Folder | Bucket) -> dict:
+def _load_manifest(out: Folder | ObjectStore) -> dict:
     try:
         return json.loads(out.read_bytes(MANIFEST))
     except StoreUnavailable:
@@ -229,7 +230,7 @@ def _load_manifest(out: Folder | Bucket) -> dict:
         return {}
 
 
-def _write_manifest(out: Folder | Bucket, manifest: dict) -> None:
+def _write_manifest(out: Folder | ObjectStore, manifest: dict) -> None:
     out.write_bytes(MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
 
 
@@ -356,7 +357,7 @@ def _finalised(manifest: dict) -> dict:
     return manifest
 
 
-def _remove_stale(out: Folder | Bucket, manifest: dict) -> None:
+def _remove_stale(out: Folder | ObjectStore, manifest: dict) -> None:
     """Delete shard files that the manifest no longer lists (removed scales, fewer images)."""
     keep = {e["file"] for v in manifest["scales"].values() for e in v["shards"]}
     for name in out.shards():
@@ -365,7 +366,7 @@ def _remove_stale(out: Folder | Bucket, manifest: dict) -> None:
     out.tidy()
 
 
-def _remove_temporaries(out: Folder | Bucket) -> None:
+def _remove_temporaries(out: Folder | ObjectStore) -> None:
     """Delete the half-written files (``.<name>.*.tmp``) an interrupted run left behind."""
     for tmp in out.temporaries():
         log.info("removing %s, left by an interrupted run", tmp)

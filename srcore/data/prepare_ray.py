@@ -23,9 +23,9 @@ import os
 from collections.abc import Iterator
 
 from srcore.data import prepare as prep
-from srcore.data.store import is_s3
 from srcore.errors import SrcoreError
 from srcore.raycluster import ensure_ray
+from srcore.storage import is_s3
 
 log = logging.getLogger(__name__)
 

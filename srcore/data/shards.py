@@ -9,10 +9,8 @@ so a reader never sees a partial file.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -20,25 +18,15 @@ import pyarrow.parquet as pq
 
 from srcore.data.image_io import decode_rgb, png_bytes
 from srcore.data.patches import SubImage
-from srcore.errors import DataError
 from srcore.io import atomic_output
+from srcore.storage import open_input_file
 
-__all__ = ["MANIFEST", "SCHEMA", "read_manifest", "encode_rows", "write_shard", "read_shard", "decode_patch",
+__all__ = ["MANIFEST", "SCHEMA", "encode_rows", "write_shard", "read_shard", "decode_patch",
            "file_sha256"]
 
 # The file beside the shards that lists them (written by ``srcore.data.prepare``).
 MANIFEST = "manifest.json"
 
-
-def read_manifest(root: str | os.PathLike) -> dict | None:
-    """The manifest of a prepared folder, or None when there is none; unreadable -> DataError."""
-    path = Path(root) / MANIFEST
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: unreadable manifest ({exc}); run `srcore data prepare` again") from None
 
 SCHEMA = pa.schema([
     ("image", pa.string()), ("index", pa.int32()), ("y", pa.int32()), ("x", pa.int32()), ("scale", pa.int8()),
@@ -75,15 +63,19 @@ def write_shard(path: str | os.PathLike, rows: list[dict], encoding: str, rows_p
                           else {"compression": "none"}))
 
 
-def shard_encoding(path: str | os.PathLike) -> str:
-    meta = pq.read_schema(path).metadata or {}
+def shard_encoding(shard: str | os.PathLike | pq.ParquetFile) -> str:
+    """The patch encoding a shard's schema records (``raw`` for shards that predate the key)."""
+    if not isinstance(shard, pq.ParquetFile):
+        shard = pq.ParquetFile(open_input_file(shard))
+    schema = shard.schema_arrow
+    meta = schema.metadata or {}
     return meta.get(b"encoding", b"raw").decode()
 
 
 def read_shard(path: str | os.PathLike) -> Iterator[tuple[dict, np.ndarray, np.ndarray]]:
     """Yield (provenance, hr, lr) for each row, decoded to HxWx3 uint8."""
-    encoding = shard_encoding(path)
-    pf = pq.ParquetFile(path)
+    pf = pq.ParquetFile(open_input_file(path))
+    encoding = shard_encoding(pf)
     for g in range(pf.num_row_groups):
         for row in pf.read_row_group(g).to_pylist():
             hr = decode_patch(row.pop("hr"), row["hr_h"], row["hr_w"], encoding)

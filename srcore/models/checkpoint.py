@@ -16,9 +16,10 @@ from typing import Any
 import torch
 
 from srcore.errors import CheckpointError
-from srcore.io import atomic_write_bytes, is_uri, read_bytes
+from srcore.io import atomic_write_bytes
 from srcore.models.base import SRModel
 from srcore.models.presets import Preset, build, preset
+from srcore.storage import is_uri, read_bytes
 
 __all__ = ["FORMAT", "save_model", "read_checkpoint", "extract_state_dict", "load_weights", "load_model"]
 

@@ -13,9 +13,9 @@ FAILED when training fails, FINISHED otherwise, tagged with the exported model's
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
-import os
 import threading
 import time
 import warnings
@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from srcore.config import Params, TrainParams
-from srcore.data.shards import MANIFEST
+from srcore.data.patch_source import PatchSource, patch_source
 from srcore.tracking.runs import EXPERIMENT, configure, run_url, stage_lineage, stage_params
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def find_model_run(client, experiment_id: str, model: str) -> str | None:
         except MlflowException:
             return None
         return mv.run_id
-    from srcore.io import is_uri
+    from srcore.storage import is_uri
 
     if not is_uri(model):
         path = Path(model).resolve()
@@ -99,26 +99,25 @@ def find_model_run(client, experiment_id: str, model: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def log_patch_input(patches_dir: str | os.PathLike, scale: int) -> None:
-    """The patch manifest (DVC-tracked shards) as the active run's input dataset, with its digest."""
+def log_patch_input(source: PatchSource, scale: int) -> None:
+    """The patch manifest (DVC-tracked shards) as the active run's input dataset: its location (a
+    folder, an ``s3://`` prefix or the DVC remote's pinned listing) and its sha256."""
     import mlflow
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    from srcore.data.versioning import manifest_hash
-
-    manifest = Path(patches_dir).resolve() / MANIFEST
-    if not manifest.is_file():
-        log.debug("no patch manifest at %s; no input dataset logged", manifest)
+    data = source.manifest_bytes()
+    if data is None:
+        log.debug("no patch manifest in %s; no input dataset logged", source.shown)
         return
     with warnings.catch_warnings():
         # MLflow registers its local-artifact source twice (for "" and "file://"), so every local path
         # "can be interpreted in multiple ways" by two identical classes: a warning with nothing to act on
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted",
                                 category=UserWarning)
-        source = resolve_dataset_source(str(manifest.parent))
-    dataset = MetaDataset(source, name=f"patches-x{scale}", digest=manifest_hash(manifest.parent)[:16])
-    mlflow.log_input(dataset, context="training")
+        where = resolve_dataset_source(source.uri)
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    mlflow.log_input(MetaDataset(where, name=f"patches-x{scale}", digest=digest), context="training")
 
 
 @contextmanager
@@ -138,7 +137,7 @@ def stage_run(params: Params, stage: str, name: str | None = None, parent_run_id
     with mlflow.start_run(run_name=f"{stage}-{name or cfg.name}", experiment_id=experiment_id,
                           parent_run_id=parent_run_id, tags=tags, log_system_metrics=True) as run:
         mlflow.log_params(stage_params(params, stage))
-        log_patch_input(params.prepare.out, cfg.scale)
+        log_patch_input(patch_source(params.prepare.out, params.loader.source), cfg.scale)
         run_id = run.info.run_id
         yield StageRun(client, run_id, run_url(mlflow.get_tracking_uri(), experiment_id, run_id))
 

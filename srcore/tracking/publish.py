@@ -47,8 +47,7 @@ _opened: set[str] = set()
 def local_model_file(model_path: str) -> Iterator[str]:
     """A local copy of a model kept in an object store (``s3://...``, as training writes it when
     ``storage_path`` is a URI) for as long as the block runs; local paths pass through unchanged."""
-    from srcore.io import is_uri
-    from srcore.train.storage import fetch_to_local
+    from srcore.storage import fetch_to_local, is_uri
 
     if not is_uri(model_path):
         yield model_path

@@ -10,6 +10,7 @@ retries.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from srcore.data.shards import MANIFEST
+from srcore.data.patch_source import patch_source
 from srcore.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -191,15 +192,21 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def lineage(patches_dir: str | os.PathLike) -> dict[str, str]:
-    """Data and code provenance: raw data DVC hash, patch manifest hash, git commit."""
-    from srcore.data.versioning import manifest_hash
+def lineage(patches) -> dict[str, str]:
+    """Data and code provenance: raw data DVC hash, patch manifest hash (and the DVC pin of the patches
+    when training reads them from the DVC remote), git commit. ``patches``: a folder, prefix or
+    ``PatchSource``."""
+    from srcore.data.patch_source import as_source
 
-    manifest = Path(patches_dir) / MANIFEST
+    source = as_source(patches)
     tags = {"git_commit": _git_commit()}
-    if manifest.is_file():
-        tags["patch_manifest_sha256"] = manifest_hash(patches_dir)
-        info = json.loads(manifest.read_text()).get("input", {})
+    data = source.manifest_bytes()
+    if data is not None:
+        tags["patch_manifest_sha256"] = hashlib.sha256(data).hexdigest()
+        tags["patches"] = source.uri
+        if source.pin:
+            tags["patches_dvc_md5"] = source.pin
+        info = json.loads(data).get("input", {})
         tags["raw_data_dvc_md5"] = str(info.get("dvc_md5"))
         tags["raw_data_sha256"] = str(info.get("sha256"))
     return tags
@@ -209,7 +216,7 @@ def stage_lineage(params, stage: str) -> dict[str, str]:
     """``lineage`` plus what a training stage started from: the weights it was initialised from
     (``init``) and, for distillation, the teacher it learnt from."""
     cfg = params.student if stage == "distill" else params.teacher
-    tags = {**lineage(params.prepare.out), "stage": stage}
+    tags = {**lineage(patch_source(params.prepare.out, params.loader.source)), "stage": stage}
     if cfg.init:
         tags["init"] = cfg.init
     if stage == "distill" and cfg.distills:

@@ -27,6 +27,7 @@ import math
 import os
 import random
 import tempfile
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -41,7 +42,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
 from srcore.config import DistillParams, LoaderParams, TrainParams
-from srcore.data.loaders import ShardPairs, shard_files
+from srcore.data.loaders import ShardPairs, shard_set
 from srcore.errors import DataError, SrcoreError
 from srcore.evaluation import evaluate_dataset
 from srcore.models import build, save_model
@@ -68,6 +69,8 @@ __all__ = [
 # config): the worker returns instead of raising, so Ray's FailureConfig does not retry it, and the
 # driver raises it again as the one-line error it is.
 FATAL_KEY = "fatal_error"
+# Event key under which a worker sends the driver a warning for the console (a stalled data pipeline).
+WARNING_KEY = "warning"
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -230,6 +233,57 @@ def resume(state: TrainState, saved: dict[str, Any] | None) -> None:
              state.position, state.scheduler.get_last_lr()[0])
 
 
+class RayDataStream:
+    """This rank's Ray Data shard, iterated once for the whole run (the dataset holds every epoch:
+    ``loaders.ray_dataset``) and cut into epochs of ``per_epoch`` batches. A watchdog calls
+    ``on_stall(seconds)`` when no batch has come for ``stall_s`` (and again every ``stall_s`` after),
+    so a pipeline that waits on resources is reported instead of hanging silently."""
+
+    def __init__(self, shard: Any, lcfg: LoaderParams, per_epoch: int, on_stall: Callable[[float], None],
+                 stall_s: float = 60.0) -> None:
+        self.shard, self.lcfg, self.per_epoch = shard, lcfg, max(1, per_epoch)
+        self.on_stall, self.stall_s = on_stall, stall_s
+        self._batches: Iterator[dict[str, torch.Tensor]] | None = None
+        self._waiting_since: float | None = None
+
+    def epoch(self, epoch: int) -> Iterator[Batch]:
+        if self._batches is None:
+            self._batches = iter(self.shard.iter_torch_batches(
+                batch_size=self.lcfg.batch_size, drop_last=True,
+                local_shuffle_buffer_size=self.lcfg.shuffle_buffer))
+            threading.Thread(target=self._watch, name="srcore-ray-data-watchdog", daemon=True).start()
+        for _ in range(self.per_epoch):
+            self._waiting_since = time.monotonic()
+            batch = next(self._batches, None)
+            self._waiting_since = None
+            if batch is None:
+                return
+            yield batch["lr"], batch["hr"]
+
+    def _watch(self) -> None:
+        reported = 0.0
+        while True:
+            time.sleep(min(5.0, self.stall_s / 4))
+            since = self._waiting_since
+            waited = time.monotonic() - since if since is not None else 0.0
+            if waited >= self.stall_s and waited - reported >= self.stall_s:
+                reported = waited
+                self.on_stall(waited)
+            elif since is None:
+                reported = 0.0
+
+
+def _stall_warning(state: TrainState) -> Callable[[float], None]:
+    def warn(waited: float) -> None:
+        text = (f"rank {state.rank}: Ray Data has delivered no batch for {waited:.0f} s; its read tasks may "
+                "be waiting for CPUs the training ranks hold (leave some free: ray.cpus_per_worker, "
+                "ray.num_workers) or for the object store; see the run's ray.log")
+        log.warning("%s", text)
+        _send(state.config, {WARNING_KEY: text})
+
+    return warn
+
+
 def _loader(state: TrainState) -> Callable[[int], Iterator[Batch]]:
     """One epoch of (lr, hr) batches for this rank, from the configured loader back-end; every
     rank gets the same number of batches."""
@@ -237,15 +291,10 @@ def _loader(state: TrainState) -> Callable[[int], Iterator[Batch]]:
     if lcfg.backend == "ray_data":
         import ray.train
 
-        shard = ray.train.get_dataset_shard("train")
-
-        def ray_epoch(epoch: int) -> Iterator[Batch]:
-            for batch in shard.iter_torch_batches(batch_size=lcfg.batch_size, drop_last=True,
-                                                  local_shuffle_buffer_size=lcfg.shuffle_buffer):
-                yield batch["lr"], batch["hr"]
-
-        return ray_epoch
-    dataset = ShardPairs(shard_files(state.config["shards"], cfg.scale), cfg.scale, lcfg.patch_size,
+        stream = RayDataStream(ray.train.get_dataset_shard("train"), lcfg,
+                               int(state.config.get("batches_per_epoch") or 1), _stall_warning(state))
+        return stream.epoch
+    dataset = ShardPairs(shard_set(state.config["shards"], cfg.scale), cfg.scale, lcfg.patch_size,
                          state.rank, state.world, seed=lcfg.seed, shuffle_buffer=lcfg.shuffle_buffer)
     loader = DataLoader(dataset, batch_size=lcfg.batch_size, num_workers=lcfg.num_workers, drop_last=True)
 
@@ -451,7 +500,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    os.chdir(config["cwd"])
+    if os.path.isdir(config["cwd"]):  # the driver's folder, where this node has it (no shared disk: not)
+        os.chdir(config["cwd"])
     ctx = ray.train.get_context()
     try:
         state = setup(config, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())

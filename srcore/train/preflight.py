@@ -11,17 +11,18 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 
 from srcore.config import DistillParams, Params, TrainParams
-from srcore.data.loaders import shard_files
-from srcore.data.shards import MANIFEST, read_manifest
+from srcore.data.loaders import shard_set
+from srcore.data.patch_source import PatchSource, patch_source
+from srcore.data.shards import MANIFEST
 from srcore.errors import ConfigError
 from srcore.models.presets import config_for
+from srcore.storage import join
 
 log = logging.getLogger(__name__)
 
-__all__ = ["check_cluster_fits", "check_training_inputs"]
+__all__ = ["check_cluster_fits", "check_training_inputs", "training_source"]
 
 
 def stage_params(params: Params, stage: str) -> TrainParams:
@@ -30,17 +31,22 @@ def stage_params(params: Params, stage: str) -> TrainParams:
     return params.student if stage == "distill" else params.teacher
 
 
+def training_source(params: Params) -> PatchSource:
+    """Where this run's training reads its patches (``prepare.out`` through ``loader.source``)."""
+    return patch_source(params.prepare.out, params.loader.source)
+
+
 def _section(stage: str) -> str:
     return "student" if stage == "distill" else "teacher"
 
 
-def _check_patches(params: Params, cfg: TrainParams, stage: str) -> None:
+def _check_patches(params: Params, cfg: TrainParams, stage: str, source: PatchSource) -> None:
     """Patch size against the stored sub-images, batch size against each rank's share of them."""
-    manifest = read_manifest(params.prepare.out)
+    manifest = source.manifest()
     if manifest is None:
-        log.debug("no %s in %s: patch and batch sizes checked by the loader", MANIFEST, params.prepare.out)
+        log.debug("no %s in %s: patch and batch sizes checked by the loader", MANIFEST, source.shown)
         return
-    where = Path(params.prepare.out) / MANIFEST
+    where = join(source.shown, MANIFEST)
     crop = int((manifest.get("params") or {}).get("crop_size", 0))
     lr_side = crop // cfg.scale
     patch = params.loader.patch_size
@@ -64,8 +70,11 @@ def _local_cpus() -> float:
     return float(os.cpu_count() or 1)
 
 
-def check_cluster_fits(cfg: TrainParams, stage: str, node_cpus: list[float], where: str) -> None:
-    """Every rank must fit on one node, and all ranks on the cluster, or Ray waits for ever."""
+def check_cluster_fits(cfg: TrainParams, stage: str, node_cpus: list[float], where: str,
+                       ray_data: bool = False) -> None:
+    """Every rank must fit on one node, and all ranks on the cluster, or Ray waits for ever. With
+    ``ray_data`` (``loader.backend: ray_data``) a CPU must stay free of ranks: Ray Data's read tasks
+    run there, and with none they wait for ever without a word."""
     need, ranks = cfg.ray.cpus_per_worker, cfg.ray.num_workers
     key = f"{_section(stage)}.ray.cpus_per_worker"
     if node_cpus and need > max(node_cpus):
@@ -74,6 +83,11 @@ def check_cluster_fits(cfg: TrainParams, stage: str, node_cpus: list[float], whe
     if node_cpus and need * ranks > sum(node_cpus):
         raise ConfigError(f"{ranks} ranks x {key} {need:g} = {need * ranks:g} CPUs, but {where} has "
                           f"{sum(node_cpus):g}; lower {_section(stage)}.ray.num_workers or {key}")
+    if ray_data and node_cpus and sum(node_cpus) - need * ranks < 1:
+        raise ConfigError(f"loader.backend ray_data reads on CPUs the training ranks leave free, and {ranks} "
+                          f"ranks x {key} {need:g} take all {sum(node_cpus):g} CPUs of {where}; lower {key} "
+                          f"(or {_section(stage)}.ray.num_workers) to leave at least one, or use "
+                          "loader.backend: torch")
 
 
 def check_training_inputs(params: Params, stage: str, address: str | None = None) -> TrainParams:
@@ -86,10 +100,12 @@ def check_training_inputs(params: Params, stage: str, address: str | None = None
 
         # wrong architecture, scale or width, truncated or missing file: fail here, not in a worker
         init_weights(build(cfg.model, cfg.scale, **cfg.model_overrides), cfg.init, cfg.model)
-    shard_files(params.prepare.out, cfg.scale)
-    _check_patches(params, cfg, stage)
+    source = training_source(params)
+    shard_set(source, cfg.scale)
+    _check_patches(params, cfg, stage, source)
     if not address:
-        check_cluster_fits(cfg, stage, [_local_cpus()], "this machine")
+        check_cluster_fits(cfg, stage, [_local_cpus()], "this machine",
+                           ray_data=params.loader.backend == "ray_data")
     if isinstance(cfg, DistillParams) and cfg.distills:
         from srcore.train.weights import load_teacher
 

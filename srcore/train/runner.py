@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import tempfile
 import threading
@@ -27,14 +28,13 @@ from typing import Any, TextIO
 
 from srcore import errors
 from srcore.config import Params, TrainParams
-from srcore.data.loaders import ray_dataset, shard_files
+from srcore.data.loaders import ray_dataset, shard_set
 from srcore.errors import SrcoreError
-from srcore.io import file_exists, is_uri, read_bytes, write_bytes
 from srcore.raycluster import ensure_ray
+from srcore.storage import copy_file, file_exists, is_uri, read_bytes, write_bytes
 from srcore.train import faults
-from srcore.train.preflight import check_cluster_fits, check_training_inputs, stage_params
+from srcore.train.preflight import check_cluster_fits, check_training_inputs, stage_params, training_source
 from srcore.train.state import read_state
-from srcore.train.storage import copy_file
 
 log = logging.getLogger(__name__)
 
@@ -173,10 +173,12 @@ class _DriverChannel:
         self._thread = threading.Thread(target=self._pump, name="srcore-progress", daemon=True)
 
     def _handle(self, event: dict[str, Any]) -> None:
-        from srcore.train.loop import FATAL_KEY
+        from srcore.train.loop import FATAL_KEY, WARNING_KEY
 
         if FATAL_KEY in event:
             self.fatal = self.fatal or event
+        elif WARNING_KEY in event:
+            log.warning("%s", event[WARNING_KEY])
         elif self.on_progress is not None:
             try:
                 self.on_progress(event)
@@ -221,15 +223,19 @@ def _trainer(params: Params, stage: str, cfg: TrainParams, storage: str, run_dir
 
     from srcore.train.loop import train_loop_per_worker
 
-    datasets = None
+    source = training_source(params)
+    datasets, per_epoch = None, None
     if params.loader.backend == "ray_data":
-        datasets = {"train": ray_dataset(shard_files(params.prepare.out, cfg.scale), cfg.scale,
-                                         params.loader.patch_size, batch_size=params.loader.batch_size)}
+        shards = shard_set(source, cfg.scale)
+        per_epoch = sum(shards.rows) // cfg.ray.num_workers // params.loader.batch_size
+        epochs = math.ceil(cfg.steps / max(1, per_epoch)) + 1  # one streaming execution for the run
+        datasets = {"train": ray_dataset(shards, cfg.scale, params.loader.patch_size,
+                                         batch_size=params.loader.batch_size, epochs=epochs)}
     return TorchTrainer(
         train_loop_per_worker, datasets=datasets,
         train_loop_config={"stage": stage, "train": cfg.model_dump(mode="json"),
                            "loader": params.loader.model_dump(mode="json"),
-                           "shards": str(Path(params.prepare.out).resolve()), "cwd": os.getcwd(),
+                           "shards": source.as_config(), "batches_per_epoch": per_epoch, "cwd": os.getcwd(),
                            "run_dir": run_dir,
                            "faults": faults.from_env().as_dict(), "progress": progress},
         scaling_config=ray.train.ScalingConfig(
@@ -273,7 +279,8 @@ def run_stage(params: Params, stage: str, address: str | None = None, name: str 
 
     with _ray_output(run_dir, address, quiet_ray) as ray_log:
         if address:
-            check_cluster_fits(cfg, stage, _cluster_cpus(), f"the Ray cluster at {address}")
+            check_cluster_fits(cfg, stage, _cluster_cpus(), f"the Ray cluster at {address}",
+                               ray_data=params.loader.backend == "ray_data")
         with _DriverChannel(on_progress) as channel:
             try:
                 result = _trainer(params, stage, cfg, storage, run_dir, channel.queue).fit()

@@ -12,10 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from srcore.errors import CheckpointError
-from srcore.io import is_uri
 from srcore.models import load_model, load_weights
 from srcore.models.base import SRModel
 from srcore.models.checkpoint import read_checkpoint
+from srcore.storage import is_uri
 
 __all__ = ["init_weights", "load_spec", "load_teacher", "read_weights"]
 
