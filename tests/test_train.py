@@ -136,12 +136,15 @@ def test_ray_data_backend_matches_shards_and_trains_two_ranks(workdir, ray_local
     import pyarrow.parquet as pq
 
     from srcore.data.imresize import imresize_np
-    from srcore.data.loaders import ray_dataset, shard_files
+    from srcore.data.loaders import ray_dataset, shard_files, shard_set
     from srcore.train.runner import run_stage
 
     files = shard_files(workdir / "patches", 2)
     rows = ray_dataset(files, 2, 12, batch_size=4).take_all()
     assert len(rows) == sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    # every epoch of a run in one dataset (one streaming execution), each row once an epoch
+    three = ray_dataset(shard_set(workdir / "patches", 2), 2, 12, batch_size=4, epochs=3)
+    assert three.count() == 3 * len(rows)
     for row in rows:
         lr, hr = row["lr"], row["hr"]
         assert lr.shape == (3, 12, 12) and hr.shape == (3, 24, 24) and lr.dtype == np.float32
@@ -153,11 +156,11 @@ def test_ray_data_backend_matches_shards_and_trains_two_ranks(workdir, ray_local
                                           # half a CPU per rank leaves one of the two for Ray Data's
                                           # read tasks
                                           "teacher.ray.num_workers": 2, "teacher.ray.cpus_per_worker": 0.5,
-                                          # one epoch (each epoch is a Ray Data execution)
-                                          "teacher.steps": 4,
+                                          # three epochs of 4 batches a rank, one Ray Data execution
+                                          "teacher.steps": 10,
                                           "teacher.val_every": 2}), "teacher")
     state = _last_state(Path(result.run_dir))
-    assert result.metrics["step"] == 4 and len(state["nodes"]) == 2
+    assert result.metrics["step"] == 10 and len(state["nodes"]) == 2
     assert all(np.isfinite(h["loss"]) for h in state["history"])
     # two executions (take_all, the epoch), one footer-reading actor each for these few shards
     # (Ray's default is 32 per execution, a process start each); the GCS's table of every actor the

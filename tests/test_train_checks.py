@@ -147,6 +147,16 @@ def test_train_refuses_before_ray_starts(patches, tmp_path, monkeypatch, setting
     assert field in text and "Traceback" not in text and "Ray was started" not in text
 
 
+def test_ray_data_with_no_cpu_left_for_its_reads_is_refused(patches, tmp_path, monkeypatch):
+    from srcore.train.preflight import _local_cpus
+
+    res = _cli_train(patches, tmp_path, monkeypatch, "loader.backend=ray_data",
+                     f"teacher.ray.cpus_per_worker={_local_cpus():g}")
+    text = " ".join(res.output.split())
+    assert res.exit_code == 2 and "ray_data" in text and "at least one" in text, res.output
+    assert "Ray was started" not in text
+
+
 def test_patch_size_message_gives_the_limit(patches, tmp_path, monkeypatch):
     res = _cli_train(patches, tmp_path, monkeypatch, "loader.patch_size=500")
     assert "at most 24" in " ".join(res.output.split())
