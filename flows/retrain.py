@@ -1,5 +1,10 @@
 """Flow ``retrain``: preprocess -> train_teacher -> distill -> evaluate -> register, as subflows.
 
+With ``prepare=False`` no patches are made here: training reads the ones ``loader.source`` names
+(``dvc``: the version ``dvc.lock`` pins, from the DVC remote), so the flow needs no local data at
+all, as on a cluster with no shared disk. With ``loader.source: dvc`` the preprocessing pushes the
+patches it makes.
+
 With ``baseline`` the student is also trained without distillation (same recipe, run
 ``<student.name>-plain``) and evaluated beside the others, so the table shows what the teacher
 added; only the distilled student is registered.
@@ -23,6 +28,8 @@ from flows.evaluate import evaluate
 from flows.preprocess import preprocess
 from flows.register import register
 from flows.train_teacher import train_teacher
+from srcore.data.patch_source import patch_source
+from srcore.data.versioning import manifest_hash
 from srcore.errors import ConfigError
 from srcore.tracking.live import parent_run
 
@@ -55,13 +62,16 @@ def retrain(params_file: str = DEFAULT_PARAMS, profile: str | None = None,
             overrides: dict[str, Any] | None = None, address: str | None = None, pull: bool = True,
             gate_metric: str = "sample-val_psnr_y", margin: float = 0.0, max_params: int | None = None,
             max_latency_ms: float | None = None, max_flops_g: float | None = None,
-            baseline: bool = False) -> dict[str, Any]:
+            baseline: bool = False, prepare: bool = True) -> dict[str, Any]:
     logger = get_run_logger()
     params = params_with(params_file, profile, overrides)  # fail fast on bad parameters
     if params.teacher.scale != params.student.scale:  # found now, not after the teacher has trained
         raise ConfigError(f"teacher.scale {params.teacher.scale} and student.scale {params.student.scale} "
                           "differ; the student learns from this teacher, so set both alike")
-    manifest = preprocess(pull)
+    if prepare:
+        manifest = preprocess(pull, push=params.loader.source == "dvc")
+    else:  # prepared (and pushed) elsewhere: train on what loader.source finds, nothing local needed
+        manifest = manifest_hash(patch_source(params.prepare.out, params.loader.source))
     with parent_run(f"retrain-{flow_run.get_name() or 'local'}", {"stage": "retrain",
                                                                   "profile": str(params.profile)}) as parent:
         teacher = train_teacher(manifest, params_file, profile, overrides, address, parent_run_id=parent)

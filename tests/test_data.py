@@ -1,6 +1,5 @@
 import hashlib
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -174,15 +173,3 @@ def test_loader_workers_batches_and_alignment(tmp_path):
     shutil.rmtree(tmp_path / "out")
 
 
-def test_ray_data_gets_as_many_footer_readers_as_the_shards_need(monkeypatch):
-    from srcore.data.loaders import FOOTER_READERS_ENV, _footer_readers
-
-    monkeypatch.delenv(FOOTER_READERS_ENV, raising=False)
-    for files, readers in ((1, "1"), (10, "1"), (11, "2"), (5000, "32")):
-        with _footer_readers(files):
-            assert os.environ[FOOTER_READERS_ENV] == readers
-        assert FOOTER_READERS_ENV not in os.environ
-    monkeypatch.setenv(FOOTER_READERS_ENV, "7")  # the user's choice stands
-    with _footer_readers(1):
-        assert os.environ[FOOTER_READERS_ENV] == "7"
-    assert os.environ[FOOTER_READERS_ENV] == "7"

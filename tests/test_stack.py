@@ -5,13 +5,15 @@ service answers, that MLflow keeps run metadata in PostgreSQL and artifacts in t
 Prefect's API is backed by PostgreSQL, holds every deployment of the pool, refuses a parameter a
 flow does not take and runs a deployment through the worker with its task results in the bucket,
 that DVC round-trips through the S3 remote, that the retrain deployment runs end to end on the
-stack (two-node Ray with checkpoints in S3, nested MLflow runs, registry, DVC) and hits every cache
-when run again, that registration survives the MLflow server dying in its middle, and that
-``down`` leaves none of the processes ``up`` started.
+stack with no shared disk (patches prepared elsewhere and read from the DVC remote in S3, two-node
+Ray with checkpoints in S3, nested MLflow runs, registry) and hits every cache when run again, that
+registration survives the MLflow server dying in its middle, and that ``down`` leaves none of the
+processes ``up`` started.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -23,6 +25,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+import yaml
 from stack_fixtures import GIT
 
 pytest_plugins = ["stack_fixtures"]  # the `stack` fixture
@@ -195,17 +198,21 @@ def test_a_model_in_the_bucket_is_hashed_evaluated_and_registered(stack, tmp_pat
     assert any(reg["run_id"] in key for key in _s3_keys(cfg, "mlflow")), "the run's artifacts are not in S3"
 
 
-# The tiny profile, cut to a few steps per stage (the stages still run: DVC, Ray Train on both
-# nodes with checkpoints in S3, evaluation, registration).
+# The tiny profile, cut to a few steps per stage (the stages still run: Ray Train on both nodes with
+# checkpoints in S3, evaluation, registration), reading its patches from the DVC remote in S3 and
+# validating and evaluating on the embedded images: the flow needs nothing on a local disk.
 E2E_OVERRIDES = {
-    "loader.patch_size": 12, "loader.batch_size": 4, "loader.shuffle_buffer": 8,
+    "loader.patch_size": 12, "loader.batch_size": 4, "loader.shuffle_buffer": 8, "loader.source": "dvc",
     **{f"{stage}.{key}": value for stage in ("teacher", "student") for key, value in {
         "steps": 6, "val_every": 6, "log_every": 2, "ray.num_workers": 2, "ray.cpus_per_worker": 1,
-        "ray.storage_path": "s3://ray/e2e"}.items()},
+        "ray.storage_path": "s3://ray/e2e", "val_dataset": "embedded"}.items()},
     "teacher.model_overrides": {"embed_dim": 8, "depths": [1]},
     "student.model_overrides": {"embed_dim": 4, "depths": [1]},
+    "eval.datasets": ["embedded"],
     "eval.efficiency_size": 32,  # the efficiency figures are checked for being logged, not for their values
 }
+_PREPARE_AND_PUSH = ("from srcore.data.versioning import reproduce_patches; "
+                     "reproduce_patches('.', pull=False, push=True)")
 
 
 def _git(cwd: Path, *args: str) -> None:
@@ -216,21 +223,44 @@ def _tree_bytes(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_retrain_deployment_end_to_end_on_the_stack(stack, tmp_path):
+def _prepare_elsewhere_and_push(project: Path, where: Path, env: dict[str, str]) -> dict[str, bytes]:
+    """Patches made in another checkout (a data machine), pushed to the DVC remote in S3 and pinned by
+    the dvc.lock the pipeline's checkout pulls through git; then every local copy is removed. Returns
+    the patches' files, for comparing with what DVC brings back."""
+    _git(where.parent, "clone", "-q", str(project), str(where))
+    made = subprocess.run([sys.executable, "-c", _PREPARE_AND_PUSH], cwd=where, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert made.returncode == 0, made.stdout[-1500:] + made.stderr[-1500:]
+    patches = _tree_bytes(where / "data" / "patches")
+    _git(where, "add", "dvc.lock", "data.dvc")  # not data/.gitignore: the pipeline's checkout gets no data/
+    _git(where, "commit", "-q", "-m", "patches")
+    _git(project, "pull", "-q", "--ff-only", str(where), "HEAD")
+    subprocess.run(["rm", "-rf", str(where)], check=True)  # the patches and DVC's cache with them
+    return patches
 
+
+def test_retrain_deployment_end_to_end_on_the_stack(stack, tmp_path):
+    """No shared disk: the patches reach the Ray workers only through the DVC remote in S3. The
+    pipeline's checkout, where the flow runs and the Ray workers start, never holds a data/ folder, so
+    any local read of the patches fails the run."""
     from srcore.stack.services import RayCluster
 
     cfg, _ = stack
     env = _env(cfg)
     project = cfg.project_dir
     assert RayCluster(cfg).nodes_alive() == 2, f"the stack's Ray lost a node; see {cfg.root}/ray"
+    original = _prepare_elsewhere_and_push(project, tmp_path / "data-machine", env)
+    assert any(k.endswith(".parquet") for k in original) and "manifest.json" in original
+    assert not (project / "data").exists()
     argv = [str(BIN / "prefect"), "--no-prompt", "deployment", "run", "retrain/tiny",
             "--param", "overrides=" + json.dumps(E2E_OVERRIDES), "--param", f"address={cfg.ray_address}",
+            "--param", "prepare=false", "--param", "gate_metric=embedded_psnr_y",
             "--watch", "--watch-timeout", "1500"]
     res = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=1600)
     worker_log = cfg.path("logs", "prefect-worker.log").read_text(errors="replace")
     assert res.returncode == 0 and "Completed" in res.stdout, \
         res.stdout[-2000:] + res.stderr[-1000:] + "\n--- worker ---\n" + worker_log[-6000:]
+    assert not (project / "data").exists()  # nothing came to the checkout's disk
 
     # the flow run is COMPLETED in the PostgreSQL-backed Prefect server
     with _pg(cfg, "prefect") as conn, conn.cursor() as cur:
@@ -253,7 +283,7 @@ def test_retrain_deployment_end_to_end_on_the_stack(stack, tmp_path):
     run = client.get_run(champion.run_id)
     assert run.data.tags["model_path"] == "s3://ray/e2e/student/model.pth"
     assert run.data.tags["stage"] == "distill" and "teacher_run_id" in run.data.tags
-    assert "sample-val_psnr_y" in run.data.metrics
+    assert "embedded_psnr_y" in run.data.metrics
     assert {"flops_g", "peak_mem_mb", "latency_ms"} <= set(run.data.metrics)
     assert any(champion.run_id in k for k in _s3_keys(cfg, "mlflow")), "the run's artifacts are not in S3"
     with _pg(cfg, "mlflow") as conn, conn.cursor() as cur:
@@ -265,6 +295,17 @@ def test_retrain_deployment_end_to_end_on_the_stack(stack, tmp_path):
     assert teacher.data.tags["mlflow.parentRunId"] == parent and teacher.data.tags["stage"] == "teacher"
     assert client.get_run(parent).data.tags["profile"] == "tiny"
     assert len(client.get_metric_history(teacher.info.run_id, "train_loss_rec")) >= 1
+    # each stage names the patches it trained on: the pinned listing in S3, its DVC md5, the manifest hash
+    outs = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["prepare"]["outs"]
+    pinned = next(o["md5"] for o in outs if o["path"] == "data/patches")
+    for stage_run in (teacher, client.get_run(champion.run_id)):
+        tags = stage_run.data.tags
+        assert tags["patches"].startswith("s3://dvc/e2e/files/md5/") and tags["patches"].endswith(".dir")
+        assert tags["patches_dvc_md5"] == pinned
+        assert tags["patch_manifest_sha256"] == hashlib.sha256(original["manifest.json"]).hexdigest()
+        [used] = stage_run.inputs.dataset_inputs
+        assert tags["patches"] in used.dataset.source
+        assert used.dataset.digest == tags["patch_manifest_sha256"][:16]
 
     # the same deployment again, nothing changed: every cache hits (checkpoints and results in S3 are
     # recognised), no stage trains, the registered version stays the only one
@@ -282,24 +323,13 @@ def test_retrain_deployment_end_to_end_on_the_stack(stack, tmp_path):
         cur.execute("select version from model_versions where name = %s", (name,))
         assert [str(r[0]) for r in cur.fetchall()] == [champion.version]
 
-    # the shards the flow prepared, pushed to the S3 remote, come back byte-identical in a fresh clone
-    dvc = [sys.executable, "-m", "dvc"]
-    for args in (["push", "-q"], ["status", "-c", "-q"]):
-        pushed = subprocess.run([*dvc, *args], cwd=project, env=env, capture_output=True, text=True,
-                                timeout=600)
-        assert pushed.returncode == 0, pushed.stdout[-1500:] + pushed.stderr[-1500:]
+    # the pushed patches come back byte-identical in a fresh clone of the pipeline's checkout
     assert _s3_keys(cfg, "dvc", "e2e/")
-    _git(project, "add", "dvc.lock", "data.dvc", *(str(p.relative_to(project))
-                                                   for p in (project / "data").rglob(".gitignore")))
-    _git(project, "commit", "-q", "-m", "patches")
     clone = tmp_path / "clone"
     _git(tmp_path, "clone", "-q", str(project), str(clone))
-    pulled = subprocess.run([*dvc, "pull", "-q"], cwd=clone, env=env, capture_output=True, text=True,
-                            timeout=600)
+    pulled = subprocess.run([sys.executable, "-m", "dvc", "pull", "-q", "prepare"], cwd=clone, env=env,
+                            capture_output=True, text=True, timeout=600)
     assert pulled.returncode == 0, pulled.stdout[-1500:] + pulled.stderr[-1500:]
-    original = _tree_bytes(project / "data" / "patches")
-    assert any(k.endswith(".parquet") for k in original)
-    assert "manifest.json" in {Path(k).name for k in original}
     assert _tree_bytes(clone / "data" / "patches") == original
 
 

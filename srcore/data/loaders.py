@@ -8,20 +8,29 @@ each other at the end of an epoch. A shuffle buffer mixes samples across row gro
 sample gets a random aligned crop (LR ``patch_size``, HR ``patch_size * scale``), flips and a
 90-degree rotation.
 
-``ray_dataset`` is the same data for Ray Train's own ingest: ``ray.data.read_parquet`` with the
-same crop and augmentation as a batch transform; ``ray.train.get_dataset_shard`` then splits it
-into equal streams per rank.
+Shards are read where they are (a local folder, an ``s3://`` prefix, the DVC remote: ``srcore.storage``
+and ``srcore.data.patch_source``), by range: a worker fetches a shard's footer once, then only the
+column chunks of its own row groups.
+
+``ray_dataset`` is the same data for Ray Train's own ingest: the run's epochs of units as one
+dataset, read and cropped by a batch transform with the same crop and augmentation;
+``ray.train.get_dataset_shard`` then splits it into equal streams per rank.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
+import threading
+from collections import deque
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -31,10 +40,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 from srcore.data.patch_source import PatchSource, as_source
 from srcore.data.shards import MANIFEST, decode_patch, shard_encoding
 from srcore.errors import DataError
-from srcore.storage import filesystem, is_uri, join, open_input_file
+from srcore.storage import is_uri, join, open_input_file
 
-__all__ = ["shard_files", "ShardPairs", "augment_pair", "random_crop_pair", "samples_per_rank", "ray_dataset",
-           "crop_augment_batch", "training_sample"]
+__all__ = ["ShardPairs", "ShardSet", "UnitPlan", "augment_pair", "random_crop_pair", "ray_dataset",
+           "read_unit_crops", "samples_per_rank", "shard_files", "shard_set", "training_sample"]
 
 
 @dataclass(frozen=True)
@@ -112,8 +121,7 @@ def _units(files: Sequence[str | os.PathLike]) -> list[_Unit]:
 
 
 def _deal(units: list[_Unit], epoch: int, seed: int, rank: int, world: int) -> list[_Unit]:
-    order = list(range(len(units)))
-    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    order = _epoch_order(len(units), seed, epoch)
     return [units[i] for i in order[rank::world]]
 
 
@@ -158,6 +166,42 @@ def training_sample(hr: np.ndarray, lr: np.ndarray, patch: int, scale: int, rng:
 _PAIR_COLUMNS = ["hr", "hr_h", "hr_w", "lr", "lr_h", "lr_w"]
 
 
+# Row groups fetched ahead of the one being decoded, for shards in an object store: each fetch waits
+# on the network for most of its time (pyarrow releases the GIL), so a few in flight hide the
+# latency behind decoding. On a local disk the page cache serves reads at once: none ahead.
+READ_AHEAD = 4
+
+
+def _read_ahead(units: Sequence[_Unit], encoding: str | None) -> Iterator[tuple[Any, str]]:
+    """Each unit's row group (the pair columns) with its patch encoding, in order; for units in an
+    object store, fetched ``READ_AHEAD`` ahead by threads that each keep their own open shards."""
+    local = threading.local()
+
+    def fetch(unit: _Unit) -> tuple[Any, str]:
+        if not hasattr(local, "files"):
+            local.files = _OpenShards()
+        shard = local.files.get(unit.file)
+        return shard.read_row_group(unit.group, columns=_PAIR_COLUMNS), encoding or shard_encoding(shard)
+
+    if not any(is_uri(u.file) for u in units[:1]):
+        yield from map(fetch, units)
+        return
+    with ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="srcore-read-ahead") as pool:
+        pending: deque[Future] = deque()
+        todo = iter(units)
+        for unit in islice(todo, READ_AHEAD):
+            pending.append(pool.submit(fetch, unit))
+        try:
+            while pending:
+                got = pending.popleft().result()
+                for unit in islice(todo, 1):
+                    pending.append(pool.submit(fetch, unit))
+                yield got
+        finally:
+            for future in pending:  # stopped early (quota reached): no fetch left running for nothing
+                future.cancel()
+
+
 class _OpenShards:
     """The shards a worker reads, kept open (footer parsed once) for the next of their row groups;
     at most ``limit`` at a time, the least recently used closed first."""
@@ -167,7 +211,8 @@ class _OpenShards:
         self.open: dict[str, pq.ParquetFile] = {}
 
     def get(self, file: str) -> pq.ParquetFile:
-        shard = self.open.pop(file, None) or pq.ParquetFile(open_input_file(file))
+        # pre_buffer: a row group's column chunks in one coalesced read, not one request per column
+        shard = self.open.pop(file, None) or pq.ParquetFile(open_input_file(file), pre_buffer=is_uri(file))
         self.open[file] = shard  # most recent last
         if len(self.open) > self.limit:
             oldest = next(iter(self.open))
@@ -205,11 +250,7 @@ class ShardPairs(IterableDataset):
         return samples_per_rank(self.units, self.epoch, self.seed, self.world)
 
     def _rows(self, units: list[_Unit]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        files = _OpenShards()
-        for u in units:
-            shard = files.get(u.file)
-            encoding = self.encoding or shard_encoding(shard)
-            table = shard.read_row_group(u.group, columns=_PAIR_COLUMNS)
+        for table, encoding in _read_ahead(units, self.encoding):
             for row in table.to_pylist():
                 yield (decode_patch(row["hr"], row["hr_h"], row["hr_w"], encoding),
                        decode_patch(row["lr"], row["lr_h"], row["lr_w"], encoding))
@@ -254,73 +295,77 @@ class ShardPairs(IterableDataset):
             yield emit(pair)
 
 
-def crop_augment_batch(batch: dict[str, np.ndarray], scale: int, patch_size: int, encoding: str,
-                       augment: bool = True) -> dict[str, np.ndarray]:
-    """Ray Data batch transform: stored pairs -> random aligned crops, flipped/rotated, as float
-    CHW arrays in [0, 1] (the same crop and augmentation as ``ShardPairs``).
+@dataclass(frozen=True)
+class UnitPlan:
+    """What a Ray Data task needs to turn a row index of ``ray.data.range`` into one unit of one
+    epoch: the units, their patch encoding, the crop and the seed of each epoch's unit order."""
 
-    Ray Data runs batches as tasks in no fixed order, so each batch draws fresh entropy rather
-    than a seeded stream.
+    units: tuple[_Unit, ...]
+    encoding: str
+    scale: int
+    patch: int
+    augment: bool
+    seed: int
+
+    def unit(self, index: int) -> _Unit:
+        epoch, k = divmod(index, len(self.units))
+        return self.units[_epoch_order(len(self.units), self.seed, epoch)[k]]
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The seeded order of ``n`` units in ``epoch`` (kept for the epochs a process is reading)."""
+    order = list(range(n))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return order
+
+
+def read_unit_crops(batch: dict[str, np.ndarray], plan: UnitPlan) -> dict[str, np.ndarray]:
+    """Ray Data batch transform: row indices (``id``) -> the rows of their units, read by range from
+    the shards, as random aligned crops, flipped/rotated, float CHW in [0, 1] (the same crop and
+    augmentation as ``ShardPairs``).
+
+    Ray Data runs batches as tasks in no fixed order, so each batch draws fresh entropy for its
+    crops rather than a seeded stream; the order of units in each epoch is seeded.
     """
     rng = np.random.default_rng()
     lrs, hrs = [], []
-    for i in range(len(batch["hr"])):
-        hr = decode_patch(batch["hr"][i], int(batch["hr_h"][i]), int(batch["hr_w"][i]), encoding)
-        lr = decode_patch(batch["lr"][i], int(batch["lr_h"][i]), int(batch["lr_w"][i]), encoding)
-        lr, hr = training_sample(hr, lr, patch_size, scale, rng, augment)
-        lrs.append(lr)
-        hrs.append(hr)
+    for table, encoding in _read_ahead([plan.unit(int(i)) for i in batch["id"]], plan.encoding):
+        for row in table.to_pylist():
+            hr = decode_patch(row["hr"], row["hr_h"], row["hr_w"], encoding)
+            lr = decode_patch(row["lr"], row["lr_h"], row["lr_w"], encoding)
+            lr, hr = training_sample(hr, lr, plan.patch, plan.scale, rng, plan.augment)
+            lrs.append(lr)
+            hrs.append(hr)
     return {"lr": np.stack(lrs), "hr": np.stack(hrs)}
 
 
-# Ray Data lists Parquet files through a pool of footer-reading actors that it starts for every
-# execution (each epoch), 32 of them unless RAY_DATA_PARQUET_FOOTER_NUM_ACTORS says otherwise,
-# and reads that variable only when ``read_parquet`` builds the plan. Each actor is a process
-# start; a few shards need one actor per batch of FOOTERS_PER_READER files, not 32. Ray offers no
-# argument for it, hence the variable, set for the duration of the call and restored after.
-FOOTER_READERS_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
-FOOTERS_PER_READER = 10  # Ray's files per footer-reading call
-MAX_FOOTER_READERS = 32  # Ray's default pool
-
-
-@contextmanager
-def _footer_readers(n_files: int) -> Iterator[None]:
-    """As many footer readers as ``n_files`` can keep busy, unless the user chose a number."""
-    if FOOTER_READERS_ENV in os.environ:
-        yield
-        return
-    readers = min(MAX_FOOTER_READERS, max(1, math.ceil(n_files / FOOTERS_PER_READER)))
-    os.environ[FOOTER_READERS_ENV] = str(readers)
-    try:
-        yield
-    finally:
-        os.environ.pop(FOOTER_READERS_ENV, None)
-
-
 def ray_dataset(shards: ShardSet | Sequence[str | os.PathLike], scale: int, patch_size: int,
-                augment: bool = True, batch_size: int = 16, epochs: int = 1):
+                augment: bool = True, batch_size: int = 16, epochs: int = 1, seed: int = 0):
     """A ``ray.data.Dataset`` of ``{"lr", "hr"}`` training crops read from the shards (local or in
     an object store), ``epochs`` passes over them in one dataset: a run streams through one Ray Data
-    execution instead of starting one (and its actors) per epoch.
+    execution instead of starting one per epoch.
 
-    Pass it to ``TorchTrainer(datasets={"train": ...})``; each rank then iterates
-    ``ray.train.get_dataset_shard("train").iter_torch_batches(...)`` once (``RayDataStream``).
+    The dataset is ``ray.data.range`` over (epoch, unit) and a transform that reads each unit's row
+    group by range (``read_unit_crops``), not ``read_parquet``: no Parquet listing or footer-reading
+    actors (Ray starts up to 32 of them per read), units known from the manifest, and the same
+    storage layer as the torch back-end. Pass it to ``TorchTrainer(datasets={"train": ...})``; each
+    rank then iterates ``ray.train.get_dataset_shard("train").iter_torch_batches(...)`` once.
     """
     import ray.data
 
     if isinstance(shards, ShardSet):
-        files, encodings = list(shards.files), {shards.encoding}
+        units, encodings = shards.units(), {shards.encoding}
     else:
-        files = [f if is_uri(f) else str(Path(f).resolve()) for f in map(str, shards)]
-        encodings = {shard_encoding(f) for f in files}
+        units = _units(shards)
+        encodings = {shard_encoding(f) for f in {u.file for u in units}}
     if len(encodings) != 1:
         raise DataError(f"shards mix patch encodings {sorted(encodings)}; "
                         "prepare them again with one encoding")
-    fs, _ = filesystem(files[0])
-    paths = [filesystem(f)[1] for f in files]
-    with _footer_readers(len(files)):
-        one = ray.data.read_parquet(paths, filesystem=fs).select_columns(_PAIR_COLUMNS)
-    ds = one.union(*[one] * (epochs - 1)) if epochs > 1 else one  # read_parquet drops repeated paths
-    return ds.map_batches(crop_augment_batch, batch_size=batch_size, batch_format="numpy",
-                          fn_kwargs={"scale": scale, "patch_size": patch_size, "encoding": encodings.pop(),
-                                     "augment": augment})
+    if not units:
+        raise DataError("no rows in the shards; prepare more data")
+    plan = UnitPlan(tuple(units), encodings.pop(), scale, patch_size, augment, seed)
+    rows_per_unit = max(1, sum(u.rows for u in units) // len(units))
+    per_task = max(1, math.ceil(batch_size / rows_per_unit))  # about a training batch of rows a task
+    return ray.data.range(len(units) * max(1, epochs)).map_batches(
+        read_unit_crops, batch_size=per_task, batch_format="numpy", fn_kwargs={"plan": plan})

@@ -30,9 +30,10 @@ def dvc(*args: str, cwd: str | os.PathLike = ".") -> str:
     return res.stdout
 
 
-def reproduce_patches(cwd: str | os.PathLike = ".", pull: bool = True) -> str:
+def reproduce_patches(cwd: str | os.PathLike = ".", pull: bool = True, push: bool = False) -> str:
     """Bring the raw data (``dvc pull`` when a remote has it, else the embedded sample for the
-    default data.dvc), then ``dvc repro prepare``; returns the patch manifest hash."""
+    default data.dvc), then ``dvc repro prepare`` and, with ``push``, ``dvc push`` of the patches
+    (where training reads them with ``loader.source: dvc``); returns the patch manifest hash."""
     root = Path(cwd)
     raw = root / "data" / "raw" / "sample"
     if pull:
@@ -46,6 +47,8 @@ def reproduce_patches(cwd: str | os.PathLike = ".", pull: bool = True) -> str:
         write_sample(raw)
         dvc("commit", "-f", "data.dvc", cwd=root)
     dvc("repro", "prepare", cwd=root)
+    if push:
+        dvc("push", "prepare", cwd=root)
     return manifest_hash(root / "data" / "patches")
 
 

@@ -230,7 +230,8 @@ def _trainer(params: Params, stage: str, cfg: TrainParams, storage: str, run_dir
         per_epoch = sum(shards.rows) // cfg.ray.num_workers // params.loader.batch_size
         epochs = math.ceil(cfg.steps / max(1, per_epoch)) + 1  # one streaming execution for the run
         datasets = {"train": ray_dataset(shards, cfg.scale, params.loader.patch_size,
-                                         batch_size=params.loader.batch_size, epochs=epochs)}
+                                         batch_size=params.loader.batch_size, epochs=epochs,
+                                         seed=params.loader.seed)}
     return TorchTrainer(
         train_loop_per_worker, datasets=datasets,
         train_loop_config={"stage": stage, "train": cfg.model_dump(mode="json"),
