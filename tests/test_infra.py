@@ -196,3 +196,15 @@ def test_deployments_resolve_to_the_full_recipe_unless_they_ask(name):
         assert params.teacher.model_overrides == {}
     else:
         assert asked == "tiny" and params.teacher.steps < 1000  # only the demo's deployment asks
+
+
+def test_cluster_jobs_read_the_patches_from_the_dvc_remote():
+    """No pod shares a disk: the RayJob and the Kubernetes deployment train on the version dvc.lock
+    pins, read from the DVC remote, and the image carries what resolves it (dvc.lock, DVC's config)."""
+    job = next(o for o in _kuberay_objects() if o["kind"] == "RayJob")
+    assert "--set loader.source=dvc" in " ".join(job["spec"]["entrypoint"].split())
+    assert _resolved_params(_deployment("nightly-k8s")).loader.source == "dvc"
+    dockerfile = (INFRA / "docker" / "Dockerfile").read_text()
+    assert "COPY .dvc/config .dvc/config" in dockerfile and " dvc.lock " in dockerfile
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert ".dvc" not in ignored and ".dvc/config" not in ignored
