@@ -23,27 +23,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import psutil
 import torch
 from common import report
-from PIL import Image
+from prepare import _synthetic
 
 from srcore.config import PrepareParams
 from srcore.data.loaders import ShardPairs, shard_set
 from srcore.data.prepare import one_thread_each, prepare
 from srcore.storage import copy_file, filesystem
-
-
-def _synthetic(folder: Path, n: int) -> None:
-    """2K-like images: smooth structure plus sensor-like noise (compresses as photos do, roughly)."""
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:1020, 0:1440]
-    for i in range(n):
-        base = 128 + 70 * np.sin(xx / (13 + i)) * np.cos(yy / (17 + 2 * i))
-        img = np.clip(base[..., None] + rng.normal(0, 8, (1020, 1440, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(img).save(folder / f"{i:04d}.png", compress_level=1)
 
 
 def _free_base() -> int:
