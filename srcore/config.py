@@ -16,8 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from srcore.errors import ConfigError
 
-__all__ = ["DEFAULT_PARAMS_FILE", "SCALES", "DistillParams", "EvalParams", "LoaderParams", "Params",
-           "PrepareParams", "RayParams", "TrainParams", "check_scale", "load_params"]
+__all__ = ["DEFAULT_PARAMS_FILE", "SCALES", "STAGES", "DistillParams", "EvalParams", "LoaderParams",
+           "Params", "PrepareParams", "RayParams", "Stage", "TrainParams", "check_scale", "load_params",
+           "stage_section"]
 
 DEFAULT_PARAMS_FILE = Path("params.yaml")
 
@@ -175,6 +176,16 @@ class EvalParams(_Section):
     efficiency_threads: int = Field(1, ge=1, description="CPU threads the latency is measured with")
 
 
+# The two training stages: the teacher trains alone, ``distill`` trains the student from it.
+Stage = Literal["teacher", "distill"]
+STAGES: tuple[Stage, ...] = ("teacher", "distill")
+
+
+def stage_section(stage: Stage) -> str:
+    """The params.yaml section a stage reads (``student`` for ``distill``), as messages name it."""
+    return "student" if stage == "distill" else "teacher"
+
+
 class Params(_Section):
     """The whole params.yaml (sections not listed here are refused)."""
 
@@ -185,6 +196,12 @@ class Params(_Section):
     teacher: TrainParams = TrainParams()
     student: DistillParams = DistillParams()
     eval: EvalParams = EvalParams()
+
+    def stage(self, stage: Stage) -> TrainParams:
+        """The settings ``stage`` trains with (``teacher``, or the student's for ``distill``)."""
+        if stage not in STAGES:
+            raise ConfigError(f"unknown stage {stage!r}; use teacher or distill")
+        return self.student if stage == "distill" else self.teacher
 
 
 def _format_errors(exc: ValidationError, source: str) -> str:

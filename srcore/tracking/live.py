@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from srcore.config import Params, TrainParams
+from srcore.config import Params
 from srcore.data.patch_source import PatchSource, patch_source
-from srcore.tracking.runs import EXPERIMENT, configure, run_url, stage_lineage, stage_params
+from srcore.tracking.runs import EXPERIMENT, configure, loggable_params, run_url, stage_lineage
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,6 @@ Event = dict[str, Any]
 # Which keys of a rank-0 event become metrics, per event kind (see ``srcore.train.loop``).
 _LOGGED = {"log": None, "validation": ("loss", "val_psnr_y")}
 _NOT_METRICS = {"kind", "stage", "step", "steps", "epoch"}
-
-
-def _stage_cfg(params: Params, stage: str) -> TrainParams:
-    return params.student if stage == "distill" else params.teacher
 
 
 @dataclass
@@ -126,7 +122,7 @@ def stage_run(params: Params, stage: str, name: str | None = None, parent_run_id
     """An MLflow run for one training stage, open for the block (see the module docstring)."""
     import mlflow
 
-    cfg = _stage_cfg(params, stage)
+    cfg = params.stage(stage)
     client = configure()
     experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
     tags = stage_lineage(params, stage)
@@ -136,7 +132,7 @@ def stage_run(params: Params, stage: str, name: str | None = None, parent_run_id
             tags["teacher_run_id"] = teacher_run_id
     with mlflow.start_run(run_name=f"{stage}-{name or cfg.name}", experiment_id=experiment_id,
                           parent_run_id=parent_run_id, tags=tags, log_system_metrics=True) as run:
-        mlflow.log_params(stage_params(params, stage))
+        mlflow.log_params(loggable_params(params, stage))
         log_patch_input(patch_source(params.prepare.out, params.loader.source), cfg.scale)
         run_id = run.info.run_id
         yield StageRun(client, run_id, run_url(mlflow.get_tracking_uri(), experiment_id, run_id))

@@ -25,8 +25,8 @@ from srcore.tracking.runs import (
     bounded_requests,
     comparison_grid,
     configure,
+    loggable_params,
     stage_lineage,
-    stage_params,
     tracking_timeout,
 )
 
@@ -142,7 +142,7 @@ def _log_and_register(params: Params, stage: str, model_path: str, local_path: s
 
     from srcore.data.shards import file_sha256
 
-    cfg: TrainParams = params.student if stage == "distill" else params.teacher
+    cfg: TrainParams = params.stage(stage)
     client = configure()
     _close_leftover_run()
     model = load_model(local_path)
@@ -156,7 +156,7 @@ def _log_and_register(params: Params, stage: str, model_path: str, local_path: s
     with mlflow.start_run(run_id=run_id, run_name=None if run_id else f"{stage}-{cfg.name}") as run:
         _opened.add(run.info.run_id)
         if run_id is None:
-            mlflow.log_params(stage_params(params, stage))
+            mlflow.log_params(loggable_params(params, stage))
             for h in history or []:
                 for key in ("loss", "lr", "val_psnr_y"):
                     if key in h and h[key] == h[key]:

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["tracking_uri", "store_identity", "reading_uri", "tracking_timeout", "bounded_requests",
            "call_with_deadline", "configure", "flatten", "lineage", "stage_lineage", "comparison_grid",
-           "run_url", "stage_params", "EXPERIMENT"]
+           "run_url", "loggable_params", "EXPERIMENT"]
 
 EXPERIMENT = "srcore"
 LOCAL_STORE = "mlflow.db"
@@ -176,9 +176,9 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-def stage_params(params, stage: str) -> dict[str, str]:
+def loggable_params(params, stage: str) -> dict[str, str]:
     """The flat MLflow params of a training stage's run: its recipe, the loader and the patches."""
-    cfg = params.student if stage == "distill" else params.teacher
+    cfg = params.stage(stage)
     return flatten({"stage": stage, "train": cfg.model_dump(mode="json"),
                     "loader": params.loader.model_dump(mode="json"),
                     "prepare": params.prepare.model_dump(mode="json")})
@@ -215,7 +215,7 @@ def lineage(patches) -> dict[str, str]:
 def stage_lineage(params, stage: str) -> dict[str, str]:
     """``lineage`` plus what a training stage started from: the weights it was initialised from
     (``init``) and, for distillation, the teacher it learnt from."""
-    cfg = params.student if stage == "distill" else params.teacher
+    cfg = params.stage(stage)
     tags = {**lineage(patch_source(params.prepare.out, params.loader.source)), "stage": stage}
     if cfg.init:
         tags["init"] = cfg.init

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 
-from srcore.config import DistillParams, Params, TrainParams
+from srcore.config import DistillParams, Params, Stage, TrainParams, stage_section
 from srcore.data.loaders import shard_set
 from srcore.data.patch_source import PatchSource, patch_source
 from srcore.data.shards import MANIFEST
@@ -25,22 +25,12 @@ log = logging.getLogger(__name__)
 __all__ = ["check_cluster_fits", "check_training_inputs", "training_source"]
 
 
-def stage_params(params: Params, stage: str) -> TrainParams:
-    if stage not in ("teacher", "distill"):
-        raise ConfigError(f"unknown stage {stage!r}; use teacher or distill")
-    return params.student if stage == "distill" else params.teacher
-
-
 def training_source(params: Params) -> PatchSource:
     """Where this run's training reads its patches (``prepare.out`` through ``loader.source``)."""
     return patch_source(params.prepare.out, params.loader.source)
 
 
-def _section(stage: str) -> str:
-    return "student" if stage == "distill" else "teacher"
-
-
-def _check_patches(params: Params, cfg: TrainParams, stage: str, source: PatchSource) -> None:
+def _check_patches(params: Params, cfg: TrainParams, stage: Stage, source: PatchSource) -> None:
     """Patch size against the stored sub-images, batch size against each rank's share of them."""
     manifest = source.manifest()
     if manifest is None:
@@ -58,7 +48,7 @@ def _check_patches(params: Params, cfg: TrainParams, stage: str, source: PatchSo
     ranks, batch = cfg.ray.num_workers, params.loader.batch_size
     if rows >= 0 and rows // ranks < batch:
         raise ConfigError(f"loader.batch_size {batch} is more than each of the {ranks} ranks "
-                          f"({_section(stage)}.ray.num_workers) gets: {where} lists {rows} x{cfg.scale} "
+                          f"({stage_section(stage)}.ray.num_workers) gets: {where} lists {rows} x{cfg.scale} "
                           "patches; lower loader.batch_size or prepare more data")
 
 
@@ -70,29 +60,29 @@ def _local_cpus() -> float:
     return float(os.cpu_count() or 1)
 
 
-def check_cluster_fits(cfg: TrainParams, stage: str, node_cpus: list[float], where: str,
+def check_cluster_fits(cfg: TrainParams, stage: Stage, node_cpus: list[float], where: str,
                        ray_data: bool = False) -> None:
     """Every rank must fit on one node, and all ranks on the cluster, or Ray waits for ever. With
     ``ray_data`` (``loader.backend: ray_data``) a CPU must stay free of ranks: Ray Data's read tasks
     run there, and with none they wait for ever without a word."""
     need, ranks = cfg.ray.cpus_per_worker, cfg.ray.num_workers
-    key = f"{_section(stage)}.ray.cpus_per_worker"
+    key = f"{stage_section(stage)}.ray.cpus_per_worker"
     if node_cpus and need > max(node_cpus):
         raise ConfigError(f"{key} {need:g} is more than the {max(node_cpus):g} CPUs of the largest node of "
                           f"{where}; lower {key}")
     if node_cpus and need * ranks > sum(node_cpus):
         raise ConfigError(f"{ranks} ranks x {key} {need:g} = {need * ranks:g} CPUs, but {where} has "
-                          f"{sum(node_cpus):g}; lower {_section(stage)}.ray.num_workers or {key}")
+                          f"{sum(node_cpus):g}; lower {stage_section(stage)}.ray.num_workers or {key}")
     if ray_data and node_cpus and sum(node_cpus) - need * ranks < 1:
         raise ConfigError(f"loader.backend ray_data reads on CPUs the training ranks leave free, and {ranks} "
                           f"ranks x {key} {need:g} take all {sum(node_cpus):g} CPUs of {where}; lower {key} "
-                          f"(or {_section(stage)}.ray.num_workers) to leave at least one, or use "
+                          f"(or {stage_section(stage)}.ray.num_workers) to leave at least one, or use "
                           "loader.backend: torch")
 
 
-def check_training_inputs(params: Params, stage: str, address: str | None = None) -> TrainParams:
+def check_training_inputs(params: Params, stage: Stage, address: str | None = None) -> TrainParams:
     """Refuse, before anything starts, a stage that cannot train; returns the stage's params."""
-    cfg = stage_params(params, stage)
+    cfg = params.stage(stage)
     config_for(cfg.model, cfg.scale, **cfg.model_overrides)  # unknown model / bad overrides fail here
     if cfg.init:
         from srcore.models import build

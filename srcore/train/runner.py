@@ -33,7 +33,7 @@ from srcore.errors import SrcoreError
 from srcore.raycluster import ensure_ray
 from srcore.storage import copy_file, file_exists, is_uri, read_bytes, write_bytes
 from srcore.train import faults
-from srcore.train.preflight import check_cluster_fits, check_training_inputs, stage_params, training_source
+from srcore.train.preflight import check_cluster_fits, check_training_inputs, training_source
 from srcore.train.state import read_state
 
 log = logging.getLogger(__name__)
@@ -264,7 +264,7 @@ def run_stage(params: Params, stage: str, address: str | None = None, name: str 
 
     Re-running with the same run name continues from the run's latest checkpoint.
     """
-    address = address or stage_params(params, stage).ray.address
+    address = address or params.stage(stage).ray.address
     cfg = check_training_inputs(params, stage, address)
     if name:
         cfg = cfg.model_copy(update={"name": name})
