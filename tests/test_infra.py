@@ -146,8 +146,8 @@ def test_prefect_yaml_has_a_kubernetes_deployment_pulling_from_the_image():
                if line.startswith("WORKDIR")]
     pull_dir = k8s["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"]
     assert pull_dir == workdir[-1] == k8s["work_pool"]["job_variables"]["env"]["SRCORE_HOME"]
-    # task results go to the block the stack and flows/storage.py save
-    from flows.storage import BLOCK_NAME, SETTING
+    # task results go to the block the stack and srcore.stack.results save
+    from srcore.stack.results import BLOCK_NAME, SETTING
 
     assert k8s["work_pool"]["job_variables"]["env"][SETTING] == f"remote-file-system/{BLOCK_NAME}"
     assert variables["env"]["default"][SETTING] == f"remote-file-system/{BLOCK_NAME}"

@@ -43,8 +43,8 @@ def test_env_file_round_trip_never_overrides_the_callers_environment(tmp_path):
     values = read_env_file(cfg.env_file)
     assert values["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{cfg.ports.mlflow}"
     assert values["AWS_SECRET_ACCESS_KEY"] == cfg.credentials().s3_secret_key
-    # the worker's task results go to the block `up` saves (flows/storage.py names it the same way)
-    from flows.storage import BLOCK_NAME, SETTING
+    # the worker's task results go to the block `up` saves (srcore.stack.results names it the same way)
+    from srcore.stack.results import BLOCK_NAME, SETTING
 
     assert values[SETTING] == f"remote-file-system/{BLOCK_NAME}"
     environ = {"MLFLOW_TRACKING_URI": "http://elsewhere:5000"}

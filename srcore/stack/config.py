@@ -25,15 +25,14 @@ from srcore.errors import SrcoreError
 from srcore.io import atomic_write_text
 
 __all__ = ["StackError", "Credentials", "Ports", "StackConfig", "read_env_file", "apply_env_file",
-           "DEFAULT_ROOT", "BUCKETS", "RESULTS_URL", "RESULTS_BLOCK"]
+           "DEFAULT_ROOT", "BUCKETS", "RESULTS_URL"]
 
 DEFAULT_ROOT = Path(".stack")
 # Buckets created on the S3 endpoint: MLflow artifacts, the DVC remote, Ray checkpoints, Prefect results.
 BUCKETS = ("mlflow", "dvc", "ray", "prefect")
 # Where the worker's task results (the flows' caches) go, and the Prefect block that points there
-# (flows/storage.py saves it on `up`; the block holds the location only, the keys come from the env).
+# (srcore.stack.results saves it on `up`; the block holds the location only, the keys come from the env).
 RESULTS_URL = f"s3://{BUCKETS[3]}/results"
-RESULTS_BLOCK = "remote-file-system/srcore-results"
 _GRPC_OFFSET = 10000
 
 
@@ -156,6 +155,9 @@ class StackConfig(BaseModel):
 
     def client_env(self) -> dict[str, str]:
         """What a client (srcore, the flows, dvc, the prefect CLI) needs to use the stack."""
+        # imported here: ``python -m srcore.stack.results`` must not find itself imported by the package
+        from srcore.stack.results import BLOCK_SLUG, SETTING
+
         c = self.credentials()
         return {
             "MLFLOW_TRACKING_URI": f"http://{self.host}:{self.ports.mlflow}",
@@ -174,7 +176,7 @@ class StackConfig(BaseModel):
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "RAY_USAGE_STATS_ENABLED": "0",
             # Task results of every flow run go to the bucket, so a cache survives the worker's disk.
-            "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK": RESULTS_BLOCK,
+            SETTING: BLOCK_SLUG,
         }
 
     def write_env_file(self) -> Path:

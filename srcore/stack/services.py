@@ -21,7 +21,7 @@ import urllib.request
 from importlib import metadata
 from pathlib import Path
 
-from srcore.stack.config import BUCKETS, RESULTS_BLOCK, RESULTS_URL, StackConfig, StackError
+from srcore.stack.config import BUCKETS, RESULTS_URL, StackConfig, StackError
 from srcore.stack.process import (
     alive,
     http_ok,
@@ -412,14 +412,16 @@ class PrefectWorker(Service):
 
     def _save_result_storage(self) -> None:
         """The block the env file names (``PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK``), on the results bucket."""
-        argv = [sys.executable, "-m", "flows.storage", RESULTS_URL]
+        from srcore.stack.results import BLOCK_SLUG
+
+        argv = [sys.executable, "-m", "srcore.stack.results", RESULTS_URL]
         res = subprocess.run(argv, env=service_env(self.cfg), cwd=self.cfg.project_dir, capture_output=True,
                              text=True, timeout=300)
         with open(self.log_file, "a") as out:
-            out.write(f"$ python -m flows.storage {RESULTS_URL}\n{res.stdout}{res.stderr}\n")
-        if res.returncode != 0 or not res.stdout.strip().endswith(f"={RESULTS_BLOCK}"):
+            out.write(f"$ python -m srcore.stack.results {RESULTS_URL}\n{res.stdout}{res.stderr}\n")
+        if res.returncode != 0 or not res.stdout.strip().endswith(f"={BLOCK_SLUG}"):
             tail = (res.stdout + res.stderr)[-1500:]
-            raise StackError(f"saving the result block {RESULTS_BLOCK} failed (exit {res.returncode}); "
+            raise StackError(f"saving the result block {BLOCK_SLUG} failed (exit {res.returncode}); "
                              f"see {self.log_file}\n{tail}")
 
     def healthy(self) -> bool:

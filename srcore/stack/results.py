@@ -4,7 +4,7 @@ Local by default (``PREFECT_LOCAL_STORAGE_PATH``, ``~/.prefect/storage``), which
 ends. For workers that come and go (Kubernetes, the local stack), save an object-store block once
 and point Prefect's own setting at it:
 
-    python -m flows.storage s3://prefect/results          # prints the block's slug
+    python -m srcore.stack.results s3://prefect/results   # prints the block's slug
     export PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK=remote-file-system/srcore-results
 
 The block stores only the location: the S3 endpoint and keys come from the worker's environment
@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 
 BLOCK_NAME = "srcore-results"
+BLOCK_SLUG = f"remote-file-system/{BLOCK_NAME}"
 SETTING = "PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"
 
 
@@ -31,7 +32,7 @@ def save_result_storage(url: str, name: str = BLOCK_NAME) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or "://" not in args[0]:
-        print("usage: python -m flows.storage s3://BUCKET/PREFIX", file=sys.stderr)
+        print("usage: python -m srcore.stack.results s3://BUCKET/PREFIX", file=sys.stderr)
         return 2
     print(f"{SETTING}={save_result_storage(args[0])}")
     return 0
