@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,12 +18,6 @@ from rich.console import Console
 from rich.table import Table
 
 console = Console()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _send_pending_logs() -> None:
@@ -47,32 +38,18 @@ def prefect_api():
     if os.environ.get("PREFECT_API_URL"):
         yield os.environ["PREFECT_API_URL"]
         return
-    port = _free_port()
+    from srcore.servers import free_port, running_server
+
+    port = free_port()
     url = f"http://127.0.0.1:{port}/api"
-    log = open(".prefect-server.log", "ab")
     prefect = str(Path(sys.executable).parent / "prefect")
-    proc = subprocess.Popen([prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError("the Prefect server did not start; see .prefect-server.log") from None
-                time.sleep(1)
+    argv = [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with running_server(argv, url + "/health", "the Prefect server", Path(".prefect-server.log")):
         os.environ["PREFECT_API_URL"] = url
-        yield url
-    finally:
-        _send_pending_logs()
-        proc.terminate()
         try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+            yield url
+        finally:
+            _send_pending_logs()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,28 +44,9 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 def free_port() -> int:
     """A TCP port on loopback that nothing listens on right now (for servers the tests start)."""
-    import socket
+    from srcore.servers import free_port as port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_health(url: str, proc, timeout: float = 180) -> None:
-    """Poll ``url`` until it answers; fail the test if ``proc`` dies or time runs out."""
-    import time
-    import urllib.request
-
-    deadline = time.time() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                proc.kill()
-                pytest.fail(f"server behind {url} did not start")
-            time.sleep(1)
+    return port()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,23 +55,19 @@ def wait_for_health(url: str, proc, timeout: float = 180) -> None:
 
 
 def _start_server(args: list[str], health: str, env: dict | None = None, timeout: float = 180):
+    """A server for a test, healthy (``srcore.servers``: the stack and the demo start theirs alike)."""
     import os
-    import subprocess
 
-    proc = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    wait_for_health(health, proc, timeout=timeout)
-    return proc
+    from srcore.servers import start_server
+
+    return start_server(args, health, f"server behind {health}", env={**os.environ, **(env or {})},
+                        timeout=timeout)
 
 
 def _stop(proc) -> None:
-    import subprocess
+    from srcore.servers import stop_server
 
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_server(proc)
 
 
 @pytest.fixture(scope="session")

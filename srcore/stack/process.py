@@ -12,14 +12,14 @@ import os
 import signal
 import socket
 import subprocess
-import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import psutil
 
+from srcore import servers
 from srcore.io import atomic_write_text
+from srcore.servers import http_ok
 from srcore.stack.config import StackError
 
 __all__ = ["spawn", "record", "recorded", "alive", "stop_recorded", "port_in_use", "http_ok", "wait_until",
@@ -110,28 +110,11 @@ def port_in_use(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def http_ok(url: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return 200 <= resp.status < 300
-    except OSError:
-        return False
-
-
 def wait_until(check: Callable[[], bool], what: str, timeout: float, pid_file: Path | None = None,
                log_file: Path | None = None) -> float:
     """Poll ``check`` until true; fail naming ``what`` (and its log) if its process dies or time runs out."""
-    start = time.monotonic()
-    while not check():
-        died = pid_file is not None and not alive(pid_file)
-        if died or time.monotonic() - start > timeout:
-            tail = ""
-            if log_file is not None and log_file.is_file():
-                tail = "\n" + "\n".join(log_file.read_text(errors="replace").splitlines()[-15:])
-            reason = "exited" if died else f"did not answer within {timeout:.0f} s"
-            raise StackError(f"{what} {reason}; see {log_file}{tail}")
-        time.sleep(0.5)
-    return time.monotonic() - start
+    died = (lambda: not alive(pid_file)) if pid_file is not None else None
+    return servers.wait_until(check, what, timeout, died, log_file, error=StackError)
 
 
 def pids_matching(needle: str) -> list[int]:
