@@ -197,7 +197,7 @@ def train_tiny_teacher(work: Path, shards: Path, rec: dict[str, Any], study: Stu
 
 
 def score_teachers(all_teachers: dict[str, Teacher], study: Study) -> None:
-    from srcore.train.weights import load_teacher
+    from srcore.models.loading import load_teacher
 
     for t in all_teachers.values():
         entry = study.data["teachers"].setdefault(t.key, {})

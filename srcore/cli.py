@@ -84,10 +84,10 @@ def models_cmd(scale: Annotated[int, typer.Option(help="Scale to count parameter
 
 def _load(model: str | None, scale: int, weights: str | None, weights_key: str | None = None,
           offline: bool = False):
-    """``model`` with ``weights`` (any spec ``srcore.train.weights`` reads; without ``model`` the
+    """``model`` with ``weights`` (any spec ``srcore.models.loading`` reads; without ``model`` the
     checkpoint names it), or randomly initialised without weights."""
     from srcore.models import build
-    from srcore.train.weights import load_spec
+    from srcore.models.loading import load_spec
 
     if weights is None:
         if model != "bicubic":

@@ -12,7 +12,7 @@ from conftest import BENCHMARKS, WEIGHTS, require
 from srcore.config import load_params
 from srcore.errors import CheckpointError
 from srcore.models import build, save_model
-from srcore.train.weights import init_weights, load_teacher, read_weights
+from srcore.models.loading import init_weights, load_teacher, read_weights
 
 SMALL = {"embed_dim": 8, "depths": (1,)}
 
@@ -178,3 +178,19 @@ def test_fine_tuning_an_official_model_keeps_its_set5_psnr(tmp_path, monkeypatch
     after = evaluate_dataset(tuned, "Set5", 4, data_root=BENCHMARKS).psnr_y
     assert before > 32.0  # the official number (32.0x dB): init really loaded the release
     assert after >= before - 0.05, (before, after)
+
+
+def test_registry_specs_resolve_through_the_declared_entry_point():
+    """models:/ specs reach the registry through the resolver the package declares, so the room that
+    loads models imports nothing of the one that knows the registry; an unknown scheme is named."""
+    from importlib.metadata import entry_points
+
+    from srcore.errors import CheckpointError
+    from srcore.models.loading import RESOLVERS, _resolver
+    from srcore.tracking.registry import registered_weights
+
+    [declared] = entry_points(group=RESOLVERS, name="models")
+    assert declared.load() is registered_weights and _resolver("models:/m@champion") is registered_weights
+    assert _resolver("s3://bucket/model.pth") is None and _resolver("runs/teacher") is None
+    with pytest.raises(CheckpointError, match="nothing resolves hub:/"):
+        read_weights("hub:/someone/model")

@@ -94,3 +94,65 @@ def test_bottom_rooms_import_nothing_heavy(module):
             "print(sorted(m for m in ('torch', 'srcore.models', 'srcore.data') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
+
+
+def _module_of(name: str, modules: set[str]) -> str | None:
+    """The srcore module ``name`` refers to (``srcore.data.loaders.shard_set`` -> ``srcore.data.loaders``)."""
+    while name and name not in modules:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def _imported_names(path: Path) -> list[str]:
+    """What ``path`` imports, with ``from package import module`` as ``package.module``."""
+    names = [name for _, name in _imports(path)]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names += [f"{node.module}.{a.name}" for a in node.names]
+    return names
+
+
+def import_cycles(root: Path = REPO) -> list[list[str]]:
+    """Circles of imports between srcore's modules (lazy imports count). A package and its own
+    modules are left aside: ``srcore/models/__init__.py`` gathering ``srcore.models.presets`` is not a
+    circle with a module of ``srcore.models`` that imports the package."""
+    files = {(_module_name(p, root)): p for p in sorted((root / "srcore").rglob("*.py"))}
+    modules = set(files)
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for module, path in files.items():
+        for name in _imported_names(path):
+            target = _module_of(name, modules)
+            if target is None or target == module:
+                continue
+            if target.startswith(module + ".") or module.startswith(target + "."):
+                continue  # a package and its own modules
+            graph[module].add(target)
+    cycles, state, stack = [], {}, []
+
+    def visit(m: str) -> None:
+        state[m] = "open"
+        stack.append(m)
+        for n in sorted(graph[m]):
+            if state.get(n) == "open":
+                cycles.append(stack[stack.index(n):] + [n])
+            elif n not in state:
+                visit(n)
+        stack.pop()
+        state[m] = "done"
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+    return cycles
+
+
+def test_no_import_circles():
+    cycles = import_cycles()
+    assert not cycles, "modules that import each other:\n" + "\n".join(" -> ".join(c) for c in cycles)
+
+
+def test_checker_sees_an_import_circle(tmp_path):
+    (tmp_path / "srcore" / "data").mkdir(parents=True)
+    (tmp_path / "srcore" / "data" / "a.py").write_text("from srcore.data.b import f\n")
+    (tmp_path / "srcore" / "data" / "b.py").write_text("def f():\n    from srcore.data import a\n")
+    assert import_cycles(tmp_path) == [["srcore.data.a", "srcore.data.b", "srcore.data.a"]]

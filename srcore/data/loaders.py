@@ -175,11 +175,11 @@ READ_AHEAD = 4
 def _read_ahead(units: Sequence[_Unit], encoding: str | None) -> Iterator[tuple[Any, str]]:
     """Each unit's row group (the pair columns) with its patch encoding, in order; for units in an
     object store, fetched ``READ_AHEAD`` ahead by threads that each keep their own open shards."""
-    local = threading.local()
+    local, footers = threading.local(), {}
 
     def fetch(unit: _Unit) -> tuple[Any, str]:
         if not hasattr(local, "files"):
-            local.files = _OpenShards()
+            local.files = _OpenShards(footers=footers)
         shard = local.files.get(unit.file)
         return shard.read_row_group(unit.group, columns=_PAIR_COLUMNS), encoding or shard_encoding(shard)
 
@@ -203,16 +203,22 @@ def _read_ahead(units: Sequence[_Unit], encoding: str | None) -> Iterator[tuple[
 
 
 class _OpenShards:
-    """The shards a worker reads, kept open (footer parsed once) for the next of their row groups;
-    at most ``limit`` at a time, the least recently used closed first."""
+    """The shards a worker reads, kept open for the next of their row groups; at most ``limit`` at
+    a time, the least recently used closed first. Footers parsed once are kept in ``footers``, which
+    threads reading the same shards share (a file is opened per thread, its footer read once)."""
 
-    def __init__(self, limit: int = 32) -> None:
+    def __init__(self, limit: int = 32, footers: dict[str, Any] | None = None) -> None:
         self.limit = limit
         self.open: dict[str, pq.ParquetFile] = {}
+        self.footers = footers if footers is not None else {}
 
     def get(self, file: str) -> pq.ParquetFile:
-        # pre_buffer: a row group's column chunks in one coalesced read, not one request per column
-        shard = self.open.pop(file, None) or pq.ParquetFile(open_input_file(file), pre_buffer=is_uri(file))
+        shard = self.open.pop(file, None)
+        if shard is None:
+            # pre_buffer: a row group's column chunks in one coalesced read, not one request per column
+            shard = pq.ParquetFile(open_input_file(file), metadata=self.footers.get(file),
+                                   pre_buffer=is_uri(file))
+            self.footers.setdefault(file, shard.metadata)
         self.open[file] = shard  # most recent last
         if len(self.open) > self.limit:
             oldest = next(iter(self.open))

@@ -6,7 +6,7 @@ Two kinds of source, chosen by ``loader.source``:
 - ``prepared``: ``prepare.out`` as it is, a local folder (on a cluster: a mount every node has) or
   an ``s3://bucket/prefix`` that ``srcore data prepare`` wrote to;
 - ``dvc``: the version of ``prepare.out`` that ``dvc.lock`` pins, read where ``dvc push`` put it:
-  the DVC remote's content-addressed objects (``srcore.data.versioning.pushed_patches``). No
+  the DVC remote's content-addressed objects (``pushed_patches``). No
   machine needs a local copy, and a run reads exactly the bytes the lock file names.
 
 A source travels to Ray workers as a plain dict (``as_config``/``from_config``).
@@ -17,13 +17,14 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from srcore.data.shards import MANIFEST
 from srcore.errors import DataError
 from srcore.storage import StoreUnavailable, is_uri, join, open_store, read_bytes
 
-__all__ = ["PatchSource", "as_source", "patch_source"]
+__all__ = ["PatchSource", "as_source", "patch_source", "pushed_patches"]
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,49 @@ def patch_source(out: str, source: str = "prepared", repo: str | os.PathLike = "
     """The source ``loader.source`` names for ``prepare.out``; ``dvc`` resolves the pinned version
     in the DVC remote (``repo``: the checkout holding ``dvc.lock`` and ``.dvc/config``)."""
     if source == "dvc":
-        from srcore.data.versioning import pushed_patches
-
         return pushed_patches(out, repo)
     return as_source(out)
+
+
+def _locked_md5(repo: Path, out: str) -> str:
+    """The directory md5 ``dvc.lock`` records for the stage output ``out``."""
+    import yaml
+
+    lock = repo / "dvc.lock"
+    try:
+        stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    except FileNotFoundError:
+        raise DataError(f"{lock} not found: `dvc repro prepare` records the patches' version there; run it "
+                        "(and `dvc push`) first") from None
+    for stage in stages.values():
+        for o in stage.get("outs", []):
+            if Path(o.get("path", "")) == Path(out) and str(o.get("md5", "")).endswith(".dir"):
+                return o["md5"]
+    raise DataError(f"{lock} pins no folder {out}; run `dvc repro prepare` and `dvc push`, or set "
+                    "loader.source: prepared")
+
+
+def pushed_patches(out: str, repo: str | os.PathLike = ".") -> PatchSource:
+    """The prepared patches at ``out`` (a DVC stage output) as ``dvc.lock`` pins them, read from the
+    DVC remote: each file is the remote's content-addressed object, listed by the pinned
+    directory object. Nothing local is read but ``dvc.lock`` and DVC's config."""
+    import dvc.api
+    from dvc.exceptions import DvcException
+
+    root = Path(repo)
+    if Path(out).is_absolute():
+        out = os.path.relpath(out, root.resolve())
+    pin = _locked_md5(root, out)
+    try:
+        url = dvc.api.get_url(out, repo=str(root))
+    except DvcException as exc:
+        raise DataError(f"{out}: no DVC remote to read the pinned patches from ({str(exc).strip()[:200]}); "
+                        "add one (`dvc remote add -d NAME s3://...`) and `dvc push`") from None
+    try:
+        listing = json.loads(read_bytes(url))
+    except FileNotFoundError:
+        raise DataError(f"{url}: the patches dvc.lock pins ({out}, {pin}) are not in the DVC remote; "
+                        "run `dvc push`") from None
+    objects = url.rsplit("/", 2)[0]  # the remote's files/md5 folder: objects are <md5[:2]>/<md5[2:]>
+    files = {e["relpath"]: join(objects, f"{e['md5'][:2]}/{e['md5'][2:]}") for e in listing}
+    return PatchSource(f"{out} @ {url}", objects, files, url, pin)

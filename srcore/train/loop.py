@@ -161,7 +161,7 @@ def _limit_threads(cpus: float) -> None:
 
 
 def _teacher(cfg: DistillParams, device: torch.device) -> SRModel:
-    from srcore.train.weights import load_teacher
+    from srcore.models.loading import load_teacher
 
     teacher = load_teacher(cfg.teacher, cfg.scale, cfg.teacher_model).to(device).eval()
     for p in teacher.parameters():
@@ -185,7 +185,7 @@ def setup(config: dict[str, Any], rank: int, world: int, device: torch.device) -
     _seed(cfg.seed + rank)
     model = build(cfg.model, cfg.scale, **cfg.model_overrides)
     if cfg.init:
-        from srcore.train.weights import init_weights
+        from srcore.models.loading import init_weights
 
         layout = init_weights(model, cfg.init, cfg.model)
         log.info("rank %d starts from %s (%s layout)", rank, cfg.init, layout)

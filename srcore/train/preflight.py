@@ -86,7 +86,7 @@ def check_training_inputs(params: Params, stage: Stage, address: str | None = No
     config_for(cfg.model, cfg.scale, **cfg.model_overrides)  # unknown model / bad overrides fail here
     if cfg.init:
         from srcore.models import build
-        from srcore.train.weights import init_weights
+        from srcore.models.loading import init_weights
 
         # wrong architecture, scale or width, truncated or missing file: fail here, not in a worker
         init_weights(build(cfg.model, cfg.scale, **cfg.model_overrides), cfg.init, cfg.model)
@@ -97,7 +97,7 @@ def check_training_inputs(params: Params, stage: Stage, address: str | None = No
         check_cluster_fits(cfg, stage, [_local_cpus()], "this machine",
                            ray_data=params.loader.backend == "ray_data")
     if isinstance(cfg, DistillParams) and cfg.distills:
-        from srcore.train.weights import load_teacher
+        from srcore.models.loading import load_teacher
 
         load_teacher(cfg.teacher, cfg.scale, cfg.teacher_model)  # missing teacher / scale mismatch fail here
     return cfg
