@@ -3,7 +3,7 @@ import torch
 from conftest import WEIGHTS, load_fixture, require
 
 from srcore.errors import CheckpointError, ConfigError
-from srcore.models import build, load_model, load_weights, save_model
+from srcore.models import build, load_model, load_weights, preset_names, save_model
 from srcore.models.checkpoint import read_checkpoint
 
 # fixture name -> (preset, overrides from the fixture config, input range)
@@ -38,7 +38,7 @@ def test_official_parameter_counts(name, count):
     assert sum(p.numel() for p in build(name, 4).parameters()) == count
 
 
-@pytest.mark.parametrize("name", ["dvmsr", "mair_t", "srconvnet", "ibmdn", "rlfn", "bicubic"])
+@pytest.mark.parametrize("name", preset_names())
 @pytest.mark.parametrize("scale", [2, 3])
 def test_every_model_any_scale_and_odd_size(name, scale):
     model = build(name, scale, **({"depths": (1, 1)} if name.startswith(("dvmsr", "mair")) else {})).eval()
