@@ -25,9 +25,10 @@ def digest(*parts: Any) -> str:
 def file_digest(path: str) -> str:
     """Content hash of a local or object-store file (models are cached on their bytes, never on tensors)."""
     from srcore.data.shards import file_sha256
+    from srcore.evaluation import BICUBIC
     from srcore.tracking.publish import local_model_file
 
-    if path == "bicubic":
-        return "bicubic"
+    if path == BICUBIC:
+        return BICUBIC
     with local_model_file(path) as local_path:
         return file_sha256(local_path)

@@ -1,7 +1,7 @@
 """Flow ``evaluate``: benchmarks (PSNR-Y/SSIM-Y) and efficiency of a trained model.
 
-Scores with the same suite function as ``srcore eval``, profiles the model at the configured size
-(params, FLOPs, activations, peak memory, latency; ``srcore.evaluation.efficiency``), and logs it
+Scores with the same suite function as ``srcore eval`` and profiles the model at the configured size
+(params, FLOPs, activations, peak memory, latency), from one load (``srcore.evaluation.scoring``); logs it
 all to one MLflow run ``evaluate-<model>-x<scale>`` (nested under ``parent_run_id`` when given):
 the metrics, the Markdown table and the per-dataset table as an MLflow table artifact; the table
 is also a Prefect markdown artifact of the flow run. Returns the flat metrics (what the
@@ -17,21 +17,15 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from flows.common import digest, file_digest
-from srcore.evaluation import evaluate_checkpoint
-from srcore.evaluation.efficiency import EFFICIENCY_KEYS, checkpoint_efficiency
+from srcore.evaluation import EFFICIENCY_KEYS, score_model
 
 
-@task(name="evaluate-checkpoint", persist_result=True,
-      cache_key_fn=lambda _c, a: "eval-" + digest(file_digest(a["model_path"]), a["datasets"], a["scale"]))
-def evaluate_task(model_path: str, datasets: list[str], scale: int) -> tuple[dict[str, float], str]:
-    return evaluate_checkpoint(model_path, datasets, scale)
-
-
-@task(name="profile-checkpoint", persist_result=True,
-      cache_key_fn=lambda _c, a: "efficiency-" + digest(file_digest(a["model_path"]), a["scale"], a["size"],
-                                                        a["threads"]))
-def efficiency_task(model_path: str, scale: int, size: int, threads: int) -> dict[str, float]:
-    return checkpoint_efficiency(model_path, scale, size, threads)
+@task(name="score-model", persist_result=True,
+      cache_key_fn=lambda _c, a: "score-" + digest(file_digest(a["model_path"]), a["datasets"], a["scale"],
+                                                   a["size"], a["threads"]))
+def score_task(model_path: str, datasets: list[str], scale: int, size: int, threads: int
+               ) -> tuple[dict[str, float], str]:
+    return score_model(model_path, datasets, scale, size, threads)
 
 
 def _label(model_path: str, scale: int) -> str:
@@ -69,7 +63,6 @@ def log_table_task(model_path: str, scale: int, metrics: dict[str, float], table
 @flow(name="evaluate", log_prints=True)
 def evaluate(model_path: str, datasets: list[str], scale: int = 4, parent_run_id: str | None = None,
              efficiency_size: int = 256, efficiency_threads: int = 1) -> dict[str, float]:
-    scores, table = evaluate_task(model_path, datasets, scale)
-    metrics = {**scores, **efficiency_task(model_path, scale, efficiency_size, efficiency_threads)}
+    metrics, table = score_task(model_path, datasets, scale, efficiency_size, efficiency_threads)
     log_table_task(model_path, scale, metrics, table, parent_run_id)
     return metrics
