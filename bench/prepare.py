@@ -27,9 +27,11 @@ from common import report
 from PIL import Image
 
 from srcore.config import PrepareParams
+from srcore.data.executors import LocalPool
 from srcore.data.image_io import read_rgb
 from srcore.data.patches import extract_pairs
-from srcore.data.prepare import LocalPool, one_thread_each, prepare
+from srcore.data.prepare import prepare
+from srcore.data.shard_job import one_thread_each
 
 SCALES = (2, 3, 4)
 
@@ -92,7 +94,7 @@ def ray_vs_pool(images: int, nodes: int, repeats: int) -> None:
     """Ray tasks on ``nodes`` then one local one-CPU nodes vs a process pool of as many processes."""
     from local_ray_cluster import local_cluster
 
-    from srcore.data.prepare_ray import RayTasks
+    from srcore.data.executors import RayTasks
 
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -101,9 +101,9 @@ def test_interrupted_run_resumes_and_changes_rebuild_only_what_they_must(tmp_pat
     _images(src, 6)
     out = tmp_path / "out"
     params = _params(src, out)
-    import srcore.data.prepare as prep
+    import srcore.data.shard_job as job
 
-    real = prep.write_shard
+    real = job.write_shard
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -112,10 +112,10 @@ def test_interrupted_run_resumes_and_changes_rebuild_only_what_they_must(tmp_pat
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(prep, "write_shard", flaky)
+    monkeypatch.setattr(job, "write_shard", flaky)
     with pytest.raises(KeyboardInterrupt):
         prepare(params)
-    monkeypatch.setattr(prep, "write_shard", real)
+    monkeypatch.setattr(job, "write_shard", real)
     assert not list(out.rglob("*.tmp"))
     resumed = prepare(params)
     # the first group (both scales) was recorded; the interrupted group is built again

@@ -18,8 +18,9 @@ from PIL import Image
 
 from srcore.config import PrepareParams
 from srcore.data import prepare as prep
-from srcore.data.prepare import LocalPool, prepare
-from srcore.data.prepare_ray import PrepareFailed, RayTasks
+from srcore.data.executors import LocalPool, PrepareFailed, RayTasks
+from srcore.data.journal import JOURNAL
+from srcore.data.prepare import prepare
 from srcore.data.store import StoreUnavailable, open_store
 from srcore.errors import ConfigError, DataError
 
@@ -53,8 +54,9 @@ def _reference(src: Path, out: Path) -> Path:
 
 
 def _tree(folder: Path) -> dict[str, str]:
+    """The prepared files and their sha256 (the journal is run state, not output)."""
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*")) if p.is_file() and JOURNAL not in p.parts}
 
 
 def test_dvc_stage_tracks_every_parameter_that_shapes_the_bytes():
@@ -138,7 +140,8 @@ def test_s3_input_and_output_give_the_same_shards(ray_local, data, monkeypatch):
             out = f"s3://hr-images/{prefix}"
             prepare(_params(RAW, out), executor=executor)
             keys = [o["Key"] for o in s3.list_objects_v2(Bucket="hr-images", Prefix=prefix)["Contents"]]
-            got = {k.split("/", 1)[1]: s3.get_object(Bucket="hr-images", Key=k)["Body"].read() for k in keys}
+            got = {k.split("/", 1)[1]: s3.get_object(Bucket="hr-images", Key=k)["Body"].read() for k in keys
+                   if f"/{JOURNAL}/" not in k}
             assert {k: hashlib.sha256(v).hexdigest() for k, v in got.items() if k.endswith(".parquet")} == \
                    {k: v for k, v in ref.items() if k.endswith(".parquet")}
             manifest = json.loads(got["manifest.json"])

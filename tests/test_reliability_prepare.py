@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from srcore.config import PrepareParams
+from srcore.data.journal import JOURNAL
 from srcore.data.loaders import shard_files
 from srcore.data.prepare import prepare
 from srcore.data.shards import file_sha256, read_shard
@@ -46,16 +47,17 @@ _DRIVER = """
 import sys, time
 sys.path.insert(0, {helper!r})
 import slow_build
+import srcore.data.executors as executors
 import srcore.data.prepare as prep
 from srcore.config import PrepareParams
-prep._build_shard = slow_build.slow_build
+executors.build_shard = slow_build.slow_build
 prep.prepare(PrepareParams(input={src!r}, out={out!r}, scales=(2,), crop_size=48, step=24,
                            images_per_shard=1, rows_per_group=4, workers=2))
 """
 _SLOW = """
 import time
-import srcore.data.prepare as prep
-_real = prep._build_shard
+import srcore.data.shard_job as job
+_real = job.build_shard
 
 def slow_build(job):
     time.sleep(1.0)
@@ -79,7 +81,7 @@ def test_killing_the_parent_ends_every_worker_and_all_writing(tmp_path, sig):
     parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(driver)], env=env, cwd=tmp_path)
     try:
         deadline = time.time() + 120
-        while not (out / "manifest.json").exists():  # at least one shard finished: workers are busy
+        while not list((out / JOURNAL).glob("*.jsonl")):  # at least one shard finished: workers are busy
             assert parent.poll() is None, "prepare ended before it could be interrupted"
             assert time.time() < deadline, "prepare did not record a shard in time"
             time.sleep(0.1)
@@ -100,7 +102,8 @@ def test_killing_the_parent_ends_every_worker_and_all_writing(tmp_path, sig):
     with pytest.raises(DataError, match="did not finish.*srcore data prepare"):
         shard_files(out, 2)
     resumed = prepare(_params(src, out))
-    assert resumed.built_shards + resumed.reused_shards == 10
+    # the shards the journal recorded are kept; only the others are built again
+    assert resumed.reused_shards >= 1 and resumed.built_shards + resumed.reused_shards == 10
     assert len(shard_files(out, 2)) == 10 and not list(out.rglob("*.tmp"))
 
 
