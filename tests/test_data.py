@@ -186,3 +186,24 @@ def test_ray_data_gets_as_many_footer_readers_as_the_shards_need(monkeypatch):
     with _footer_readers(1):
         assert os.environ[FOOTER_READERS_ENV] == "7"
     assert os.environ[FOOTER_READERS_ENV] == "7"
+
+
+def test_several_inputs_make_the_shards_of_one_folder_and_a_name_clash_is_refused(tmp_path):
+    _images(tmp_path / "all", 5)
+    for i, part in ((0, "div2k"), (1, "div2k"), (2, "flickr"), (3, "flickr"), (4, "lsdir")):
+        (tmp_path / part).mkdir(exist_ok=True)
+        shutil.copy(tmp_path / "all" / f"img{i:02d}.png", tmp_path / part)
+    parts = [str(tmp_path / p) for p in ("div2k", "flickr", "lsdir")]
+    several = prepare(_params(tmp_path / "all", tmp_path / "several", input=parts))
+    one = prepare(_params(tmp_path / "all", tmp_path / "one"))
+    assert several.rows == one.rows and several.images == 5
+    shards = {k: v for k, v in _tree_digest(tmp_path / "one").items() if k.endswith(".parquet")}
+    assert {k: v for k, v in _tree_digest(tmp_path / "several").items() if k.endswith(".parquet")} == shards
+    manifest = json.loads((tmp_path / "several" / "manifest.json").read_text())
+    assert manifest["input"]["path"] == parts and manifest["complete"]
+    shutil.copy(tmp_path / "all" / "img00.png", tmp_path / "lsdir" / "img00.jpg")
+    with pytest.raises(DataError, match=r"lsdir/img00.jpg: image name 'img00' is taken by .*div2k/img00.png"):
+        prepare(_params(tmp_path / "all", tmp_path / "clash", input=parts))
+    assert not (tmp_path / "clash").exists()
+    with pytest.raises(ValueError, match="lists a location twice"):
+        _params(tmp_path / "all", tmp_path / "twice", input=[parts[0], parts[0]])

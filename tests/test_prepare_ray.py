@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def _images(folder: Path, n: int = 6, size: tuple[int, int] = (72, 96)) -> None:
     Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(folder / "tiny.png")
 
 
-def _params(src: str, out: str, **kw) -> PrepareParams:
+def _params(src: str | list[str], out: str, **kw) -> PrepareParams:
     base = dict(input=src, out=out, scales=(2, 4), crop_size=48, step=24, images_per_shard=1,
                 rows_per_group=4, workers=1)
     return PrepareParams(**{**base, **kw})
@@ -157,6 +158,34 @@ def test_s3_input_and_output_give_the_same_shards(ray_local, data, monkeypatch):
         server.stop()
     with pytest.raises(StoreUnavailable):  # nothing listens any more: worth a retry, not a bad image
         open_store("s3://hr-images/raw").read_bytes("img00.png")
+
+
+def test_a_local_folder_and_an_s3_prefix_as_inputs_give_the_one_folders_shards(data, tmp_path, monkeypatch):
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    for key, value in S3_TEST_ENV.items():
+        monkeypatch.setenv(key, value)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="hr-images")
+        (tmp_path / "local").mkdir()
+        for p in sorted((data / "raw").iterdir()):  # img00-img02 here, img03-img05 and tiny in S3
+            if p.name < "img03":
+                shutil.copy(p, tmp_path / "local")
+            else:
+                s3.upload_file(str(p), "hr-images", f"rest/{p.name}")
+        params = _params([str(tmp_path / "local"), "s3://hr-images/rest"], str(tmp_path / "out"))
+        prepare(params, executor=LocalPool(1))
+        shards = {k: v for k, v in _tree(tmp_path / "out").items() if k.endswith(".parquet")}
+        assert shards == {k: v for k, v in _tree(data / "out-local").items() if k.endswith(".parquet")}
+        assert prepare(params, executor=LocalPool(1)).built_shards == 0  # ETags and mtimes recorded
+    finally:
+        server.stop()
 
 
 def _running_shard_tasks(node) -> bool:

@@ -166,3 +166,52 @@ def test_on_bad_fail_reports_every_bad_file_and_resume_cleans_temporaries(tmp_pa
     assert not any(stray.exists() for stray in strays)
     with pytest.raises(DataError, match="did not finish"):
         shard_files(out, 2)
+
+
+def test_interrupted_run_leaves_an_unfinished_manifest_and_resumes_from_its_journal(tmp_path):
+    src, out = tmp_path / "raw", tmp_path / "out"
+    _images(src, 6)
+    prepare(_params(src, out))
+    for i in range(6):  # every image changes: every shard is stale
+        Image.fromarray(np.full((60, 72, 3), i, dtype=np.uint8)).save(src / f"img{i:02d}.png")
+    finished = []
+
+    def stop_after_two(images: int) -> None:
+        finished.append(images)
+        if len(finished) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        prepare(_params(src, out), on_progress=stop_after_two)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] is False and manifest["scales"]["2"]["shards"] == []  # written once, up front
+    with pytest.raises(DataError, match="did not finish"):
+        shard_files(out, 2)
+    assert list((out / JOURNAL).glob("*.jsonl"))
+    resumed = prepare(_params(src, out))
+    assert (resumed.reused_shards, resumed.built_shards) == (2, 4)
+    assert json.loads((out / "manifest.json").read_text())["complete"] is True
+    assert len(list((out / JOURNAL).glob("*.jsonl"))) == 1  # folded into one segment of input hashes
+
+
+def test_rerun_reads_only_the_inputs_whose_size_or_mtime_changed(tmp_path, monkeypatch):
+    from srcore.data.store import Folder
+
+    src, out = tmp_path / "raw", tmp_path / "out"
+    _images(src, 4)
+    prepare(_params(src, out))
+    reads = []
+    real = Folder.read_bytes
+    monkeypatch.setattr(Folder, "read_bytes", lambda self, name: reads.append(name) or real(self, name))
+    monkeypatch.setattr(Folder, "sha256", lambda self, name: pytest.fail(f"hashed {name} on the driver")
+                        if name.endswith(".png") else file_sha256(self.root / name))
+    assert prepare(_params(src, out)).reused_shards == 4
+    assert not [r for r in reads if r.endswith(".png")]
+    shard = out / "x2" / "shard-00001.parquet"
+    written = shard.stat().st_mtime_ns
+    os.utime(src / "img01.png", ns=(1, 1))  # same bytes, another mtime: read and hashed, shard kept
+    Image.fromarray(np.zeros((60, 72, 3), dtype=np.uint8)).save(src / "img02.png")  # new bytes: rebuilt
+    reads.clear()
+    again = prepare(_params(src, out))
+    assert sorted(r for r in reads if r.endswith(".png")) == ["img01.png", "img02.png"]
+    assert (again.reused_shards, again.built_shards) == (3, 1) and shard.stat().st_mtime_ns == written
