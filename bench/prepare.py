@@ -131,8 +131,8 @@ def ray_vs_pool(images: int, nodes: int, repeats: int) -> None:
     print(f"scaling (steady rates): {nodes} nodes give {warm[nodes] / per_core:.2f}x one node "
           f"({efficiency:.0%} of linear; the nodes share this host's cores with all else running on it)")
     print(f"paper estimate, 16 nodes x 16 cores at the measured per-core rate and {efficiency:.0%} "
-          f"efficiency: {est:.0f} images/s (LSDIR, 85k images: {85_000 / est / 60:.0f} min), before the "
-          "limits the driver adds: it hashes every input image and rewrites the manifest after every shard")
+          f"efficiency: {est:.0f} images/s (LSDIR, 85k images: {85_000 / est / 60:.0f} min); what the "
+          "driver spends per shard as the set grows is measured by bench/prepare_scale.py")
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """`srcore data prepare` on Ray: one task per shard on the session's two-node cluster (127.0.0.2 and
 127.0.0.3, ``ray_cluster`` in conftest) writes the same bytes as the local process pool, survives
 a worker node whose raylet is killed mid-run (the rerun gives the same bytes), and reads from and
-writes to S3 (a moto server on loopback) with the same shards."""
+writes to S3 (a moto server on loopback) with the same shards, also from a local folder and an S3
+prefix together."""
 
 from __future__ import annotations
 
