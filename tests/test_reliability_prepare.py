@@ -215,3 +215,15 @@ def test_rerun_reads_only_the_inputs_whose_size_or_mtime_changed(tmp_path, monke
     again = prepare(_params(src, out))
     assert sorted(r for r in reads if r.endswith(".png")) == ["img01.png", "img02.png"]
     assert (again.reused_shards, again.built_shards) == (3, 1) and shard.stat().st_mtime_ns == written
+
+
+def test_a_shard_rebuilt_alone_is_cut_as_in_a_full_run(tmp_path):
+    """63x75 is no multiple of lcm(2, 3): the x3 shard rebuilt on its own keeps the run's HR modcrop."""
+    src, out = tmp_path / "raw", tmp_path / "out"
+    _images(src, 1, size=(63, 75))
+    prepare(_params(src, out, scales=(2, 3)))
+    shard = out / "x3" / "shard-00000.parquet"
+    full = shard.read_bytes()
+    shard.unlink()
+    again = prepare(_params(src, out, scales=(2, 3)))
+    assert (again.built_shards, again.reused_shards) == (1, 1) and shard.read_bytes() == full
