@@ -27,9 +27,11 @@ from common import report
 from PIL import Image
 
 from srcore.config import PrepareParams
+from srcore.data.executors import LocalPool
 from srcore.data.image_io import read_rgb
 from srcore.data.patches import extract_pairs
-from srcore.data.prepare import LocalPool, one_thread_each, prepare
+from srcore.data.prepare import prepare
+from srcore.data.shard_job import one_thread_each
 
 SCALES = (2, 3, 4)
 
@@ -92,7 +94,7 @@ def ray_vs_pool(images: int, nodes: int, repeats: int) -> None:
     """Ray tasks on ``nodes`` then one local one-CPU nodes vs a process pool of as many processes."""
     from local_ray_cluster import local_cluster
 
-    from srcore.data.prepare_ray import RayTasks
+    from srcore.data.executors import RayTasks
 
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -129,8 +131,8 @@ def ray_vs_pool(images: int, nodes: int, repeats: int) -> None:
     print(f"scaling (steady rates): {nodes} nodes give {warm[nodes] / per_core:.2f}x one node "
           f"({efficiency:.0%} of linear; the nodes share this host's cores with all else running on it)")
     print(f"paper estimate, 16 nodes x 16 cores at the measured per-core rate and {efficiency:.0%} "
-          f"efficiency: {est:.0f} images/s (LSDIR, 85k images: {85_000 / est / 60:.0f} min), before the "
-          "limits the driver adds: it hashes every input image and rewrites the manifest after every shard")
+          f"efficiency: {est:.0f} images/s (LSDIR, 85k images: {85_000 / est / 60:.0f} min); what the "
+          "driver spends per shard as the set grows is measured by bench/prepare_scale.py")
 
 
 def main() -> None:

@@ -458,8 +458,9 @@ def _overrides(**values) -> dict:
 @data_app.command("prepare")
 def data_prepare_cmd(
     params: Annotated[Path, typer.Option(help="Parameters file (section 'prepare').")] = Path("params.yaml"),
-    input_dir: Annotated[str | None, typer.Option(
-        "--input", help="Raw HR folder or s3://bucket/prefix (overrides params).")] = None,
+    input_dir: Annotated[list[str] | None, typer.Option(
+        "--input", help="Raw HR folder or s3://bucket/prefix; repeat for several (overrides params).",
+    )] = None,
     out_dir: Annotated[str | None, typer.Option(
         "--out", help="Output folder or s3://bucket/prefix for x{s}/*.parquet.")] = None,
     scale: Annotated[list[int] | None, typer.Option(help="Scale to prepare; repeat for several.")] = None,
@@ -476,7 +477,8 @@ def data_prepare_cmd(
 
     try:
         cfg = load_params(params, _overrides(**{
-            "prepare.input": input_dir, "prepare.out": out_dir,
+            "prepare.input": input_dir[0] if input_dir and len(input_dir) == 1 else input_dir,
+            "prepare.out": out_dir,
             "prepare.scales": scale, "prepare.workers": workers, "prepare.on_bad": on_bad,
             "prepare.executor": executor or ("ray" if address else None),
             "prepare.address": address})).prepare

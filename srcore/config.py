@@ -39,7 +39,9 @@ class _Section(BaseModel):
 class PrepareParams(_Section):
     """Sub-image extraction into Parquet shards (BasicSR's DF2K convention by default)."""
 
-    input: str = "data/raw/sample/train"
+    input: str | list[str] = Field(
+        "data/raw/sample/train",
+        description="raw HR folder or s3://bucket/prefix, or a list of them (image names unique across all)")
     out: str = "data/patches"
     scales: tuple[int, ...] = (2, 3, 4)
     crop_size: int = 480
@@ -61,6 +63,20 @@ class PrepareParams(_Section):
         if not v or any(s not in (2, 3, 4) for s in v) or len(set(v)) != len(v):
             raise ValueError(f"scales must be distinct values from 2, 3, 4; got {list(v)}")
         return tuple(sorted(v))
+
+    @field_validator("input")
+    @classmethod
+    def _input(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and not v:
+            raise ValueError("input: list at least one folder or s3:// prefix")
+        if isinstance(v, list) and len(set(v)) != len(v):
+            raise ValueError(f"input lists a location twice: {sorted({x for x in v if v.count(x) > 1})}")
+        return v
+
+    @property
+    def inputs(self) -> list[str]:
+        """``input`` as a list, one location or several."""
+        return [self.input] if isinstance(self.input, str) else list(self.input)
 
     @model_validator(mode="after")
     def _divisible(self) -> PrepareParams:

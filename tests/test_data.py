@@ -100,9 +100,9 @@ def test_interrupted_run_resumes_and_changes_rebuild_only_what_they_must(tmp_pat
     _images(src, 6)
     out = tmp_path / "out"
     params = _params(src, out)
-    import srcore.data.prepare as prep
+    import srcore.data.shard_job as job
 
-    real = prep.write_shard
+    real = job.write_shard
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -111,10 +111,10 @@ def test_interrupted_run_resumes_and_changes_rebuild_only_what_they_must(tmp_pat
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(prep, "write_shard", flaky)
+    monkeypatch.setattr(job, "write_shard", flaky)
     with pytest.raises(KeyboardInterrupt):
         prepare(params)
-    monkeypatch.setattr(prep, "write_shard", real)
+    monkeypatch.setattr(job, "write_shard", real)
     assert not list(out.rglob("*.tmp"))
     resumed = prepare(params)
     # the first group (both scales) was recorded; the interrupted group is built again
@@ -173,3 +173,22 @@ def test_loader_workers_batches_and_alignment(tmp_path):
     shutil.rmtree(tmp_path / "out")
 
 
+def test_several_inputs_make_the_shards_of_one_folder_and_a_name_clash_is_refused(tmp_path):
+    _images(tmp_path / "all", 5)
+    for i, part in ((0, "div2k"), (1, "div2k"), (2, "flickr"), (3, "flickr"), (4, "lsdir")):
+        (tmp_path / part).mkdir(exist_ok=True)
+        shutil.copy(tmp_path / "all" / f"img{i:02d}.png", tmp_path / part)
+    parts = [str(tmp_path / p) for p in ("div2k", "flickr", "lsdir")]
+    several = prepare(_params(tmp_path / "all", tmp_path / "several", input=parts))
+    one = prepare(_params(tmp_path / "all", tmp_path / "one"))
+    assert several.rows == one.rows and several.images == 5
+    shards = {k: v for k, v in _tree_digest(tmp_path / "one").items() if k.endswith(".parquet")}
+    assert {k: v for k, v in _tree_digest(tmp_path / "several").items() if k.endswith(".parquet")} == shards
+    manifest = json.loads((tmp_path / "several" / "manifest.json").read_text())
+    assert manifest["input"]["path"] == parts and manifest["complete"]
+    shutil.copy(tmp_path / "all" / "img00.png", tmp_path / "lsdir" / "img00.jpg")
+    with pytest.raises(DataError, match=r"lsdir/img00.jpg: image name 'img00' is taken by .*div2k/img00.png"):
+        prepare(_params(tmp_path / "all", tmp_path / "clash", input=parts))
+    assert not (tmp_path / "clash").exists()
+    with pytest.raises(ValueError, match="lists a location twice"):
+        _params(tmp_path / "all", tmp_path / "twice", input=[parts[0], parts[0]])

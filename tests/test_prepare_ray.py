@@ -1,12 +1,14 @@
 """`srcore data prepare` on Ray: one task per shard on the session's two-node cluster (127.0.0.2 and
 127.0.0.3, ``ray_cluster`` in conftest) writes the same bytes as the local process pool, survives
 a worker node whose raylet is killed mid-run (the rerun gives the same bytes), and reads from and
-writes to S3 (a moto server on loopback) with the same shards."""
+writes to S3 (a moto server on loopback) with the same shards, also from a local folder and an S3
+prefix together."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -18,8 +20,9 @@ from PIL import Image
 
 from srcore.config import PrepareParams
 from srcore.data import prepare as prep
-from srcore.data.prepare import LocalPool, prepare
-from srcore.data.prepare_ray import PrepareFailed, RayTasks
+from srcore.data.executors import LocalPool, PrepareFailed, RayTasks
+from srcore.data.journal import JOURNAL
+from srcore.data.prepare import prepare
 from srcore.errors import ConfigError, DataError
 from srcore.storage import StoreUnavailable, open_store
 
@@ -39,7 +42,7 @@ def _images(folder: Path, n: int = 6, size: tuple[int, int] = (72, 96)) -> None:
     Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(folder / "tiny.png")
 
 
-def _params(src: str, out: str, **kw) -> PrepareParams:
+def _params(src: str | list[str], out: str, **kw) -> PrepareParams:
     base = dict(input=src, out=out, scales=(2, 4), crop_size=48, step=24, images_per_shard=1,
                 rows_per_group=4, workers=1)
     return PrepareParams(**{**base, **kw})
@@ -53,8 +56,9 @@ def _reference(src: Path, out: Path) -> Path:
 
 
 def _tree(folder: Path) -> dict[str, str]:
+    """The prepared files and their sha256 (the journal is run state, not output)."""
     return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*")) if p.is_file() and JOURNAL not in p.parts}
 
 
 def test_dvc_stage_tracks_every_parameter_that_shapes_the_bytes():
@@ -138,7 +142,8 @@ def test_s3_input_and_output_give_the_same_shards(ray_local, data, monkeypatch):
             out = f"s3://hr-images/{prefix}"
             prepare(_params(RAW, out), executor=executor)
             keys = [o["Key"] for o in s3.list_objects_v2(Bucket="hr-images", Prefix=prefix)["Contents"]]
-            got = {k.split("/", 1)[1]: s3.get_object(Bucket="hr-images", Key=k)["Body"].read() for k in keys}
+            got = {k.split("/", 1)[1]: s3.get_object(Bucket="hr-images", Key=k)["Body"].read() for k in keys
+                   if f"/{JOURNAL}/" not in k}
             assert {k: hashlib.sha256(v).hexdigest() for k, v in got.items() if k.endswith(".parquet")} == \
                    {k: v for k, v in ref.items() if k.endswith(".parquet")}
             manifest = json.loads(got["manifest.json"])
@@ -154,6 +159,34 @@ def test_s3_input_and_output_give_the_same_shards(ray_local, data, monkeypatch):
         server.stop()
     with pytest.raises(StoreUnavailable):  # nothing listens any more: worth a retry, not a bad image
         open_store("s3://hr-images/raw").read_bytes("img00.png")
+
+
+def test_a_local_folder_and_an_s3_prefix_as_inputs_give_the_one_folders_shards(data, tmp_path, monkeypatch):
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    for key, value in S3_TEST_ENV.items():
+        monkeypatch.setenv(key, value)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="hr-images")
+        (tmp_path / "local").mkdir()
+        for p in sorted((data / "raw").iterdir()):  # img00-img02 here, img03-img05 and tiny in S3
+            if p.name < "img03":
+                shutil.copy(p, tmp_path / "local")
+            else:
+                s3.upload_file(str(p), "hr-images", f"rest/{p.name}")
+        params = _params([str(tmp_path / "local"), "s3://hr-images/rest"], str(tmp_path / "out"))
+        prepare(params, executor=LocalPool(1))
+        shards = {k: v for k, v in _tree(tmp_path / "out").items() if k.endswith(".parquet")}
+        assert shards == {k: v for k, v in _tree(data / "out-local").items() if k.endswith(".parquet")}
+        assert prepare(params, executor=LocalPool(1)).built_shards == 0  # sizes and times recorded
+    finally:
+        server.stop()
 
 
 def _running_shard_tasks(node) -> bool:

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from srcore.config import PrepareParams
+from srcore.data.journal import JOURNAL
 from srcore.data.loaders import shard_files
 from srcore.data.prepare import prepare
 from srcore.data.shards import file_sha256, read_shard
@@ -46,16 +47,17 @@ _DRIVER = """
 import sys, time
 sys.path.insert(0, {helper!r})
 import slow_build
+import srcore.data.executors as executors
 import srcore.data.prepare as prep
 from srcore.config import PrepareParams
-prep._build_shard = slow_build.slow_build
+executors.build_shard = slow_build.slow_build
 prep.prepare(PrepareParams(input={src!r}, out={out!r}, scales=(2,), crop_size=48, step=24,
                            images_per_shard=1, rows_per_group=4, workers=2))
 """
 _SLOW = """
 import time
-import srcore.data.prepare as prep
-_real = prep._build_shard
+import srcore.data.shard_job as job
+_real = job.build_shard
 
 def slow_build(job):
     time.sleep(1.0)
@@ -79,7 +81,7 @@ def test_killing_the_parent_ends_every_worker_and_all_writing(tmp_path, sig):
     parent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(driver)], env=env, cwd=tmp_path)
     try:
         deadline = time.time() + 120
-        while not (out / "manifest.json").exists():  # at least one shard finished: workers are busy
+        while not list((out / JOURNAL).glob("*.jsonl")):  # at least one shard finished: workers are busy
             assert parent.poll() is None, "prepare ended before it could be interrupted"
             assert time.time() < deadline, "prepare did not record a shard in time"
             time.sleep(0.1)
@@ -100,7 +102,8 @@ def test_killing_the_parent_ends_every_worker_and_all_writing(tmp_path, sig):
     with pytest.raises(DataError, match="did not finish.*srcore data prepare"):
         shard_files(out, 2)
     resumed = prepare(_params(src, out))
-    assert resumed.built_shards + resumed.reused_shards == 10
+    # the shards the journal recorded are kept; only the others are built again
+    assert resumed.reused_shards >= 1 and resumed.built_shards + resumed.reused_shards == 10
     assert len(shard_files(out, 2)) == 10 and not list(out.rglob("*.tmp"))
 
 
@@ -163,3 +166,64 @@ def test_on_bad_fail_reports_every_bad_file_and_resume_cleans_temporaries(tmp_pa
     assert not any(stray.exists() for stray in strays)
     with pytest.raises(DataError, match="did not finish"):
         shard_files(out, 2)
+
+
+def test_interrupted_run_leaves_an_unfinished_manifest_and_resumes_from_its_journal(tmp_path):
+    src, out = tmp_path / "raw", tmp_path / "out"
+    _images(src, 6)
+    prepare(_params(src, out))
+    for i in range(6):  # every image changes: every shard is stale
+        Image.fromarray(np.full((60, 72, 3), i, dtype=np.uint8)).save(src / f"img{i:02d}.png")
+    finished = []
+
+    def stop_after_two(images: int) -> None:
+        finished.append(images)
+        if len(finished) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        prepare(_params(src, out), on_progress=stop_after_two)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["complete"] is False and manifest["scales"]["2"]["shards"] == []  # written once, up front
+    with pytest.raises(DataError, match="did not finish"):
+        shard_files(out, 2)
+    assert list((out / JOURNAL).glob("*.jsonl"))
+    resumed = prepare(_params(src, out))
+    assert (resumed.reused_shards, resumed.built_shards) == (2, 4)
+    assert json.loads((out / "manifest.json").read_text())["complete"] is True
+    assert len(list((out / JOURNAL).glob("*.jsonl"))) == 1  # folded into one segment of input hashes
+
+
+def test_rerun_reads_only_the_inputs_whose_size_or_mtime_changed(tmp_path, monkeypatch):
+    from srcore.storage import Folder
+
+    src, out = tmp_path / "raw", tmp_path / "out"
+    _images(src, 4)
+    prepare(_params(src, out))
+    reads = []
+    real = Folder.read_bytes
+    monkeypatch.setattr(Folder, "read_bytes", lambda self, name: reads.append(name) or real(self, name))
+    monkeypatch.setattr(Folder, "sha256", lambda self, name: pytest.fail(f"hashed {name} on the driver")
+                        if name.endswith(".png") else file_sha256(self.root / name))
+    assert prepare(_params(src, out)).reused_shards == 4
+    assert not [r for r in reads if r.endswith(".png")]
+    shard = out / "x2" / "shard-00001.parquet"
+    written = shard.stat().st_mtime_ns
+    os.utime(src / "img01.png", ns=(1, 1))  # same bytes, another mtime: read and hashed, shard kept
+    Image.fromarray(np.zeros((60, 72, 3), dtype=np.uint8)).save(src / "img02.png")  # new bytes: rebuilt
+    reads.clear()
+    again = prepare(_params(src, out))
+    assert sorted(r for r in reads if r.endswith(".png")) == ["img01.png", "img02.png"]
+    assert (again.reused_shards, again.built_shards) == (3, 1) and shard.stat().st_mtime_ns == written
+
+
+def test_a_shard_rebuilt_alone_is_cut_as_in_a_full_run(tmp_path):
+    """63x75 is no multiple of lcm(2, 3): the x3 shard rebuilt on its own keeps the run's HR modcrop."""
+    src, out = tmp_path / "raw", tmp_path / "out"
+    _images(src, 1, size=(63, 75))
+    prepare(_params(src, out, scales=(2, 3)))
+    shard = out / "x3" / "shard-00000.parquet"
+    full = shard.read_bytes()
+    shard.unlink()
+    again = prepare(_params(src, out, scales=(2, 3)))
+    assert (again.built_shards, again.reused_shards) == (1, 1) and shard.read_bytes() == full

@@ -1,64 +1,58 @@
-"""``srcore data prepare``: raw HR folder -> ``<out>/x{s}/shard-*.parquet`` + ``manifest.json``.
+"""``srcore data prepare``: raw HR folders -> ``<out>/x{s}/shard-*.parquet`` + ``manifest.json``.
 
-Images are taken in sorted order and grouped into shards of ``images_per_shard`` images, so a
-shard's content depends only on its own images and the parameters: its fingerprint. A rerun
-skips every shard whose fingerprint is recorded and whose file still has the recorded sha256
-(resume after an interrupt, or after changing one image: only that image's shard is rebuilt; a
-corrupted shard is rebuilt too). Each worker builds whole shards (decode, cut, encode, compress,
-write atomically), so the parent only records them: it rewrites the manifest after each
-finished shard, with ``"complete": false`` until the run ends well. Training reads only the
-shards a complete manifest lists. Output bytes (shards and manifest) do not depend on the number
-of workers or on the run.
+Images are taken in order (input by input, each input sorted: ``srcore.data.inputs``) and grouped
+into shards of ``images_per_shard`` images, so a shard's content depends only on its own images
+and the parameters: its fingerprint. A shard job (``srcore.data.shard_job``) reads and hashes its
+own images and keeps a shard that a previous run wrote with the same fingerprint, if the file still
+has the recorded sha256. So a rerun builds only what is missing or stale: the shards an interrupt
+left unfinished, the shard of a changed image (at every scale), a corrupted shard file.
 
-Pool workers die with the command: on Linux the kernel kills them when the parent dies
-(``PR_SET_PDEATHSIG``), elsewhere a thread in each worker watches the parent's pid. Temporary
-files an interrupted run left behind are removed when the next run starts.
+This driver reads no input image. It plans from one listing per input (size + mtime, or size +
+LastModified): a group whose images all still have the key under which an earlier run recorded their
+sha256 is checked here (fingerprint, then the shard's size and sha256) and skipped; any other group
+goes to a job, which decides. Finished groups go to the journal (``srcore.data.journal``), a few
+segments written once each, so the driver's work per shard is constant. The manifest is written
+twice: with ``"complete": false`` before the first shard is touched (training refuses it), then
+once, atomically, when the run ends. Manifest and shard bytes depend neither on the number of
+workers, nor on the executor, nor on the run.
 
-The same shard job runs on either executor (``prepare.executor``): ``local``, a process pool on
-this machine, or ``ray``, one Ray task per shard on a cluster (``srcore.data.prepare_ray``); the
-bytes written do not depend on which. Input and output are a local folder or ``s3://bucket/prefix``
+Jobs run in a process pool on this machine or as Ray tasks on a cluster (``prepare.executor``:
+``srcore.data.executors``). Inputs and output are folders or ``s3://bucket/prefix``
 (``srcore.storage``); on a cluster a local folder must be mounted at the same path on every node.
+Temporary files an interrupted run left behind are removed when the next run starts.
 """
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import logging
-import multiprocessing as mp
 import os
-import signal
-import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
-import numpy as np
 import yaml
 
 from srcore import __version__
 from srcore.config import PrepareParams
-from srcore.data.image_io import decode_rgb
-from srcore.data.patches import crop_starts, extract_pairs
-from srcore.data.shards import MANIFEST, encode_rows, file_sha256, write_shard
+from srcore.data.executors import ShardExecutor, executor_for
+from srcore.data.inputs import InputImage, list_images
+from srcore.data.journal import Journal
+from srcore.data.shard_job import FORMAT_VERSION, Recipe, ShardJob, ShardResult, shard_intact
+from srcore.data.shards import MANIFEST
 from srcore.errors import DataError
 from srcore.storage import Folder, ObjectStore, StoreUnavailable, is_s3, open_store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FORMAT_VERSION", "MANIFEST", "LocalPool", "PrepareSummary", "ShardExecutor", "dvc_hash_of",
-           "executor_for", "one_thread_each", "prepare"]
+__all__ = ["FORMAT_VERSION", "MANIFEST", "PrepareSummary", "dvc_hash_of", "prepare"]
 
-# Bump when the bytes written for the same input and parameters change.
-FORMAT_VERSION = 2
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 # How a run is executed, not what it makes: left out of the manifest, so that its bytes do not
 # depend on the executor or the number of workers.
 _RUN_ONLY = {"workers", "executor", "address"}
+
+Candidates = dict[str, list[tuple[dict, list[dict]]]]  # shard file -> (entry, its group's rejected images)
 
 
 @dataclass
@@ -71,139 +65,21 @@ class PrepareSummary:
     bad: list[dict] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class _ShardJob:
-    """One image group and the shard files (one per scale) still to build from it. ``source``
-    and ``out`` are locations (folder or ``s3://``); relative folders resolve against ``cwd``,
-    the driver's working directory, wherever the job runs."""
+@dataclass
+class _Ledger:
+    """What the run has so far: shard entries per scale, rejected images per group, and the
+    sha256 of each input image (None until known)."""
 
-    index: int
-    names: tuple[str, ...]  # image files, relative to source
-    shards: dict[int, dict]  # scale -> {"file": path relative to out, "fingerprint": ...}
-    source: str
-    out: str
-    cwd: str
-    crop: int
-    step: int
-    thresh: int
-    encoding: str
-    rows_per_group: int
-    on_bad: str
+    shards: dict[int, list[dict]]
+    bad: dict[int, list[dict]]
+    digests: list[str | None]
+    built: int = 0
+    reused: int = 0
 
-
-def _cut(src: Folder | ObjectStore, name: str, job: _ShardJob
-         ) -> tuple[dict[int, list[dict]] | None, str | None]:
-    """One image -> rows per scale, or the reason it was rejected. An unreachable object store
-    is not the image's fault: that error propagates (a Ray task retries it)."""
-    path = src.path(name)
-    try:
-        img = decode_rgb(src.read_bytes(name), path, convert=False)
-    except StoreUnavailable:
-        raise
-    except (DataError, OSError) as exc:
-        return None, str(exc)
-    h, w = img.shape[:2]
-    fits = crop_starts(h, job.crop, job.step, job.thresh) and crop_starts(w, job.crop, job.step, job.thresh)
-    if not fits:
-        return None, f"{path}: {w}x{h} is smaller than one {job.crop}x{job.crop} sub-image"
-    pairs = extract_pairs(img, tuple(sorted(job.shards)), job.crop, job.step, job.thresh)
-    return {s: encode_rows(Path(path).stem, s, p, job.encoding) for s, p in pairs.items()}, None
-
-
-def _build_shard(job: _ShardJob) -> tuple[int, dict[int, dict], list[dict]]:
-    """Worker: cut every image of the group and write its shards; returns the manifest entries
-    and the rejected images. Under ``on_bad=fail`` a rejected image leaves the group unwritten
-    (every image is still checked, so that all bad files are reported at once)."""
-    rows: dict[int, list[dict]] = {s: [] for s in job.shards}
-    images: list[str] = []
-    bad: list[dict] = []
-    src, dest = open_store(job.source, base=job.cwd), open_store(job.out, base=job.cwd)
-    for name in job.names:
-        per_scale, reason = _cut(src, name, job)
-        if reason is not None:
-            bad.append({"file": Path(name).stem, "reason": reason, "shard": job.index})
-            continue
-        if bad and job.on_bad == "fail":
-            continue
-        images.append(Path(name).stem)
-        for s in job.shards:
-            rows[s].extend(per_scale[s])
-    if bad and job.on_bad == "fail":
-        return job.index, {}, bad
-    entries = {}
-    for s, planned in job.shards.items():
-        with dest.staged(planned["file"]) as path:
-            write_shard(path, rows[s], job.encoding, job.rows_per_group)
-            digest, size = file_sha256(path), path.stat().st_size
-        entries[s] = {**planned, "sha256": digest, "rows": len(rows[s]), "images": images, "bytes": size}
-    return job.index, entries, bad
-
-
-def _init_worker(parent: int) -> None:
-    _die_with_parent(parent)
-    one_thread_each()
-
-
-def one_thread_each() -> None:
-    """One compute thread per process: the pool (or Ray's one CPU per task) already uses every core."""
-    import numba
-    import torch
-
-    numba.set_num_threads(1)
-    torch.set_num_threads(1)
-
-
-def _die_with_parent(parent: int) -> None:
-    """End this worker when process ``parent`` dies (SIGTERM or SIGKILL included), so that no
-    orphan keeps writing shards. The standard library has no such option, hence prctl."""
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
-                if os.getppid() != parent:  # the parent died before the request took effect
-                    os._exit(1)
-                return
-        except (OSError, AttributeError):
-            pass
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="watch-parent").start()
-
-
-def _watch_parent(parent: int, interval: float = 0.5) -> None:
-    while os.getppid() == parent:
-        time.sleep(interval)
-    os._exit(1)
-
-
-def _shard_intact(out: Folder | ObjectStore, name: str, entry: dict) -> bool:
-    """The file is the one the manifest recorded: same size, then same sha256."""
-    if out.size(name) != entry.get("bytes"):
-        return False
-    if out.sha256(name) != entry.get("sha256"):
-        log.warning("%s: content does not match the manifest's sha256; rebuilding it", out.path(name))
-        return False
-    return True
-
-
-def _list_inputs(folder: Folder | ObjectStore) -> list[str]:
-    if not folder.is_folder():
-        raise DataError(f"input folder {folder} not found; create it (srcore data sample) or pass --input")
-    files = folder.files()
-    if not files:
-        raise DataError(f"input folder {folder} is empty; put HR images there")
-    return files
-
-
-def _fingerprint(params: PrepareParams, scale: int, names_and_hashes: list[tuple[str, str]]) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps({"format": FORMAT_VERSION, "scale": scale, "crop": params.crop_size,
-                         "step": params.step, "thresh": params.thresh_size, "encoding": params.encoding,
-                         "rows_per_group": params.rows_per_group,
-                         # the HR modcrop multiple (lcm of the scales) decides the crop grid
-                         "modcrop": int(np.lcm.reduce(np.array(params.scales)))},
-                        sort_keys=True).encode())
-    for name, digest in names_and_hashes:
-        h.update(f"{name}:{digest};".encode())
-    return h.hexdigest()
+    def keep(self, group: int, scale: int, entry: dict, bad: list[dict]) -> None:
+        self.shards[scale].append(entry)
+        self.bad[group] = bad
+        self.reused += 1
 
 
 def dvc_hash_of(folder: Path, dvc_file: Path = Path("data.dvc")) -> str | None:
@@ -221,6 +97,165 @@ def dvc_hash_of(folder: Path, dvc_file: Path = Path("data.dvc")) -> str | None:
     return None
 
 
+def prepare(params: PrepareParams, on_progress: Callable[[int], None] | None = None,
+            on_total: Callable[[int, int], None] | None = None,
+            executor: ShardExecutor | None = None) -> PrepareSummary:
+    """Build (or update) the shards described by ``params``; see the module docstring.
+
+    ``on_total(images, shards)`` is called once with the work left; ``on_progress(images)`` once
+    per finished shard group, with its number of images. ``executor`` defaults to
+    ``executor_for(params)``.
+    """
+    images = list_images(params.inputs)
+    out = open_store(params.out)
+    _remove_temporaries(out)
+    journal = Journal(params.out)
+    recorded = journal.load()
+    candidates = _candidates(_load_manifest(out), recorded.groups)
+    ledger = _Ledger({s: [] for s in params.scales}, {}, [None] * len(images))
+    for i, img in enumerate(images):
+        key, digest = recorded.hashes.get((img.location, img.name), (None, None))
+        if key == img.key:
+            ledger.digests[i] = digest
+    recipe = Recipe.of(params)
+    n = params.images_per_shard
+    groups = [range(i, min(i + n, len(images))) for i in range(0, len(images), n)]
+    jobs = [job for k, group in enumerate(groups)
+            if (job := _plan(k, group, images, recipe, params, candidates, ledger, out)) is not None]
+    if on_total:
+        on_total(sum(len(groups[j.index]) for j in jobs), len(jobs))
+    header = _header(params, len(images))
+    if jobs:  # shards are about to change: training must not take the old manifest meanwhile
+        _write_manifest(out, _manifest(header, ledger, images))
+    results = (executor or executor_for(params)).run(jobs) if jobs else iter(())
+    try:
+        for result in results:
+            _record(result, images, groups[result.index], candidates, ledger, journal, params.on_bad)
+            if on_progress:
+                on_progress(len(groups[result.index]))
+    finally:
+        close = getattr(results, "close", None)
+        if close:
+            close()
+        journal.flush()
+    manifest = _manifest(header, ledger, images)
+    if manifest["bad"] and params.on_bad == "fail":
+        _write_manifest(out, manifest)
+        reasons = "; ".join(b["reason"] for b in manifest["bad"])
+        raise DataError(f"{len(manifest['bad'])} bad input image(s), --on-bad fail: {reasons} "
+                        "(fix or remove them, or use --on-bad skip to leave them out)")
+    manifest["complete"] = True
+    _write_manifest(out, manifest)
+    journal.settle([[img.location, img.name, img.key, d]
+                    for img, d in zip(images, ledger.digests, strict=True) if d])
+    _remove_stale(out, manifest)
+    return PrepareSummary(params.out if is_s3(params.out) else Path(params.out), len(images),
+                          {int(s): v["rows"] for s, v in manifest["scales"].items()},
+                          ledger.built, ledger.reused, manifest["bad"])
+
+
+def _candidates(old: dict, groups: list[dict]) -> Candidates:
+    """Every shard entry earlier runs recorded, by file: the last manifest's, then the journal's."""
+    old_bad: dict[int, list[dict]] = {}
+    for b in old.get("bad", []):
+        old_bad.setdefault(b.get("shard", -1), []).append(b)
+    found: Candidates = {}
+    for v in old.get("scales", {}).values():
+        for e in v.get("shards", []):
+            found.setdefault(e["file"], []).append((e, old_bad.get(_group_of(e["file"]), [])))
+    for g in groups:
+        for e in g.get("entries", []):
+            found.setdefault(e["file"], []).append((e, g.get("bad", [])))
+    for file, entries in found.items():  # the same shard recorded twice is checked once
+        unique = {(e.get("fingerprint"), e.get("sha256")): (e, bad) for e, bad in reversed(entries)}
+        found[file] = list(reversed(unique.values()))
+    return found
+
+
+def _group_of(file: str) -> int:
+    try:
+        return int(file.rsplit("-", 1)[-1].split(".", 1)[0])
+    except ValueError:
+        return -1
+
+
+def _plan(k: int, group: range, images: list[InputImage], recipe: Recipe, params: PrepareParams,
+          candidates: Candidates, ledger: _Ledger, out: Folder | ObjectStore) -> ShardJob | None:
+    """Skip the group's shards that provably match (every image hash known from its key), or
+    the job that decides the rest."""
+    digests = [ledger.digests[i] for i in group]
+    named = [(images[i].stem, d) for i, d in zip(group, digests, strict=True)]
+    shards: dict[int, str] = {}
+    known: dict[int, tuple[dict, ...]] = {}
+    for s in recipe.scales:
+        file = f"x{s}/shard-{k:05d}.parquet"
+        found = candidates.get(file, [])
+        if all(digests):
+            fp = recipe.fingerprint(s, named)
+            hit = next(((e, bad) for e, bad in found
+                        if e.get("fingerprint") == fp and shard_intact(out, file, e)), None)
+            if hit:
+                ledger.keep(k, s, *hit)
+                continue
+        else:
+            known[s] = tuple(e for e, _ in found)
+        shards[s] = file
+    if not shards:
+        return None
+    return ShardJob(k, tuple((images[i].source, images[i].name) for i in group), tuple(params.inputs), shards,
+                    known, params.out, os.getcwd(), recipe, params.on_bad)
+
+
+def _record(result: ShardResult, images: list[InputImage], group: range, candidates: Candidates,
+            ledger: _Ledger, journal: Journal, on_bad: str) -> None:
+    """A finished job into the ledger and the journal."""
+    for i, digest in zip(group, result.digests, strict=True):
+        ledger.digests[i] = digest
+    if result.bad is None:  # every shard kept: its rejected images are the ones recorded with it
+        entry = next(iter(result.entries.values()))
+        bad = next((b for e, b in candidates.get(entry["file"], [])
+                    if e["fingerprint"] == entry["fingerprint"]), [])
+    else:
+        bad = result.bad
+        if on_bad == "skip":
+            for b in bad:
+                log.warning("skipping %s", b["reason"])
+    ledger.bad[result.index] = bad
+    for s, entry in result.entries.items():
+        ledger.shards[s].append(entry)
+        if s in result.kept:
+            ledger.reused += 1
+        else:
+            ledger.built += 1
+    journal.add({"shard": result.index, "entries": list(result.entries.values()), "bad": bad,
+                 "inputs": [[images[i].location, images[i].name, images[i].key, d]
+                            for i, d in zip(group, result.digests, strict=True) if d]})
+
+
+def _header(params: PrepareParams, n_images: int) -> dict:
+    paths = [str(open_store(loc)) for loc in params.inputs]
+    md5s = [None if is_s3(loc) else dvc_hash_of(Path(loc)) for loc in params.inputs]
+    one = isinstance(params.input, str)  # a single input keeps the manifest's one-input form
+    return {"format": FORMAT_VERSION, "code_version": __version__, "complete": False,
+            "input": {"path": paths[0] if one else paths, "dvc_md5": md5s[0] if one else md5s,
+                      "sha256": None, "images": n_images},
+            "params": params.model_dump(mode="json", exclude=_RUN_ONLY)}
+
+
+def _manifest(header: dict, ledger: _Ledger, images: list[InputImage]) -> dict:
+    """The manifest of what the ledger holds, in an order that does not depend on the run."""
+    scales = {}
+    for s, entries in ledger.shards.items():
+        entries.sort(key=lambda e: e["file"])
+        scales[str(s)] = {"rows": sum(e["rows"] for e in entries), "shards": entries}
+    bad = sorted((b for v in ledger.bad.values() for b in v), key=lambda b: (b.get("shard", -1), b["file"]))
+    digest = None
+    if all(ledger.digests):
+        named = "".join(f"{img.stem}:{d};" for img, d in zip(images, ledger.digests, strict=True))
+        digest = hashlib.sha256(named.encode()).hexdigest()
+    return {**header, "input": {**header["input"], "sha256": digest}, "scales": scales, "bad": bad}
+
+
 def _load_manifest(out: Folder | ObjectStore) -> dict:
     try:
         return json.loads(out.read_bytes(MANIFEST))
@@ -232,129 +267,6 @@ def _load_manifest(out: Folder | ObjectStore) -> dict:
 
 def _write_manifest(out: Folder | ObjectStore, manifest: dict) -> None:
     out.write_bytes(MANIFEST, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
-
-
-Built = tuple[int, dict[int, dict], list[dict]]  # shard index, manifest entries per scale, rejected images
-
-
-class ShardExecutor(Protocol):
-    """Runs shard jobs somewhere and yields each result as it finishes (any order). Closing the
-    iterator early stops the work still outstanding."""
-
-    def run(self, jobs: list[_ShardJob]) -> Iterator[Built]: ...
-
-
-class LocalPool:
-    """Shard jobs in a process pool on this machine (``workers`` processes, 0 = one per core)."""
-
-    def __init__(self, workers: int = 0) -> None:
-        self.workers = workers or os.cpu_count() or 1
-
-    def run(self, jobs: list[_ShardJob]) -> Iterator[Built]:
-        workers = min(self.workers, len(jobs))
-        if workers <= 1:
-            yield from map(_build_shard, jobs)
-            return
-        # spawn: forking a parent that already runs numba/torch threads is not safe.
-        with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(os.getpid(),)) as pool:
-            yield from pool.imap_unordered(_build_shard, jobs)
-
-
-def executor_for(params: PrepareParams) -> ShardExecutor:
-    """The executor ``params.executor`` names."""
-    if params.executor == "ray":
-        from srcore.data.prepare_ray import RayTasks
-
-        return RayTasks(params.address)
-    return LocalPool(params.workers)
-
-
-def prepare(params: PrepareParams, on_progress: Callable[[int], None] | None = None,
-            on_total: Callable[[int, int], None] | None = None,
-            executor: ShardExecutor | None = None) -> PrepareSummary:
-    """Build (or update) the shards described by ``params``; see the module docstring.
-
-    ``on_total(images, shards)`` is called once with the work left; ``on_progress(images)`` once
-    per finished shard, with its number of images. ``executor`` defaults to ``executor_for(params)``.
-    """
-    src, out = open_store(params.input), open_store(params.out)
-    files = _list_inputs(src)
-    _remove_temporaries(out)
-    hashes = [(Path(n).stem, src.sha256(n)) for n in files]
-    n_per = params.images_per_shard
-    groups = [list(range(i, min(i + n_per, len(files)))) for i in range(0, len(files), n_per)]
-    old = _load_manifest(out)
-    old_shards = {(int(s), e["file"]): e
-                  for s, v in old.get("scales", {}).items() for e in v.get("shards", [])}
-    bad: list[dict] = []
-    built = reused = 0
-    manifest = {
-        "format": FORMAT_VERSION, "code_version": __version__, "complete": False,
-        "input": {"path": str(src),
-                  "dvc_md5": None if is_s3(params.input) else dvc_hash_of(Path(params.input)),
-                  "sha256": hashlib.sha256("".join(f"{n}:{d};" for n, d in hashes).encode()).hexdigest(),
-                  "images": len(files)},
-        "params": params.model_dump(mode="json", exclude=_RUN_ONLY),
-        "scales": {str(s): {"rows": 0, "shards": []} for s in params.scales},
-        "bad": bad,
-    }
-    todo: list[tuple[int, dict[int, dict]]] = []
-    for k, group in enumerate(groups):
-        plan = {}
-        for s in params.scales:
-            name = f"x{s}/shard-{k:05d}.parquet"
-            fp = _fingerprint(params, s, [hashes[i] for i in group])
-            prev = old_shards.get((s, name))
-            if prev and prev.get("fingerprint") == fp and _shard_intact(out, name, prev):
-                manifest["scales"][str(s)]["shards"].append(prev)
-                bad.extend(b for b in old.get("bad", []) if b.get("shard") == k and b not in bad)
-                reused += 1
-            else:
-                plan[s] = {"file": name, "fingerprint": fp}
-        if plan:
-            todo.append((k, plan))
-    if on_total:
-        on_total(sum(len(groups[k]) for k, _ in todo), len(todo))
-
-    jobs = [_ShardJob(k, tuple(files[i] for i in groups[k]), plan, params.input, params.out, os.getcwd(),
-                      params.crop_size, params.step, params.thresh_size, params.encoding,
-                      params.rows_per_group, params.on_bad) for k, plan in todo]
-    results = (executor or executor_for(params)).run(jobs) if jobs else iter(())
-    try:
-        for k, entries, rejected in results:
-            if params.on_bad == "skip":
-                for b in rejected:
-                    log.warning("skipping %s", b["reason"])
-            bad.extend(rejected)
-            for s, entry in entries.items():
-                manifest["scales"][str(s)]["shards"].append(entry)
-                built += 1
-            _write_manifest(out, _finalised(manifest))  # each finished shard survives an interrupt
-            if on_progress:
-                on_progress(len(groups[k]))
-    finally:
-        close = getattr(results, "close", None)
-        if close:
-            close()
-    manifest = _finalised(manifest)
-    if bad and params.on_bad == "fail":
-        reasons = "; ".join(b["reason"] for b in manifest["bad"])
-        raise DataError(f"{len(bad)} bad input image(s), --on-bad fail: {reasons} "
-                        "(fix or remove them, or use --on-bad skip to leave them out)")
-    manifest["complete"] = True
-    _write_manifest(out, manifest)
-    _remove_stale(out, manifest)
-    return PrepareSummary(params.out if is_s3(params.out) else Path(params.out), len(files),
-                          {int(s): v["rows"] for s, v in manifest["scales"].items()},
-                          built, reused, bad)
-
-
-def _finalised(manifest: dict) -> dict:
-    for v in manifest["scales"].values():
-        v["shards"].sort(key=lambda e: e["file"])
-        v["rows"] = sum(e["rows"] for e in v["shards"])
-    manifest["bad"].sort(key=lambda b: (b.get("shard", -1), b["file"]))  # shards finish in any order
-    return manifest
 
 
 def _remove_stale(out: Folder | ObjectStore, manifest: dict) -> None:
