@@ -1,18 +1,16 @@
-"""The Ray Train task shared by the train_teacher and distill flows, with its console progress bar
-and its live-tracked MLflow run (``srcore.tracking.live``)."""
+"""The Ray Train task shared by the train_teacher and distill flows: ``srcore.console.train_with_progress``,
+the stage function ``srcore train`` and ``srcore distill`` run too."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from prefect import task
 from rich.console import Console
 
 from srcore.config import Params
-from srcore.console import training_bar
+from srcore.console import train_with_progress
 from srcore.errors import SrcoreError
-from srcore.tracking.live import run_tracked_stage
 
 
 def _retryable(task, task_run, state) -> bool:
@@ -34,13 +32,8 @@ def _retryable(task, task_run, state) -> bool:
       task_run_name="ray-train-{stage}")
 def train_stage(params: Params, stage: str, address: str | None = None, parent_run_id: str | None = None,
                 teacher_run_id: str | None = None) -> dict[str, Any]:
-    # Ray's own output goes to the run folder's ray.log unless debug logging (--verbose) is on.
-    verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
-    console = Console(stderr=True)
-    with training_bar(console, stage) as on_progress:
-        r, run = run_tracked_stage(params, stage, address=address, on_progress=on_progress,
-                                   quiet_ray=not verbose, parent_run_id=parent_run_id,
-                                   teacher_run_id=teacher_run_id,
-                                   announce=lambda run: console.print(f"MLflow ({stage}): {run.url}"))
+    r, run = train_with_progress(params, stage, Console(stderr=True), address=address,
+                                 parent_run_id=parent_run_id, teacher_run_id=teacher_run_id,
+                                 mlflow_label=f"MLflow ({stage})")
     return {"model_path": r.model_path, "metrics": r.metrics, "run_dir": r.run_dir, "history": r.history,
             "run_id": run.run_id}

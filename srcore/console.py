@@ -128,3 +128,22 @@ def training_bar(console: Console, label: str) -> Iterator[Callable[[dict[str, A
         raise
     else:
         stack.__exit__(None, None, None)
+
+
+def train_with_progress(params: Any, stage: str, console: Console, *, address: str | None = None,
+                        name: str | None = None, parent_run_id: str | None = None,
+                        teacher_run_id: str | None = None, mlflow_label: str = "MLflow") -> tuple[Any, Any]:
+    """One training stage as ``srcore train``/``distill`` and the flows run it: its live-tracked MLflow
+    run (``srcore.tracking.live.run_tracked_stage``, whose URL is printed as ``<mlflow_label>: URL``)
+    and one progress bar; Ray's own output goes to the run's ``ray.log`` unless debug logging
+    (``--verbose``) is on. Returns the stage's result and its MLflow run."""
+    import logging
+
+    from srcore.tracking.live import run_tracked_stage
+
+    verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
+    with training_bar(console, name or stage) as on_progress:
+        return run_tracked_stage(params, stage, address=address, name=name, on_progress=on_progress,
+                                 quiet_ray=not verbose, parent_run_id=parent_run_id,
+                                 teacher_run_id=teacher_run_id,
+                                 announce=lambda run: console.print(f"{mlflow_label}: {run.url}"))

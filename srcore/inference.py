@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +24,7 @@ from srcore.models.base import SRModel
 log = logging.getLogger(__name__)
 
 __all__ = ["TilePlan", "plan_tiles", "receptive_radius", "to_tensor", "to_uint8", "upscale_image",
-           "upscale_tensor"]
+           "upscale_jobs", "upscale_tensor"]
 
 MIN_TILE = 16
 # Probe side for the receptive-field measurement: larger than every local model's radius so far
@@ -178,3 +179,36 @@ def upscale_image(model: SRModel, lr: np.ndarray, device: torch.device | str = "
                   tile: int | TilePlan | None = None, overlap: int | None = None) -> np.ndarray:
     """Super-resolve an HxWx3 uint8 image to uint8."""
     return to_uint8(upscale_tensor(model, to_tensor(lr, device), tile, overlap))
+
+
+def upscale_jobs(image: Path, output: Path) -> list[tuple[Path, Path]]:
+    """(input, output) pairs of ``srcore upscale``: one image -> one PNG, or a folder's images ->
+    ``<output>/<stem>.png``. Every destination is checked here, before a model is loaded or anything
+    computed."""
+    from srcore.data.image_io import image_files
+    from srcore.errors import DataError
+    from srcore.io import OutputError, check_output_dir, check_output_file
+
+    if image.is_dir():
+        sources = image_files(image)
+        if not sources:
+            raise DataError(f"{image}: no images (.png, .jpg, ...) in this folder")
+        if output.resolve() == image.resolve():
+            raise OutputError(f"{output}: is the input folder; the PNGs would replace the inputs")
+        folder = check_output_dir(output)
+        jobs = [(src, folder / f"{src.stem}.png") for src in sources]
+        stems = [src.stem for src in sources]
+        clash = sorted({s for s in stems if stems.count(s) > 1})
+        if clash:
+            raise DataError(f"{image}: several images named {clash[0]}.* would all write {clash[0]}.png")
+    elif image.is_file():
+        if output.suffix.lower() != ".png" and not output.is_dir():
+            raise OutputError(f"{output}: upscale writes PNG; give a name ending in .png")
+        if output.exists() and output.resolve() == image.resolve():
+            raise OutputError(f"{output}: is the input image; choose another output path")
+        jobs = [(image, output)]
+    else:
+        raise DataError(f"{image}: no such image or folder")
+    for _, dst in jobs:
+        check_output_file(dst)
+    return jobs

@@ -7,8 +7,17 @@ efficiency) for the pipeline stages.
 
 from srcore.evaluation.dataset import DatasetResult, EvalOptions, evaluate, evaluate_dataset, total_images
 from srcore.evaluation.scoring import BICUBIC, EFFICIENCY_KEYS, score_model, suite_metrics
-from srcore.evaluation.suite import SUITES, ModelEntry, ModelRow, SuiteResult, expand_datasets, run_suite
+from srcore.evaluation.suite import (
+    SUITES,
+    ModelEntry,
+    ModelRow,
+    SuiteResult,
+    expand_datasets,
+    model_entries,
+    run_suite,
+)
 
 __all__ = ["BICUBIC", "EFFICIENCY_KEYS", "SUITES", "DatasetResult", "EvalOptions", "ModelEntry", "ModelRow",
-           "SuiteResult", "evaluate", "evaluate_dataset", "expand_datasets", "run_suite", "score_model",
+           "SuiteResult", "evaluate", "evaluate_dataset", "expand_datasets", "model_entries", "run_suite",
+           "score_model",
            "suite_metrics", "total_images"]

@@ -14,18 +14,20 @@ import io
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from srcore.data.benchmarks import EMBEDDED, SAMPLE_VAL, count_images, dataset_folder, resolve_root
-from srcore.errors import DataError
+from srcore.errors import ConfigError, DataError
 from srcore.evaluation.dataset import DatasetResult, OnImage, evaluate_dataset
 from srcore.inference import plan_tiles
 from srcore.metrics.efficiency import count_flops, count_params
 from srcore.models.base import SRModel
 from srcore.ops import model_scan_backend
 
-__all__ = ["SUITES", "ModelEntry", "ModelRow", "SuiteResult", "expand_datasets", "run_suite"]
+__all__ = ["SUITES", "ModelEntry", "ModelRow", "SuiteResult", "expand_datasets", "model_entries",
+           "run_suite"]
 
 SUITES = {"standard": ("Set5", "Set14", "B100", "Urban100", "Manga109")}
 FLOPS_INPUT = (1, 3, 256, 256)
@@ -149,3 +151,24 @@ def run_suite(entries: list[ModelEntry], datasets: list[str], scales: list[int],
             rows.append(row)
         result.tables[scale] = rows
     return result
+
+
+def model_entries(models: list[str], weights: list[str], scales: list[int], device: str,
+                  load: Callable[[str | None, int, str | None], SRModel]) -> list[ModelEntry]:
+    """One suite entry per model/weights pair of ``srcore eval`` (weights alone: the checkpoint names
+    its model); ``load(preset, scale, weights)`` builds one. Refuses counts that do not pair up and
+    weights of another scale than the only one asked for."""
+    if weights and len(models) > 1 and len(models) != len(weights):
+        raise ConfigError(f"{len(models)} --model and {len(weights)} --weights: give one --model per "
+                          "--weights, or one --model for all, or none (the checkpoints name their model)")
+    if not weights:
+        return [ModelEntry(m, lambda s, m=m: load(m, s, None).to(device)) for m in models]
+    entries = []
+    for i, w in enumerate(weights):
+        name = models[i] if len(models) == len(weights) else (models[0] if models else None)
+        net = load(name, scales[0], w).to(device)
+        if len(scales) == 1 and net.scale != scales[0]:
+            raise ConfigError(f"the weights are for x{net.scale}, but --scale is {scales[0]}")
+        entries.append(ModelEntry(f"{net.arch} ({w if w.startswith('models:/') else Path(w).name})",
+                                  lambda s, net=net: net if s == net.scale else None))
+    return entries
