@@ -30,7 +30,8 @@ from prepare import _synthetic
 
 from srcore.config import PrepareParams
 from srcore.data.loaders import ShardPairs, shard_set
-from srcore.data.prepare import one_thread_each, prepare
+from srcore.data.prepare import prepare
+from srcore.data.shard_job import one_thread_each
 from srcore.storage import copy_file, filesystem
 
 
