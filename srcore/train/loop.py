@@ -240,7 +240,7 @@ class RayDataStream:
     so a pipeline that waits on resources is reported instead of hanging silently."""
 
     def __init__(self, shard: Any, lcfg: LoaderParams, per_epoch: int, on_stall: Callable[[float], None],
-                 stall_s: float = 60.0) -> None:
+                 stall_s: float = 45.0) -> None:
         self.shard, self.lcfg, self.per_epoch = shard, lcfg, max(1, per_epoch)
         self.on_stall, self.stall_s = on_stall, stall_s
         self._batches: Iterator[dict[str, torch.Tensor]] | None = None
