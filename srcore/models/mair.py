@@ -16,7 +16,7 @@ from torch import nn
 from srcore.models.layers import DropPath
 from srcore.models.shell import ShellConfig, TokenShell
 from srcore.ops import resolve_backend, selective_scan
-from srcore.ops.nss import nss_indices
+from srcore.ops.nss import nss_indices, nss_indices_of
 from srcore.ops.nss_scan import nss_selective_scan
 
 __all__ = ["MaIR", "MaIRConfig", "TINY", "SMALL", "convert_official"]
@@ -77,12 +77,15 @@ class VMM(nn.Module):
         self.out_proj = nn.Linear(d, dim, bias=False)
         self.scan_backend: str | None = None  # None: chosen by device (see srcore.ops.selective_scan)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, C) -> (B, H, W, C)."""
+    def forward(self, x: torch.Tensor, orders: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H, W, C); ``orders``: (order, inverse) of this block's NSS scan,
+        computed here when not given."""
         b, h, w, _ = x.shape
         u, z = self.in_proj(x).chunk(2, dim=-1)
         u = F.silu(self.conv2d(u.permute(0, 3, 1, 2))).flatten(2)  # (B, D, L) row-major
-        order, inverse = nss_indices(h, w, self.stripe, self.shift, u.device)
+        order, inverse = orders if orders is not None else scan_orders(u.view(b, -1, h, w), self.stripe,
+                                                                          self.shift)
         if resolve_backend(self.scan_backend, u.device) == "triton":
             ys = self._scan_fused(u, order)
         else:
@@ -141,10 +144,12 @@ class RMB(nn.Module):
         self.conv_blk = MLP(dim, int(dim * cfg.mlp_ratio))
         self.skip_scale2 = nn.Parameter(torch.ones(dim))
 
-    def forward(self, tokens: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, context: tuple) -> torch.Tensor:
+        """``context``: (H, W, orders), orders[shift] being the (order, inverse) of each NSS variant."""
         b, _, c = tokens.shape
-        x = tokens.view(b, hw[0], hw[1], c)
-        x = x * self.skip_scale + self.drop_path(self.self_attention(self.ln_1(x)))
+        x = tokens.view(b, context[0], context[1], c)
+        orders = context[2][int(self.self_attention.shift)]
+        x = x * self.skip_scale + self.drop_path(self.self_attention(self.ln_1(x), orders))
         x = x * self.skip_scale2 + self.conv_blk(self.ln_2(x))
         return x.view(b, -1, c)
 
@@ -155,6 +160,20 @@ class MaIR(TokenShell):
     def __init__(self, config: MaIRConfig | None = None) -> None:
         cfg = config or MaIRConfig()
         super().__init__(cfg, lambda dim, _g, bi, dp: RMB(dim, cfg, shift=bi % 2 == 1, drop_path=dp))
+
+    def block_context(self, x: torch.Tensor) -> tuple:
+        """(H, W, orders): the NSS orders of the plain and the shifted blocks, computed once for all."""
+        stripe = self.config.scan_len
+        return (*x.shape[-2:], tuple(scan_orders(x, stripe, shift) for shift in (False, True)))
+
+
+def scan_orders(x: torch.Tensor, stripe: int, shift: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(order, inverse) of the NSS scans of a (B, C, H, W) map. While tracing (export) they are
+    computed inside the graph from its shape, so the exported model takes any size; otherwise
+    they come from the cache, on x's device."""
+    if torch.jit.is_tracing():
+        return nss_indices_of(x, stripe, shift)
+    return nss_indices(x.shape[-2], x.shape[-1], stripe, shift, x.device)
 
 
 def convert_official(state_dict: dict) -> dict:

@@ -14,6 +14,8 @@ Back-ends:
   ``srcore.kernels.scan_cpu``); no (B, D, L, N) tensor, state accumulated in float64. Without
   gradients bias, softplus, D and the z gate run inside the kernel too (see ``_scan_cpu``).
 - ``torch``: a blocked closed form in pure torch (any device; the last resort on CUDA).
+- ``loop``: TorchScript loops over chunks of about sqrt(L) steps (``srcore.ops.scan_loop``; any
+  device, no gradients): a traced or exported graph whose size does not depend on L. Export uses it.
 - ``triton``: srcore's fused Triton kernels (``srcore.kernels.triton``; the default on CUDA when
   Triton imports; on CPU only under ``TRITON_INTERPRET=1``, for tests).
 - ``cuda``: mamba-ssm's fused kernel, when it is installed, asked for and the inputs are on CUDA.
@@ -37,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from srcore.kernels.triton import INSTALL_HINT, interpreted, triton_available
+from srcore.ops.scan_loop import scan_loop
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +55,11 @@ __all__ = [
     "selective_scan_reference",
 ]
 
-Backend = Literal["reference", "cpu", "torch", "triton", "cuda"]
-_BACKENDS = ("reference", "cpu", "torch", "triton", "cuda")
+Backend = Literal["reference", "cpu", "torch", "loop", "triton", "cuda"]
+_BACKENDS = ("reference", "cpu", "torch", "loop", "triton", "cuda")
 # What the reports call each back-end (the implementation behind the short name).
-BACKEND_LABELS = {"reference": "reference", "cpu": "numba-cpu", "torch": "torch", "triton": "triton",
-                  "cuda": "mamba-ssm"}
+BACKEND_LABELS = {"reference": "reference", "cpu": "numba-cpu", "torch": "torch", "loop": "torch-loop",
+                  "triton": "triton", "cuda": "mamba-ssm"}
 
 # Steps per chunk of the cpu back-end: its forward keeps the state at each chunk start for the
 # backward, which recomputes the states inside one chunk at a time (a (chunk, N) buffer per thread).
@@ -73,7 +76,8 @@ def _mamba_available() -> bool:
 
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
-    """Back-ends usable for tensors on ``device`` in this environment."""
+    """Back-ends usable for tensors on ``device`` in this environment, with gradients (``loop``, for
+    inference and export only, is not listed)."""
     backends = ["reference", "cpu", "torch"]
     if torch.device(device).type == "cuda" and triton_available():
         backends.append("triton")
@@ -363,7 +367,9 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
         delta_c = delta_c + delta_bias.to(compute)[:, None]
     if delta_softplus:
         delta_c = F.softplus(delta_c)
-    core = {"reference": _scan_reference, "cpu": _scan_cpu, "torch": _scan_torch}[name]
+    if name == "loop" and _needs_grad(u, delta, A, B, C, D, z, delta_bias):
+        raise ValueError("backend='loop' is for inference and export (no gradients); use 'torch' or 'cpu'")
+    core = {"reference": _scan_reference, "cpu": _scan_cpu, "torch": _scan_torch, "loop": scan_loop}[name]
     y, last = core(u_c, delta_c, A.to(compute), Bg.to(compute), Cg.to(compute))
     if D is not None:
         y = y + u_c * D.to(compute)[:, None]
