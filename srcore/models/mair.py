@@ -13,9 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from srcore.models.layers import DropPath
+from srcore.models.layers import DropPath, channel_major_linear
 from srcore.models.shell import ShellConfig, TokenShell
-from srcore.ops import resolve_backend, selective_scan
 from srcore.ops.nss import nss_indices, nss_indices_of
 from srcore.ops.nss_scan import nss_selective_scan
 
@@ -47,8 +46,13 @@ class SSA(nn.Module):
     def forward(self, ys: torch.Tensor) -> torch.Tensor:
         """ys: (B, 4, D, H, W) -> (B, D, H, W)."""
         b, k, d, h, w = ys.shape
-        shuffled = ys.transpose(1, 2).reshape(b, d * k, h, w)  # the 4 copies of a channel adjacent
-        weights = self.gating(shuffled).view(b, d, k, 1, 1).transpose(1, 2)  # un-shuffle
+        # Pooling commutes with the channel shuffle, so the (B, D, 4) means are shuffled, not the
+        # maps; the grouped 1x1 conv on them is a 4x4 matrix per channel (an einsum: as a conv of a
+        # 1x1 map it costs more in set-up than in arithmetic).
+        pooled = ys.mean(dim=(3, 4)).transpose(1, 2)  # (B, D, 4): a channel's 4 copies adjacent
+        conv = self.gating[1]
+        mixed = torch.einsum("bdk,djk->bdj", pooled, conv.weight.view(d, k, k)) + conv.bias.view(d, k)
+        weights = torch.sigmoid(mixed).transpose(1, 2)[..., None, None]  # un-shuffle: (B, 4, D, 1, 1)
         return (ys * weights).sum(dim=1)
 
 
@@ -81,43 +85,34 @@ class VMM(nn.Module):
                 ) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C); ``orders``: (order, inverse) of this block's NSS scan,
         computed here when not given."""
-        b, h, w, _ = x.shape
-        u, z = self.in_proj(x).chunk(2, dim=-1)
-        u = F.silu(self.conv2d(u.permute(0, 3, 1, 2))).flatten(2)  # (B, D, L) row-major
+        b, h, w, c = x.shape
+        u, z = channel_major_linear(x.reshape(b, h * w, c), self.in_proj.weight).chunk(2, dim=1)
+        u = F.silu(self.conv2d(u.view(b, -1, h, w))).flatten(2)  # (B, D, L) row-major
         order, inverse = orders if orders is not None else scan_orders(u.view(b, -1, h, w), self.stripe,
                                                                           self.shift)
-        if resolve_backend(self.scan_backend, u.device) == "triton":
-            ys = self._scan_fused(u, order)
-        else:
-            ys = self._scan_gathered(u, order, inverse)
+        ys = self._scan(u, order)
         y = self.gating(ys.view(b, _SEQS, self.d_inner, h, w))
-        y = self.out_norm(y.permute(0, 2, 3, 1)) * F.silu(z)
+        y = self.out_norm(y.permute(0, 2, 3, 1)) * F.silu(z.transpose(1, 2).view(b, h, w, -1))
         return self.out_proj(y)
 
-    def _scan_gathered(self, u: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
-        """The four sequences as permuted copies of u, scanned, then put back in image order."""
-        b, _, length = u.shape
-        xs = u[:, :, order].transpose(1, 2)  # (B, 4, D, L)
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
-        dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
-        ys = selective_scan(xs.reshape(b, -1, length), dts.reshape(b, -1, length),
-                            -torch.exp(self.A_logs.float()), bs, cs, D=self.Ds.float(),
-                            delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True,
-                            backend=self.scan_backend)
-        ys = ys.view(b, _SEQS, self.d_inner, length)
-        return torch.stack([ys[:, k, :, inverse[k]] for k in range(_SEQS)], dim=1)
+    def _scan(self, u: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+        """The four scans of u (B, D, L) along ``order``, (B, 4, D, L) in image order.
 
-    def _scan_fused(self, u: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-        """Projections in image order (they act per position) and one kernel that scans the map
-        through each order and writes back in image order: no permuted copy of u or the outputs."""
+        The projections act per position, so they run in image order, as matmuls that write the
+        layouts the scan reads: delta channel-major (B, 4, D, L), B and C token-major views of
+        (B, L, 4, R + 2N). ``nss_selective_scan`` then reads every sequence through its order
+        (the cpu and triton kernels) or gathers it (other back-ends, and gradients on the cpu).
+        """
         b, _, length = u.shape
-        x_dbl = torch.einsum("bdl,kcd->bkcl", u, self.x_proj_weight)
-        dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
-        ys = nss_selective_scan(u, dts.reshape(b, -1, length), -torch.exp(self.A_logs.float()), bs, cs, order,
-                                D=self.Ds.float(), delta_bias=self.dt_projs_bias.reshape(-1).float(),
-                                delta_softplus=True, backend="triton")
+        k, c = self.x_proj_weight.shape[:2]
+        x_dbl = torch.matmul(u.transpose(1, 2), self.x_proj_weight.reshape(k * c, -1).t())
+        x_dbl = x_dbl.view(b, length, k, c)
+        dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = torch.matmul(self.dt_projs_weight, dts.permute(0, 2, 3, 1))  # (B, 4, D, L)
+        ys = nss_selective_scan(u, delta.view(b, -1, length), -torch.exp(self.A_logs.float()),
+                                bs.permute(0, 2, 3, 1), cs.permute(0, 2, 3, 1), order, D=self.Ds.float(),
+                                delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True,
+                                backend=self.scan_backend)
         return ys.view(b, _SEQS, self.d_inner, length)
 
 

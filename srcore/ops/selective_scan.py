@@ -153,6 +153,11 @@ def _n_chunks(length: int) -> int:
     return max(1, -(-length // _CHUNK_STEPS))
 
 
+def _rows(x: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, D, L) as a contiguous (B*D, L) tensor, as the backward kernel reads it."""
+    return None if x is None else x.contiguous().view(-1, x.shape[-1])
+
+
 def _as_rows(x: torch.Tensor) -> np.ndarray:
     """(B, D, L) tensor as a C-contiguous (B*D, L) array sharing memory where possible."""
     return x.contiguous().view(-1, x.shape[-1]).numpy()
@@ -163,44 +168,55 @@ def _steps_last(x: torch.Tensor) -> np.ndarray:
     return x.transpose(-1, -2).contiguous().numpy()
 
 
+def _token_view(x: torch.Tensor) -> np.ndarray:
+    """(B, G, N, L) as the forward kernel reads it, (B, L, G, N): without a copy when x is a view of
+    a token-major projection (N contiguous), else through ``_steps_last``."""
+    view = x.permute(0, 3, 1, 2)
+    return view.numpy() if view.stride(-1) == 1 else _steps_last(x).transpose(0, 2, 1, 3)
+
+
 def _optional(x: torch.Tensor | None, like: torch.Tensor, ndim: int) -> np.ndarray:
-    """An optional input as the kernel takes it: its array, or an empty one with its flag off."""
+    """An optional input as the kernel takes it: its array (any strides), or an empty one."""
     if x is None:
-        return np.empty((0,) * ndim, dtype=like.numpy().dtype)
-    return (x.contiguous().view(-1, x.shape[-1]) if ndim == 2 else x.contiguous()).numpy()
+        return np.empty((0,) * ndim, dtype=like.numpy().dtype if like.is_floating_point() else np.int64)
+    return x.numpy()
 
 
 @torch.library.custom_op("srcore::selective_scan_cpu", mutates_args=())
 def _scan_cpu_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                  D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
-                 delta_softplus: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 delta_softplus: bool, order: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     import numba
 
     from srcore.kernels.scan_cpu import scan_forward
 
-    bsz, dim, length = u.shape
+    bsz, dim, length = delta.shape
     state = A.shape[1]
-    y = torch.empty(bsz, dim, length, dtype=u.dtype)
+    y = torch.empty(bsz, dim, length, dtype=delta.dtype)
     last = torch.zeros(bsz * dim, state, dtype=torch.float64)
     starts = torch.empty(_n_chunks(length), bsz * dim, state, dtype=torch.float64)
     n_parts = min(numba.get_num_threads(), bsz * dim)
-    scan_forward(_as_rows(u), _as_rows(delta), A.contiguous().numpy(), _steps_last(B), _steps_last(C),
-                 _optional(D, u, 1), _optional(z, u, 2), _optional(delta_bias, u, 1), D is not None,
-                 z is not None, delta_bias is not None, delta_softplus, _CHUNK_STEPS, n_parts,
-                 y.view(-1, length).numpy(), last.numpy(), starts.numpy())
-    return y, last.to(u.dtype).view(bsz, dim, state), starts
+    scan_forward(u.numpy(), delta.numpy(), A.contiguous().numpy(), _token_view(B), _token_view(C),
+                 _optional(D, u, 1), _optional(z, u, 3), _optional(delta_bias, u, 1),
+                 _optional(order, torch.empty(0, dtype=torch.int64), 2), D is not None, z is not None,
+                 delta_bias is not None, order is not None, delta_softplus, _CHUNK_STEPS, n_parts,
+                 y.numpy(), last.numpy(), starts.numpy())
+    return y, last.to(delta.dtype).view(bsz, dim, state), starts
 
 
 @_scan_cpu_op.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
-    bsz, dim, length = u.shape
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, order=None):
+    bsz, dim, length = delta.shape
     state = A.shape[1]
-    return (u.new_empty(bsz, dim, length), u.new_empty(bsz, dim, state),
-            u.new_empty(_n_chunks(length), bsz * dim, state, dtype=torch.float64))
+    return (delta.new_empty(bsz, dim, length), delta.new_empty(bsz, dim, state),
+            delta.new_empty(_n_chunks(length), bsz * dim, state, dtype=torch.float64))
 
 
 def _scan_cpu_setup(ctx, inputs, output):
-    u, delta, A, B, C, D, z, delta_bias, delta_softplus = inputs
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, order = inputs
+    if order is not None:
+        raise ValueError("the cpu scan takes scan orders for inference only; gather the sequences to train")
     ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[2])
     ctx.delta_softplus = delta_softplus
     ctx.mark_non_differentiable(output[2])
@@ -227,17 +243,17 @@ def _scan_cpu_backward(ctx, dy, dlast, _dstarts):
     d_b_parts = torch.zeros(n_parts, bsz, groups, length, state, dtype=torch.float64)
     d_c_parts = torch.zeros_like(d_b_parts)
     scan_backward(_as_rows(u), _as_rows(delta), A.contiguous().numpy(), _steps_last(B), _steps_last(C),
-                  _optional(D, u, 1), _optional(z, u, 2), _optional(delta_bias, u, 1), D is not None,
+                  _optional(D, u, 1), _optional(_rows(z), u, 2), _optional(delta_bias, u, 1), D is not None,
                   z is not None, delta_bias is not None, ctx.delta_softplus, _CHUNK_STEPS, starts.numpy(),
                   _as_rows(dy), carry.numpy(), d_u.view(rows, length).numpy(),
-                  d_delta.view(rows, length).numpy(), _optional(d_z, u, 2), d_a_rows.numpy(),
+                  d_delta.view(rows, length).numpy(), _optional(_rows(d_z), u, 2), d_a_rows.numpy(),
                   d_skip_rows.numpy(), d_bias_rows.numpy(), d_b_parts.numpy(), d_c_parts.numpy())
     d_a = d_a_rows.view(bsz, dim, state).sum(0).to(A.dtype)
     d_b = d_b_parts.sum(0).transpose(-1, -2).to(B.dtype)
     d_c = d_c_parts.sum(0).transpose(-1, -2).to(C.dtype)
     d_skip = None if D is None else d_skip_rows.view(bsz, dim).sum(0).to(D.dtype)
     d_bias = None if delta_bias is None else d_bias_rows.view(bsz, dim).sum(0).to(delta_bias.dtype)
-    return d_u, d_delta, d_a, d_b.contiguous(), d_c.contiguous(), d_skip, d_z, d_bias, None
+    return d_u, d_delta, d_a, d_b.contiguous(), d_c.contiguous(), d_skip, d_z, d_bias, None, None
 
 
 _scan_cpu_op.register_autograd(_scan_cpu_backward, setup_context=_scan_cpu_setup)
@@ -249,7 +265,7 @@ def _needs_grad(*tensors: torch.Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+def _scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, order=None):
     """The numba pass as one custom op; given D, z, delta_bias or softplus it applies them itself.
 
     ``selective_scan`` passes them in when no gradient is needed (inference: no (B, D, L)
@@ -257,9 +273,15 @@ def _scan_cpu(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus
     element-wise ops around the core kernel: with them inside, the kernel's backward measured
     10-40% slower on a 2-core CPU than the core backward plus torch's vectorised element-wise
     backward (docs/kernels.md). The fused backward stays correct and tested for direct calls.
+
+    Without gradients the kernel reads its inputs where they are (views of the projections'
+    outputs, any strides; ``order``: the scan orders of ``srcore.ops.nss_scan``); the backward
+    needs contiguous rows, so inputs that need gradients are made contiguous first.
     """
-    y, last, _ = _scan_cpu_op(*(None if x is None else x.contiguous() for x in (u, delta, A, B, C, D, z,
-                                                                              delta_bias)), delta_softplus)
+    inputs = (u, delta, A, B, C, D, z, delta_bias)
+    if _needs_grad(*inputs):
+        inputs = tuple(None if x is None else x.contiguous() for x in inputs)
+    y, last, _ = _scan_cpu_op(*inputs, delta_softplus, order)
     return y, last
 
 
