@@ -134,3 +134,16 @@ def test_served_model_answers_like_srcore_upscale(registered, tmp_path):
         assert status == 400 and "uint8" in body.get("message", "")
     finally:
         _stop(proc)
+
+
+def test_pyfunc_runs_on_onnxruntime_like_torch(registered, pyfunc):
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+
+    on_ort = mlflow.pyfunc.load_model(registered["model"], model_config={"runtime": "onnx", "tile": 0})
+    assert type(on_ort.unwrap_python_model().model).__name__ == "ExportedModel"
+    lr = _lr()
+    got, want = on_ort.predict(lr).astype(int), pyfunc.predict(lr, params={"tile": 0}).astype(int)
+    assert got.shape == (1, 96, 120, 3) and np.abs(got - want).max() <= 1
+    with pytest.raises(MlflowException, match="runtime: 'tflite' is not one of torch, onnx"):
+        mlflow.pyfunc.load_model(registered["model"], model_config={"runtime": "tflite"})
