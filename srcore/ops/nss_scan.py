@@ -47,7 +47,8 @@ def nss_selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
         y, _ = selective_scan_triton(u, delta, A, B.contiguous(), C.contiguous(), D, None, delta_bias,
                                      delta_softplus, index=order)
         return y
-    if name == "cpu" and u.dtype == torch.float32 and not _needs_grad(u, delta, A, B, C, D, delta_bias):
+    if name == "cpu" and u.dtype in (torch.float32, torch.float64) and not _needs_grad(u, delta, A, B, C, D,
+                                                                                   delta_bias):
         return _scan_cpu(u, delta, A, B, C, D, None, delta_bias, delta_softplus, order)[0]
     xs = gather_sequences(u.unsqueeze(1).expand(bsz, k, dc, length), order)
     ds = gather_sequences(delta.view(bsz, k, dc, length), order)
