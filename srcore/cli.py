@@ -20,6 +20,8 @@ app = typer.Typer(help="Lightweight single-image super-resolution: models, data,
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 console = Console(stderr=True)
 out = Console()
+COMPILE_HELP = ("Run the model under torch.compile (dynamic sizes): the first image waits while it compiles "
+                "(a minute or more on CPU), later ones run faster.")
 
 def _fail(message: str, code: int = 2) -> None:
     # one line, however long: a path in the message must stay whole when copied from the terminal
@@ -181,6 +183,7 @@ def eval_cmd(
         "--csv", help="Write one CSV row per scale, model and dataset.")] = None,
     md_out: Annotated[Path | None, typer.Option("--markdown", help="Write the tables as Markdown.")] = None,
     save_images: Annotated[Path | None, typer.Option(help="Write the SR images under this folder.")] = None,
+    compile_: Annotated[bool, typer.Option("--compile", help=COMPILE_HELP)] = False,
 ) -> None:
     """Evaluate models on benchmarks: PSNR-Y / SSIM-Y (border = scale), one table per scale."""
     from srcore.evaluation import expand_datasets, run_suite, total_images
@@ -193,6 +196,8 @@ def eval_cmd(
             _fail(f"--suite must be 'standard', got {suite!r}")
         if workers < 1:
             _fail(f"--workers must be >= 1, got {workers}")
+        if compile_ and (workers > 1 or address):
+            _fail("--compile scores in this process; drop --workers/--address, or --compile")
         _check_eval_outputs(json_out, csv_out, md_out, save_images)
         dev = _resolve_device(device)
         entries = _eval_entries(models, list(weights or []), weights_key, scale, dev)
@@ -202,7 +207,7 @@ def eval_cmd(
                 display.update(advance=1, description=dataset)
 
             result = run_suite(entries, names, list(scale), data_root, dev, tile, save_images, on_image,
-                               workers, address)
+                               workers, address, compile_)
         payload = result.as_dict()
         if len(entries) == 1 and len(result.tables) == 1:
             row = next(iter(result.tables.values()))[0]
@@ -328,6 +333,7 @@ def upscale_cmd(
     onnx: Annotated[Path | None, typer.Option(help="Run this ONNX file (from `srcore export`) instead of "
                                                    "--model/--weights; a fixed-size graph is fed tiles of "
                                                    "its own H x W (--tile is then ignored).")] = None,
+    compile_: Annotated[bool, typer.Option("--compile", help=COMPILE_HELP)] = False,
 ) -> None:
     """Super-resolve one image, or every image of a folder into another folder (PNG files)."""
     from srcore.data.image_io import read_rgb, write_png
@@ -341,9 +347,15 @@ def upscale_cmd(
         if weights is None and model != "bicubic" and onnx is None:
             _fail(f"{model} needs --weights (a checkpoint or models:/name@alias); without them it would "
                   "write the output of random weights. Only bicubic runs without weights")
+        if compile_ and onnx is not None:
+            _fail("--compile applies to PyTorch models; an --onnx file runs in onnxruntime as it is")
         dev = _resolve_device(device)
         if onnx is None:
             net, tiling = _load(model, scale, weights, None, offline).to(dev).eval(), tile
+            if compile_:
+                from srcore.inference import compile_model
+
+                net = compile_model(net)
         else:
             from srcore.export import load_exported
 

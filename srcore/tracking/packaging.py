@@ -12,10 +12,11 @@ Input contract of ``predict`` (also the REST body ``{"inputs": ...}`` of ``mlflo
 
 Output: uint8 ``(N, sH, sW, 3)`` for pixel input; a list of base64 PNG strings for base64 input.
 Params (per request): ``tile`` (LR tile size, 0 = whole image). Model config (at load): ``device``
-(``auto``, ``cpu``, ``cuda``), ``tile`` (default tile size) and ``runtime``: ``torch`` (the model
+(``auto``, ``cpu``, ``cuda``), ``tile`` (default tile size), ``runtime``: ``torch`` (the model
 itself) or ``onnx`` (the model exported at load with dynamic H/W, checked against PyTorch by
-``srcore.export``, and run by onnxruntime). The environment rebuilds from the logged files alone:
-the ``srcore`` package travels as ``code_paths`` and torch is pinned.
+``srcore.export``, and run by onnxruntime), and ``compile`` (with the ``torch`` runtime: run the
+model under ``torch.compile``, see ``srcore.inference.compile_model``). The environment rebuilds
+from the logged files alone: the ``srcore`` package travels as ``code_paths`` and torch is pinned.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ __all__ = ["SRPyfunc", "signature", "input_example", "pip_requirements", "log_mo
            "decode_input", "MODEL_ARTIFACT", "DEFAULT_CONFIG"]
 
 MODEL_ARTIFACT = "model"
-DEFAULT_CONFIG = {"device": "auto", "tile": 256, "runtime": "torch"}
+DEFAULT_CONFIG = {"device": "auto", "tile": 256, "runtime": "torch", "compile": False}
 RUNTIMES = ("torch", "onnx")
 # What the library imports at run time (not the training/tracking stack): pinned to this install.
 _RUNTIME_PACKAGES = ("torch", "numpy", "pydantic", "einops", "numba", "pillow", "pyyaml", "onnx",
@@ -121,6 +122,10 @@ class SRPyfunc(mlflow.pyfunc.PythonModel):
         self.model = load_model(context.artifacts[MODEL_ARTIFACT]).to(self.device).eval()
         if runtime == "onnx":
             self.model = self._exported(self.model)
+        elif bool(config["compile"]):
+            from srcore.inference import compile_model
+
+            self.model = compile_model(self.model)
         log.info("loaded %s x%d on %s with %s (tile %s)", self.model.arch, self.model.scale, self.device,
                  runtime, self.tile)
 
