@@ -90,12 +90,12 @@ class VMM(nn.Module):
         u = F.silu(self.conv2d(u.view(b, -1, h, w))).flatten(2)  # (B, D, L) row-major
         order, inverse = orders if orders is not None else scan_orders(u.view(b, -1, h, w), self.stripe,
                                                                           self.shift)
-        ys = self._scan(u, order)
+        ys = self._scan(u, order, inverse)
         y = self.gating(ys.view(b, _SEQS, self.d_inner, h, w))
         y = self.out_norm(y.permute(0, 2, 3, 1)) * F.silu(z.transpose(1, 2).view(b, h, w, -1))
         return self.out_proj(y)
 
-    def _scan(self, u: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    def _scan(self, u: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
         """The four scans of u (B, D, L) along ``order``, (B, 4, D, L) in image order.
 
         The projections act per position, so they run in image order, as matmuls that write the
@@ -112,7 +112,7 @@ class VMM(nn.Module):
         ys = nss_selective_scan(u, delta.view(b, -1, length), -torch.exp(self.A_logs.float()),
                                 bs.permute(0, 2, 3, 1), cs.permute(0, 2, 3, 1), order, D=self.Ds.float(),
                                 delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True,
-                                backend=self.scan_backend)
+                                backend=self.scan_backend, inverse=inverse)
         return ys.view(b, _SEQS, self.d_inner, length)
 
 

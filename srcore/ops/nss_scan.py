@@ -26,11 +26,11 @@ def gather_sequences(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
 def nss_selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
                        C: torch.Tensor, order: torch.Tensor, D: torch.Tensor | None = None,
                        delta_bias: torch.Tensor | None = None, delta_softplus: bool = False,
-                       backend: Backend | None = None) -> torch.Tensor:
+                       backend: Backend | None = None, inverse: torch.Tensor | None = None) -> torch.Tensor:
     """Scan ``u`` along each of the K orders (see the module docstring). Differentiable.
 
     ``order`` (K, L) integer, on u's device; A, D, delta_bias are (K * Dc, ...) as for
-    ``selective_scan`` with K groups.
+    ``selective_scan`` with K groups; ``inverse``: argsort of ``order`` when the caller has it.
     """
     bsz, dc, length = u.shape
     k = order.shape[0]
@@ -55,5 +55,5 @@ def nss_selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
     ys = selective_scan(xs.reshape(bsz, k * dc, length), ds.reshape(bsz, k * dc, length), A,
                         gather_sequences(B, order), gather_sequences(C, order), D=D, delta_bias=delta_bias,
                         delta_softplus=delta_softplus, backend=name)
-    inverse = torch.argsort(order, dim=1)
+    inverse = torch.argsort(order, dim=1) if inverse is None else inverse
     return gather_sequences(ys.view(bsz, k, dc, length), inverse).reshape(bsz, k * dc, length)
