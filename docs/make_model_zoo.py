@@ -3,7 +3,11 @@
 Efficiency rows come from ``srcore.metrics.efficiency.profile_model``; PSNR from
 ``srcore.evaluation`` on Set5 x4 for every model that has official weights.
 
+The export table (format, file size, export time, max abs diff against PyTorch, latency, fraction of
+the CPU's fp32 peak) is copied from the last ``python bench/export.py`` run (bench/results/export.json).
+
 Run: python docs/make_model_zoo.py --weights-dir ../shared/weights --data-root ../shared/data/benchmarks
+     python docs/make_model_zoo.py --update dvmsr mair_t mair_s   # re-profile these rows only
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from srcore.metrics.efficiency import measure_latency, measure_peak_memory, prof
 from srcore.models import build, load_model, preset_names  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+EXPORT_JSON = HERE.parent / "bench" / "results" / "export.json"
 # (label, preset, weights file or None for bicubic)
 WEIGHTED = [("bicubic", "bicubic", None), ("DVMSR (NTIRE 2024)", "dvmsr", "dvmsr_ntire2024_x4.pth"),
             ("DVMSR (release, EMA)", "dvmsr", "dvmsr_release_x4.pth"),
@@ -59,8 +64,18 @@ def main() -> None:
     ap.add_argument("--memory-only", action="store_true",
                     help="measure only the peak memory again (it does not depend on machine load, unlike "
                          "latency) and rewrite the tables from the recorded model_zoo.json")
+    ap.add_argument("--update", nargs="+", metavar="PRESET",
+                    help="re-profile only these presets' efficiency rows; keep the other rows and the Set5 "
+                         "scores as recorded")
     args = ap.parse_args()
     recorded = json.loads((HERE / "model_zoo.json").read_text())
+    if args.update:
+        rows = {r["model"]: r for r in recorded["efficiency"]}
+        for name in args.update:
+            rows[name] = _profile(name, args.repeats)
+            print(f"profiled {name}")
+        write([rows[n] for n in preset_names() if n in rows], recorded["set5_x4"])
+        return
     if args.plot_only:
         plot(recorded["set5_x4"])
         return
@@ -78,12 +93,7 @@ def main() -> None:
 
     rows = []
     for name in preset_names():
-        model = build(name, 4).eval()
-        r = profile_model(model, name, 4, 256, 256, "cpu", repeats=args.repeats, warmup=1).as_dict()
-        with torch.no_grad():
-            r["latency_64_ms"] = measure_latency(model, torch.rand(1, 3, 64, 64), warmup=1,
-                                                 repeats=args.repeats)
-        rows.append(r)
+        rows.append(_profile(name, args.repeats))
         print(f"profiled {name}")
 
     scores = []
@@ -97,6 +107,34 @@ def main() -> None:
         print(f"evaluated {label}: {res.psnr_y:.2f}")
     write(rows, scores)
     plot(scores)
+
+
+def _profile(name: str, repeats: int) -> dict:
+    """One efficiency row: profile at 256x256 plus the latency at 64x64."""
+    model = build(name, 4).eval()
+    r = profile_model(model, name, 4, 256, 256, "cpu", repeats=repeats, warmup=1).as_dict()
+    with torch.no_grad():
+        r["latency_64_ms"] = measure_latency(model, torch.rand(1, 3, 64, 64), warmup=1, repeats=repeats)
+    return r
+
+
+def _export_lines() -> list[str]:
+    """The export table from the last bench/export.py run, or nothing when there is none."""
+    if not EXPORT_JSON.exists():
+        return []
+    bench = json.loads(EXPORT_JSON.read_text())
+    rows, meta = bench["rows"], bench["meta"]
+    lines = ["", "## Exported models (`python bench/export.py`)", "",
+             f"Latency per LR image of the size the bench ran at, CPU ({meta['threads']} threads), random "
+             "weights; export time includes tracing, writing and the parity check on three sizes; "
+             "of_peak is the fraction of the cores' fp32 peak; a fixed-size graph says so in `graph`.", "",
+             "| model | format | graph | file (MB) | export (s) | max abs diff | ms | x eager | of_peak |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['format']} | {r['graph']} | {r['file_mb']:.2f} | "
+                     f"{r['export_s']:.0f} | {r['max_abs_diff']:.1e} | {r['ms']:.0f} | {r['ratio']:.2f} | "
+                     f"{r['of_peak']:.3f} |")
+    return lines
 
 
 def write(rows: list[dict], scores: list[dict]) -> None:
@@ -124,6 +162,7 @@ def write(rows: list[dict], scores: list[dict]) -> None:
               "| model | params | PSNR-Y | SSIM-Y |", "|---|---:|---:|---:|"]
     for s in scores:
         lines.append(f"| {s['label']} | {s['params']:,} | {s['psnr_y']:.2f} | {s['ssim_y']:.4f} |")
+    lines += _export_lines()
     lines += ["", "![PSNR vs parameters](model_zoo_psnr_params.png)", ""]
     (HERE / "model_zoo.md").write_text("\n".join(lines))
     (HERE / "model_zoo.json").write_text(json.dumps({"efficiency": rows, "set5_x4": scores}, indent=2) + "\n")

@@ -23,8 +23,8 @@ from srcore.models.base import SRModel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TilePlan", "plan_tiles", "receptive_radius", "to_tensor", "to_uint8", "upscale_image",
-           "upscale_jobs", "upscale_tensor"]
+__all__ = ["TilePlan", "compile_model", "plan_tiles", "receptive_radius", "to_tensor", "to_uint8",
+           "upscale_image", "upscale_jobs", "upscale_tensor"]
 
 MIN_TILE = 16
 # Probe side for the receptive-field measurement: larger than every local model's radius so far
@@ -33,6 +33,19 @@ _PROBE = 48
 # Context given to models whose receptive field is global: past ~32 LR pixels a one-pixel change
 # moves their output by less than 1e-3 (measured on the zoo), so more context buys little.
 GLOBAL_OVERLAP = 32
+
+
+# torch.compile's back-end; inductor generates fused C++/Triton kernels.
+COMPILE_BACKEND = "inductor"
+
+
+def compile_model(model: SRModel) -> SRModel:
+    """``model`` under ``torch.compile`` for inference, with dynamic H and W (one compiled graph for
+    every image size). The result still has the model's attributes (scale, arch, ...). The first
+    call compiles (a minute or more on a small CPU), so it pays over many images: measured on 96x96
+    CPU inputs, 1.45x for RLFN and 1.2x for DVMSR, the same output to 1e-6. The selective scan stays
+    one opaque custom op inside the compiled graph."""
+    return torch.compile(model, dynamic=True, backend=COMPILE_BACKEND)
 
 
 def to_tensor(img: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:

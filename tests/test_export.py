@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import WEIGHTS, require
 
 from srcore.export import ExportedModel, ExportError, ExportOptions, export_model, load_exported
 from srcore.export.api import report_path
@@ -47,12 +48,33 @@ def test_export_matches_pytorch_and_runs_at_other_sizes(tmp_path, fmt, suffix, t
     assert float((got - want).abs().max()) <= 1e-4
 
 
-def test_mamba_model_needs_a_fixed_size_and_says_so(tmp_path):
-    model = build("dvmsr", 2, embed_dim=12, depths=(1,), d_state=4)
-    out = tmp_path / "dvmsr.onnx"
-    with pytest.raises(ExportError, match="--tile H W"):
-        export_model(model, out, ExportOptions(format="onnx"))
-    assert not out.exists()
+MAMBA_SMALL = {"dvmsr": {"embed_dim": 12, "depths": (1,), "d_state": 4},
+               "mair_t": {"embed_dim": 12, "depths": (2,), "d_state": 2, "scan_len": 4}}
+
+
+@pytest.mark.parametrize(("fmt", "suffix"), [("onnx", ".onnx"), ("torchscript", ".pt")])
+@pytest.mark.parametrize("name", sorted(MAMBA_SMALL))
+def test_mamba_models_export_with_a_dynamic_size(tmp_path, name, fmt, suffix):
+    torch.manual_seed(0)
+    model = build(name, 2, **MAMBA_SMALL[name]).eval()
+    for p in model.parameters():  # away from the init, so a wrong scan order or chunk seam shows
+        p.data += 0.05 * torch.randn_like(p)
+    out = tmp_path / f"{name}{suffix}"
+    report = export_model(model, out, ExportOptions(format=fmt))
+    sizes = {c.size for c in report.cases}
+    assert report.passed and report.size is None and len(sizes) >= 3
+    assert any(h != w for h, w in sizes) and sizes - {(32, 32)}  # non-square, and not the traced size
+    exported = load_exported(out)
+    assert exported.meta.size is None and exported.plan() is None
+    # a size the parity check did not use, run whole (no tiles)
+    x = torch.rand(1, 3, 37, 26, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = model(x)
+    assert float((exported(x) - want).abs().max()) <= 1e-4
+    if fmt == "onnx":  # the scan is a loop in the graph, not unrolled over the traced length
+        import onnx
+
+        assert "Loop" in {n.op_type for n in onnx.load(str(out)).graph.node}
 
 
 @pytest.mark.parametrize(("fmt", "suffix"), [("onnx", ".onnx"), ("torchscript", ".pt")])
@@ -65,14 +87,6 @@ def test_mair_exports_at_a_fixed_non_square_tile_within_tolerance(tmp_path, fmt,
     assert report.passed and report.max_abs_diff <= 1e-4 and report.size == (16, 24)
     assert {c.size for c in report.cases} == {(16, 24), (27, 41)}  # the second one is tiled
     assert load_exported(out).meta.size == (16, 24)
-
-
-def test_mair_export_too_large_to_unroll_is_refused_before_any_work(tmp_path):
-    out = tmp_path / "sub" / "mair.onnx"
-    with pytest.raises(ExportError, match=r"mair: a 256x256 graph would unroll .* 49152 blocks .*"
-                                          r"pass a smaller tile \(at most --tile 52 52"):
-        export_model(build("mair_t", 4), out, ExportOptions(format="onnx", tile=256))
-    assert list(tmp_path.iterdir()) == []
 
 
 def test_export_beyond_tolerance_writes_nothing(tmp_path):
@@ -185,3 +199,26 @@ def test_cli_export_help_explains_formats_tile_and_fp16():
     text = " ".join(_cli("--help").output.split())  # words only: the help box wraps phrases
     for word in ("onnxruntime", "torchscript", "--tile", "height", "width", "--fp16", "1e-2", "parity.json"):
         assert word in text, word
+
+
+def test_cli_official_dvmsr_onnx_runs_whole_images_like_pytorch(tmp_path):
+    from typer.testing import CliRunner
+
+    from srcore.cli import app
+    from srcore.data.image_io import read_rgb, write_png
+
+    weights = str(require(WEIGHTS / "dvmsr_ntire2024_x4.pth"))
+    write_png(tmp_path / "lr.png", np.random.default_rng(4).integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    onnx_file = tmp_path / "dvmsr.onnx"
+    r = _cli("--model", "dvmsr", "--scale", "4", "--weights", weights, "--out", str(onnx_file))
+    assert r.exit_code == 0, r.output
+    assert load_exported(onnx_file).meta.size is None
+    runner = CliRunner()
+    for args, png in ((["--onnx", str(onnx_file)], "onnx.png"), (["--model", "dvmsr", "--weights", weights],
+                                                                  "torch.png")):
+        r = runner.invoke(app, ["upscale", str(tmp_path / "lr.png"), str(tmp_path / png), "--scale", "4",
+                                "--device", "cpu", *args])
+        assert r.exit_code == 0, r.output
+        assert "approximate" not in r.output  # no tiling on either side
+    a, b = read_rgb(tmp_path / "onnx.png").astype(int), read_rgb(tmp_path / "torch.png").astype(int)
+    assert a.shape == (200, 280, 3) and np.abs(a - b).max() <= 1

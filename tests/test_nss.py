@@ -96,3 +96,21 @@ def test_nss_scan_refuses_mismatched_shapes():
         nss_selective_scan(u, delta, A, B, C, order[:, :10])
     with pytest.raises(ValueError, match="delta must be"):
         nss_selective_scan(u, delta[:, :6], A, B, C, order)
+
+
+def test_cpu_scan_reads_orders_and_strided_views_in_place():
+    # The inference path of MaIR's VMM: u shared by the four sequences, B and C token-major views of
+    # one projection, the orders read inside the numba kernel; no gradients. Against the gathered path.
+    g = torch.Generator().manual_seed(1)
+    bsz, dc, state, (h, w) = 2, 3, 4, (6, 7)
+    u = torch.randn(bsz, dc, h * w, generator=g)
+    delta = torch.randn(bsz, 4 * dc, h * w, generator=g)
+    proj = torch.randn(bsz, h * w, 4, 2 * state, generator=g)  # (B, L, K, 2N): B and C side by side
+    B, C = proj[..., :state].permute(0, 2, 3, 1), proj[..., state:].permute(0, 2, 3, 1)
+    A = -torch.rand(4 * dc, state, generator=g)
+    D, bias = torch.randn(2, 4 * dc, generator=g)
+    order, _ = nss_indices(h, w, 4, True)
+    args = (u, delta, A, B, C, order)
+    got = nss_selective_scan(*args, D=D, delta_bias=bias, delta_softplus=True, backend="cpu")
+    want = nss_selective_scan(*args, D=D, delta_bias=bias, delta_softplus=True, backend="reference")
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -173,7 +173,7 @@ def test_profile_and_eval_report_the_scan_backend(tmp_path, monkeypatch):
 
     import srcore.evaluation.suite as suite
     import srcore.ops as ops
-    from srcore import cli
+    from srcore.cli import app as cli
 
     asked = []
 
@@ -248,3 +248,22 @@ def test_cpu_float32_fused_forward_matches_the_unfused_one():
     ref = _run(tuple(t.double() for t in args), "reference")
     assert ((fused.double() - ref).abs().max() / ref.abs().max()).item() <= 2e-6
     torch.testing.assert_close(fused, unfused, rtol=1e-5, atol=1e-6)
+
+
+def test_scan_loop_matches_the_reference_across_chunk_seams():
+    g = torch.Generator().manual_seed(0)
+    for length, groups in ((1, 1), (63, 1), (65, 2), (300, 4)):
+        u, delta = torch.randn(2, 8, length, generator=g), torch.randn(2, 8, length, generator=g)
+        A = -torch.rand(8, 3, generator=g) * 3
+        B, C = torch.randn(2, 2, groups, 3, length, generator=g).unbind(0)
+        D, bias, z = torch.randn(2, 8, generator=g).unbind(0) + (torch.randn(2, 8, length, generator=g),)
+        ref, ref_last = selective_scan(u, delta, A, B, C, D, z, bias, True, True, backend="reference")
+        got, last = selective_scan(u, delta, A, B, C, D, z, bias, True, True, backend="loop")
+        assert torch.allclose(got, ref, atol=1e-5) and torch.allclose(last, ref_last, atol=1e-5)
+
+
+def test_scan_loop_refuses_gradients():
+    u = torch.randn(1, 2, 5, requires_grad=True)
+    with pytest.raises(ValueError, match="backend='loop' is for inference"):
+        selective_scan(u, u.detach(), -torch.ones(2, 1), torch.ones(1, 1, 5), torch.ones(1, 1, 5),
+                       backend="loop")

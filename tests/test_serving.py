@@ -134,3 +134,28 @@ def test_served_model_answers_like_srcore_upscale(registered, tmp_path):
         assert status == 400 and "uint8" in body.get("message", "")
     finally:
         _stop(proc)
+
+
+def test_pyfunc_runs_on_onnxruntime_like_torch(registered, pyfunc):
+    import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+
+    on_ort = mlflow.pyfunc.load_model(registered["model"], model_config={"runtime": "onnx", "tile": 0})
+    assert type(on_ort.unwrap_python_model().model).__name__ == "ExportedModel"
+    lr = _lr()
+    got, want = on_ort.predict(lr).astype(int), pyfunc.predict(lr, params={"tile": 0}).astype(int)
+    assert got.shape == (1, 96, 120, 3) and np.abs(got - want).max() <= 1
+    with pytest.raises(MlflowException, match="runtime: 'tflite' is not one of torch, onnx"):
+        mlflow.pyfunc.load_model(registered["model"], model_config={"runtime": "tflite"})
+
+
+def test_pyfunc_compiled_on_request_answers_like_eager(registered, pyfunc, monkeypatch):
+    import mlflow.pyfunc
+
+    import srcore.inference
+
+    monkeypatch.setattr(srcore.inference, "COMPILE_BACKEND", "aot_eager")  # no C++ build in the suite
+    compiled = mlflow.pyfunc.load_model(registered["model"], model_config={"compile": True, "tile": 0})
+    assert type(compiled.unwrap_python_model().model).__name__ == "OptimizedModule"
+    lr = _lr()
+    assert np.array_equal(compiled.predict(lr), pyfunc.predict(lr, params={"tile": 0}))

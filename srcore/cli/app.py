@@ -123,5 +123,7 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
                         handlers=[RichHandler(console=console, show_path=False)])
 
 
+COMPILE_HELP = ("Run the model under torch.compile (dynamic sizes): the first image waits while it compiles "
+                "(a minute or more on CPU), later ones run faster.")
 PARAMS_OPT = typer.Option(help="Parameters file.")
 DEFAULT_PARAMS = Path("params.yaml")

@@ -9,7 +9,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from srcore.cli.app import app, console, emit_json, exits_on_error, fail, load_model_for, out, resolve_device
+from srcore.cli.app import (
+    COMPILE_HELP,
+    app,
+    console,
+    emit_json,
+    exits_on_error,
+    fail,
+    load_model_for,
+    out,
+    resolve_device,
+)
 from srcore.console import ProgressDisplay
 from srcore.errors import SrcoreError
 
@@ -76,6 +86,7 @@ def eval_cmd(
         "--csv", help="Write one CSV row per scale, model and dataset.")] = None,
     md_out: Annotated[Path | None, typer.Option("--markdown", help="Write the tables as Markdown.")] = None,
     save_images: Annotated[Path | None, typer.Option(help="Write the SR images under this folder.")] = None,
+    compile_: Annotated[bool, typer.Option("--compile", help=COMPILE_HELP)] = False,
 ) -> None:
     """Evaluate models on benchmarks: PSNR-Y / SSIM-Y (border = scale), one table per scale."""
     from srcore.evaluation import expand_datasets, model_entries, run_suite, total_images
@@ -87,6 +98,8 @@ def eval_cmd(
         fail(f"--suite must be 'standard', got {suite!r}")
     if workers < 1:
         fail(f"--workers must be >= 1, got {workers}")
+    if compile_ and (workers > 1 or address):
+        fail("--compile scores in this process; drop --workers/--address, or --compile")
     try:
         _check_outputs(json_out, csv_out, md_out, save_images)
         dev = resolve_device(device)
@@ -98,7 +111,7 @@ def eval_cmd(
                 display.update(advance=1, description=dataset)
 
             result = run_suite(entries, names, list(scale), data_root, dev, tile, save_images, on_image,
-                               workers, address)
+                               workers, address, compile_)
         payload = result.as_dict()
         if len(entries) == 1 and len(result.tables) == 1:
             row = next(iter(result.tables.values()))[0]

@@ -44,15 +44,15 @@ def export_cmd(
                                                       "(torch.jit.load, no srcore needed).")] = "onnx",
     tile: Annotated[tuple[int, int] | None, typer.Option(
         help="Fixed graph input size: two numbers, height and width (--tile 64 64 for square), each "
-             "16..2048. Runtimes tile larger images into it. Default: dynamic H/W; Mamba models "
-             "(dvmsr, mair) and SRConvNet to ONNX need it.")] = None,
+             "16..2048, to bound memory; runtimes tile larger images into it. Default: dynamic H/W "
+             "(SRConvNet to ONNX needs a fixed size).")] = None,
     fp16: Annotated[bool, typer.Option(help="Half precision weights and input (CUDA runtimes); "
                                             "checked against fp32 within 1e-2 instead of 1e-4.")] = False,
     offline: Annotated[bool, typer.Option(help="Load models:/ weights from the local cache only.")] = False,
 ) -> None:
     """Export a model to ONNX or TorchScript; the file is written only if it matches PyTorch.
 
-    The exported graph is run by its own runtime on random and real images at two sizes and
+    The exported graph is run by its own runtime on random and real images at several sizes and
     compared with PyTorch (max abs difference <= 1e-4 in fp32); the report is written next to the
     file as FILE.parity.json. Run an ONNX export with `srcore upscale --onnx FILE`.
     """

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from srcore.cli.app import app, console, exits_on_error, fail, load_model_for, resolve_device
+from srcore.cli.app import COMPILE_HELP, app, console, exits_on_error, fail, load_model_for, resolve_device
 
 
 @app.command("upscale")
@@ -24,6 +24,7 @@ def upscale_cmd(
     onnx: Annotated[Path | None, typer.Option(help="Run this ONNX file (from `srcore export`) instead of "
                                                    "--model/--weights; a fixed-size graph is fed tiles of "
                                                    "its own H x W (--tile is then ignored).")] = None,
+    compile_: Annotated[bool, typer.Option("--compile", help=COMPILE_HELP)] = False,
 ) -> None:
     """Super-resolve one image, or every image of a folder into another folder (PNG files)."""
     from srcore.data.image_io import read_rgb, write_png
@@ -36,9 +37,15 @@ def upscale_cmd(
     if weights is None and model != "bicubic" and onnx is None:
         fail(f"{model} needs --weights (a checkpoint or models:/name@alias); without them it would "
              "write the output of random weights. Only bicubic runs without weights")
+    if compile_ and onnx is not None:
+        fail("--compile applies to PyTorch models; an --onnx file runs in onnxruntime as it is")
     dev = resolve_device(device)
     if onnx is None:
         net, tiling = load_model_for(model, scale, weights, None, offline).to(dev).eval(), tile
+        if compile_:
+            from srcore.inference import compile_model
+
+            net = compile_model(net)
     else:
         from srcore.export import load_exported
 

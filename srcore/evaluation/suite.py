@@ -21,7 +21,7 @@ import torch
 from srcore.data.benchmarks import EMBEDDED, SAMPLE_VAL, count_images, dataset_folder, resolve_root
 from srcore.errors import ConfigError, DataError
 from srcore.evaluation.dataset import DatasetResult, OnImage, evaluate_dataset
-from srcore.inference import plan_tiles
+from srcore.inference import compile_model, plan_tiles
 from srcore.metrics.efficiency import count_flops, count_params
 from srcore.models.base import SRModel
 from srcore.ops import model_scan_backend
@@ -121,8 +121,12 @@ def _efficiency(model: SRModel) -> tuple[int, float]:
 def run_suite(entries: list[ModelEntry], datasets: list[str], scales: list[int],
               data_root: str | os.PathLike | None = None, device: str = "cpu", tile: int | None = None,
               save_dir: str | os.PathLike | None = None, on_image: OnImage | None = None, workers: int = 1,
-              address: str | None = None) -> SuiteResult:
-    """Evaluate every model at every scale on every present dataset (see the module docstring)."""
+              address: str | None = None, compile: bool = False) -> SuiteResult:
+    """Evaluate every model at every scale on every present dataset (see the module docstring);
+    ``compile``: score each model under ``torch.compile`` (``srcore.inference.compile_model``; in
+    this process only, so not with ``workers`` > 1 or ``address``)."""
+    if compile and (workers > 1 or address):
+        raise ValueError("compile=True scores in this process; it cannot go with workers > 1 or address")
     for d in datasets:
         if d not in (EMBEDDED, SAMPLE_VAL):
             dataset_folder(d, data_root)  # refuses names that are neither known nor present
@@ -144,9 +148,10 @@ def run_suite(entries: list[ModelEntry], datasets: list[str], scales: list[int],
             row = ModelRow(entry.label, model.arch, params, flops_g,
                            tiling=None if plan is None else plan.describe(model.arch),
                            scan_backend=model_scan_backend(model, device))
+            scored = compile_model(model) if compile else model
             for d in present:
                 sub = None if save_dir is None else os.path.join(save_dir, entry.label.replace("/", "_"))
-                row.results[d] = evaluate_dataset(model, d, scale, data_root, device, plan, sub, on_image,
+                row.results[d] = evaluate_dataset(scored, d, scale, data_root, device, plan, sub, on_image,
                                                   workers, address)
             rows.append(row)
         result.tables[scale] = rows

@@ -1,9 +1,10 @@
 """``export_model``: export, verify against PyTorch, then (and only then) write the file and its report.
 
-A fixed-size graph (``tile``) is needed where the model's graph depends on the input size at
-trace time (the selective scan's unrolled block loop) or where onnxruntime cannot run the
-dynamic graph (its DFT kernel, used by SRConvNet's FFTs, fails on symbolic shapes); the runtime
-then tiles larger images. fp32 exports must match PyTorch within 1e-4; fp16 exports are compared
+Graphs take any H and W unless ``tile`` fixes their size (to bound memory), or where onnxruntime
+cannot run the dynamic graph (its DFT kernel, used by SRConvNet's FFTs, fails on symbolic shapes);
+a fixed-size graph is fed tiles by the runtime. The Mamba models' selective scan is exported as
+loops over chunks of the sequence (``srcore.ops.scan_loop``), so their graphs do not grow with the
+input. fp32 exports must match PyTorch within 1e-4; fp16 exports are compared
 with the fp32 model and held to 1e-2 (half precision keeps about three decimal digits).
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import os
 import shutil
 import tempfile
@@ -38,21 +38,9 @@ TOLERANCE = {"float32": 1e-4, "float16": 1e-2}
 # (no divisibility needed: the runtime pads an edge tile up to the graph's size).
 TILE_RANGE = (16, 2048)
 _Side = Annotated[int, Field(ge=TILE_RANGE[0], le=TILE_RANGE[1])]
-# The traced selective scan is the blocked closed form (``srcore.ops.selective_scan``, 32 steps a
-# block), unrolled: one copy of the block per 32 pixels of the tile, per Mamba layer. Measured on
-# MaIR-T at 32x32 (768 copies): an 18 MB ONNX graph (6 MB TorchScript) and about 4 CPU-minutes to
-# trace and write. Past this many copies that grows to tens of minutes and tens of MB, so it is refused.
-SCAN_BLOCK = 32
-MAX_SCAN_BLOCKS = 2048
-
-_UNROLLED_SCAN = "the selective scan unrolls over the sequence length, which fixes the input size"
 # (format, arch) -> why only a fixed input size can be exported.
 FIXED_SIZE_ONLY: dict[tuple[str, str], str] = {
     ("onnx", "srconvnet"): "onnxruntime's DFT kernel fails on dynamic sizes (SRConvNet's FFTs)",
-    ("onnx", "dvmsr"): _UNROLLED_SCAN,
-    ("onnx", "mair"): _UNROLLED_SCAN,
-    ("torchscript", "dvmsr"): _UNROLLED_SCAN,
-    ("torchscript", "mair"): _UNROLLED_SCAN,
 }
 
 
@@ -93,20 +81,6 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
-def _check_unrolled_scan(model: SRModel, size: tuple[int, int]) -> None:
-    """Refuse a Mamba export whose unrolled scan would be too large to trace and run sensibly."""
-    layers = sum(1 for m in model.modules() if hasattr(m, "scan_backend"))
-    blocks = layers * math.ceil(size[0] * size[1] / SCAN_BLOCK)
-    if blocks <= MAX_SCAN_BLOCKS:
-        return
-    side = math.isqrt(MAX_SCAN_BLOCKS // layers * SCAN_BLOCK)
-    raise ExportError(f"{model.arch}: a {size[0]}x{size[1]} graph would unroll the selective scan into "
-                      f"{blocks} blocks ({layers} Mamba layers x {SCAN_BLOCK}-pixel blocks; the limit is "
-                      f"{MAX_SCAN_BLOCKS}, beyond which tracing takes tens of minutes on CPU and the graph "
-                      f"over 50 MB); pass a smaller tile (at most --tile {side} {side} for this "
-                      "model), or serve the PyTorch model (the registered pyfunc) instead; no file written")
-
-
 def export_model(model: SRModel, out: str | os.PathLike, options: ExportOptions) -> ParityReport:
     """Export ``model`` to ``out``, verify it, write ``out`` and ``<out>.parity.json``; return the report.
 
@@ -122,8 +96,6 @@ def export_model(model: SRModel, out: str | os.PathLike, options: ExportOptions)
     if size is not None and min(size) < model.min_input_size:
         raise ExportError(f"{arch}: --tile {size[0]} {size[1]} is below the model's minimum input of "
                           f"{model.min_input_size} px a side; pass a larger tile")
-    if size is not None:
-        _check_unrolled_scan(model, size)
     out = check_output_file(out)
     report = ParityReport(fmt, arch, model.scale, options.dtype, size,
                           options.tolerance or TOLERANCE[options.dtype])

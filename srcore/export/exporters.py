@@ -4,9 +4,10 @@ ONNX first goes through torch's TorchScript-based exporter (``dynamo=False``): o
 exports our models several times faster than the dynamo-based one and gives the same graphs.
 Where it has no translation for an operator (SRConvNet's ``fft_rfft2``) the dynamo-based
 exporter (``dynamo=True``, onnxscript) takes over. TorchScript is ``torch.jit.trace``.
-Mamba models are traced with the selective scan's pure-torch blocked closed form
-(``scan_backend("torch")``): the numba CPU kernel is opaque to both tracers. Its Python loop over
-blocks unrolls into the graph, which therefore has a fixed input size.
+Mamba models are traced with the selective scan's ``loop`` back-end (``scan_backend("loop")``,
+``srcore.ops.scan_loop``): the numba CPU kernel is opaque to both tracers, and the loop back-end's
+TorchScript loops stay loops (ONNX ``Loop``), so the graph takes any input size and its size does
+not depend on the one traced. MaIR's scan orders are computed inside the graph for the same reason.
 """
 
 from __future__ import annotations
@@ -32,14 +33,14 @@ _MAX_SIDE = 4096  # upper bound of a dynamic side; the exporter needs a finite r
 
 
 def _example(size: tuple[int, int] | None, dtype: torch.dtype) -> torch.Tensor:
-    h, w = size or (32, 32)  # 32 is divisible by every model's window/stripe: a neutral trace size
+    h, w = size or (32, 32)  # 32 is divisible by every model's stripe: a neutral trace size
     return torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0)).to(dtype)
 
 
 @contextlib.contextmanager
 def _tracing(model: SRModel):
     """The model as tracers should see it: eval mode, no grad, the traceable selective scan."""
-    with torch.no_grad(), scan_backend("torch"), warnings.catch_warnings():
+    with torch.no_grad(), scan_backend("loop"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about Python ints are expected; parity is checked
         yield model.eval()
 

@@ -52,9 +52,11 @@ class ParityReport:
 
 
 def parity_sizes(size: tuple[int, int] | None) -> list[tuple[int, int]]:
-    """Two LR sizes: for a fixed-size graph its own size and one that needs tiling with a partial tile."""
+    """LR sizes to compare at. A dynamic graph: the trace size (``srcore.export.exporters``) and two
+    it never saw, one non-square, one odd-sided; a fixed-size graph: its own size and one that needs
+    tiling with a partial tile."""
     if size is None:
-        return [(32, 32), (48, 40)]
+        return [(32, 32), (48, 40), (21, 35)]
     h, w = size
     return [(h, w), (h + h // 2 + 3, w + w // 2 + 5)]
 

@@ -48,15 +48,14 @@ def _row_coords(r: int, dim: int, per_group: int) -> tuple[int, int, int]:  # pr
 
 
 @nb.njit(inline="always")
-def _chunk_prologue(delta: np.ndarray, bias: np.ndarray, z: np.ndarray, r: int, di: int, s: int, e: int,
-                    has_bias: bool, softplus: bool, has_z: bool, dts: np.ndarray, slope: np.ndarray,
+def _chunk_prologue(raw: np.ndarray, zs: np.ndarray, n: int, bias: np.ndarray, di: int, has_bias: bool,
+                    softplus: bool, has_z: bool, dts: np.ndarray, slope: np.ndarray,
                     sig: np.ndarray) -> None:  # pragma: no cover - compiled
-    """Per-step terms of steps s..e-1 of row r, each a loop of its own so that it vectorises:
-    delta after the bias and softplus into dts (delta's dtype), d delta / d raw into slope, and
-    sigmoid(z) into sig (when has_z)."""
-    n = e - s
+    """Per-step terms of the n steps of a chunk of channel di, from its raw delta and z (gathered
+    into raw, zs), each a loop of its own so that it vectorises: delta after the bias and softplus
+    into dts (delta's dtype), d delta / d raw into slope, and sigmoid(z) into sig (when has_z)."""
     for k in range(n):
-        dts[k] = delta[r, s + k]
+        dts[k] = raw[k]
     if has_bias:
         shift = bias[di]
         for k in range(n):
@@ -71,56 +70,85 @@ def _chunk_prologue(delta: np.ndarray, bias: np.ndarray, z: np.ndarray, r: int, 
             slope[k] = 1.0
     if has_z:
         for k in range(n):
-            sig[k] = fast_sigmoid(z[r, s + k])
+            sig[k] = fast_sigmoid(zs[k])
+
+
+@nb.njit(inline="always")
+def _chunk_positions(order: np.ndarray, has_order: bool, gi: int, s: int, e: int,
+                     pos: np.ndarray) -> None:  # pragma: no cover - compiled
+    """Map positions of steps s..e-1 of group gi's sequence: order[gi, t], or t itself."""
+    if has_order:
+        for k in range(e - s):
+            pos[k] = order[gi, s + k]
+    else:
+        for k in range(e - s):
+            pos[k] = s + k
 
 
 @nb.njit(parallel=True, cache=True, fastmath=_FLAGS)
 def scan_forward(u: np.ndarray, delta: np.ndarray, a: np.ndarray, b: np.ndarray, c: np.ndarray,
-                 dskip: np.ndarray, z: np.ndarray, bias: np.ndarray, has_d: bool, has_z: bool, has_bias: bool,
-                 softplus: bool, chunk: int, n_parts: int, y: np.ndarray, last: np.ndarray,
-                 starts: np.ndarray) -> None:  # pragma: no cover - compiled
+                 dskip: np.ndarray, z: np.ndarray, bias: np.ndarray, order: np.ndarray, has_d: bool,
+                 has_z: bool, has_bias: bool, has_order: bool, softplus: bool, chunk: int, n_parts: int,
+                 y: np.ndarray, last: np.ndarray, starts: np.ndarray) -> None:  # pragma: no cover - compiled
     """Forward over the whole sequence.
 
-    u, delta, z: (R, L); a: (D, N); b, c: (Bt, G, L, N); dskip, bias: (D,); the flags say which of
-    dskip, z, bias apply (empty arrays stand in for the others) and whether delta goes through
-    softplus. chunk: steps per chunk; n_parts: blocks of rows run in parallel (the thread count;
-    read by the caller, as reading it here would keep numba from caching the kernel). Outputs,
-    written in place: y (R, L); last (R, N) float64, must hold zeros on entry (the initial state)
-    and holds h_L on exit; starts (n_chunks, R, N) float64, the state before each chunk.
+    delta, z, y: (Bt, D, L); u: (Bt, Du, L) with Du dividing D (channel d reads u's channel
+    d % Du, so several groups can scan one map); a: (D, N); b, c: (Bt, L, G, N); dskip, bias: (D,);
+    order: (G, L) integer, step t of group g's sequence sits at map position order[g, t] (only
+    when has_order; y is then written in map order too). Any strides: views of the projections'
+    outputs are read in place, without copies. The flags say which of dskip, z, bias, order apply
+    (empty arrays stand in for the others) and whether delta goes through softplus. chunk: steps
+    per chunk; n_parts: blocks of rows run in parallel (the thread count; read by the caller, as
+    reading it here would keep numba from caching the kernel). Outputs, written in place: y; last
+    (R, N) float64 with R = Bt * D rows, zeros on entry (the initial state), h_L on exit; starts
+    (n_chunks, R, N) float64, the state before each chunk.
     """
-    rows, length = u.shape
-    dim, n_state = a.shape
-    per_group = dim // b.shape[1]
+    bsz, dim, length = delta.shape
+    rows = bsz * dim
+    n_state = a.shape[1]
+    per_group = dim // b.shape[2]
+    u_dim = u.shape[1]
     n_chunks = starts.shape[0]
     for part in nb.prange(n_parts):
         r0, r1 = _row_block(part, n_parts, rows)
         h = np.empty(n_state, dtype=np.float64)
         dts = np.empty(chunk, dtype=delta.dtype)
+        raw = np.empty(chunk, dtype=delta.dtype)
         slope = np.empty(chunk, dtype=delta.dtype)
         sig = np.empty(chunk, dtype=delta.dtype)
+        zs = np.empty(chunk, dtype=delta.dtype)
+        pos = np.empty(chunk, dtype=np.int64)
         for ci in range(n_chunks):
             s = ci * chunk
             e = min(s + chunk, length)
             for r in range(r0, r1):
                 bi, di, gi = _row_coords(r, dim, per_group)
+                du_ = di % u_dim
                 for n in range(n_state):
                     h[n] = last[r, n]
                     starts[ci, r, n] = h[n]
-                _chunk_prologue(delta, bias, z, r, di, s, e, has_bias, softplus, has_z, dts, slope, sig)
-                for t in range(s, e):
-                    dt = dts[t - s]
-                    ut = u[r, t]
-                    du = dt * ut
+                _chunk_positions(order, has_order, gi, s, e, pos)
+                for k in range(e - s):
+                    raw[k] = delta[bi, di, pos[k]]
+                if has_z:
+                    for k in range(e - s):
+                        zs[k] = z[bi, di, pos[k]]
+                _chunk_prologue(raw, zs, e - s, bias, di, has_bias, softplus, has_z, dts, slope, sig)
+                for k in range(e - s):
+                    p = pos[k]
+                    dt = dts[k]
+                    ut = u[bi, du_, p]
+                    dtu = dt * ut
                     acc = 0.0
                     for n in range(n_state):
-                        hn = fast_exp(dt * a[di, n]) * h[n] + du * b[bi, gi, t, n]
+                        hn = fast_exp(dt * a[di, n]) * h[n] + dtu * b[bi, p, gi, n]
                         h[n] = hn
-                        acc += hn * c[bi, gi, t, n]
+                        acc += hn * c[bi, p, gi, n]
                     if has_d:
                         acc += dskip[di] * ut
                     if has_z:
-                        acc *= z[r, t] * sig[t - s]
-                    y[r, t] = acc
+                        acc *= zs[k] * sig[k]
+                    y[bi, di, p] = acc
                 for n in range(n_state):
                     last[r, n] = h[n]
 
@@ -155,6 +183,8 @@ def scan_backward(u: np.ndarray, delta: np.ndarray, a: np.ndarray, b: np.ndarray
         dts = np.empty(chunk, dtype=delta.dtype)
         slope = np.empty(chunk, dtype=delta.dtype)
         sig = np.empty(chunk, dtype=delta.dtype)
+        raw = np.empty(chunk, dtype=delta.dtype)
+        zs = np.empty(chunk, dtype=delta.dtype)
         dy_in = np.empty(chunk, dtype=dy.dtype)  # dL/d(pre-gate output)
         y_pre = np.empty(chunk, dtype=np.float64)  # <C_t, h_t>, for the gate's gradient
         for ci in range(n_chunks - 1, -1, -1):
@@ -166,7 +196,12 @@ def scan_backward(u: np.ndarray, delta: np.ndarray, a: np.ndarray, b: np.ndarray
                     hs[0, n] = starts[ci, r, n]
                     g[n] = carry[r, n]
                     d_a_acc[n] = 0.0
-                _chunk_prologue(delta, bias, z, r, di, s, e, has_bias, softplus, has_z, dts, slope, sig)
+                for k in range(e - s):
+                    raw[k] = delta[r, s + k]
+                if has_z:
+                    for k in range(e - s):
+                        zs[k] = z[r, s + k]
+                _chunk_prologue(raw, zs, e - s, bias, di, has_bias, softplus, has_z, dts, slope, sig)
                 for t in range(s, e):
                     k = t - s
                     dt = dts[k]

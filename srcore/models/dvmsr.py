@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from srcore.models.layers import DropPath
+from srcore.models.layers import DropPath, channel_major_linear
 from srcore.models.shell import ShellConfig, TokenShell
 from srcore.ops import selective_scan
 
@@ -61,14 +61,19 @@ class MambaMixer(nn.Module):
             self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, L, C) -> (B, L, C)."""
+        """(B, L, C) -> (B, L, C).
+
+        Each projection is one matmul that writes the layout its consumer reads, so nothing is
+        copied between them: x, z and delta channel-major (B, D, L) (x and z are row blocks of one
+        product), dt, B and C token-major (B, L, .), which the scan reads in place.
+        """
         length = x.shape[1]
-        xz = self.in_proj(x).transpose(1, 2)
+        xz = channel_major_linear(x, self.in_proj.weight)  # (B, 2D, L)
         u, z = xz.chunk(2, dim=1)
         u = F.silu(self.conv1d(u)[..., :length])
-        x_dbl = self.x_proj(u.transpose(1, 2))
+        x_dbl = F.linear(u.transpose(1, 2), self.x_proj.weight)  # (B, L, R + 2N)
         dt, b, c = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)
+        delta = channel_major_linear(dt, self.dt_proj.weight)  # (B, D, L)
         y = selective_scan(u, delta, -torch.exp(self.A_log.float()), b.transpose(1, 2), c.transpose(1, 2),
                            D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
                            backend=self.scan_backend)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["DropPath", "LayerNorm2d"]
+__all__ = ["DropPath", "LayerNorm2d", "channel_major_linear"]
 
 
 class DropPath(nn.Module):
@@ -40,3 +40,12 @@ class LayerNorm2d(nn.Module):
         var = (x - mu).pow(2).mean(1, keepdim=True)
         x = (x - mu) / torch.sqrt(var + self.eps)
         return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+def channel_major_linear(tokens: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """A bias-free Linear of (B, L, C) tokens whose output is channel-major, (B, O, L) contiguous.
+
+    One bmm with the tokens read transposed writes that layout directly; ``F.linear(...).transpose``
+    would be a strided view that convolutions and kernels copy, and ``torch.matmul(weight,
+    tokens.transpose(1, 2))`` computes it token-major and copies it."""
+    return torch.bmm(weight.expand(tokens.shape[0], -1, -1), tokens.transpose(1, 2))

@@ -13,10 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from srcore.models.layers import DropPath
+from srcore.models.layers import DropPath, channel_major_linear
 from srcore.models.shell import ShellConfig, TokenShell
-from srcore.ops import resolve_backend, selective_scan
-from srcore.ops.nss import nss_indices
+from srcore.ops.nss import nss_indices, nss_indices_of
 from srcore.ops.nss_scan import nss_selective_scan
 
 __all__ = ["MaIR", "MaIRConfig", "TINY", "SMALL", "convert_official"]
@@ -47,8 +46,13 @@ class SSA(nn.Module):
     def forward(self, ys: torch.Tensor) -> torch.Tensor:
         """ys: (B, 4, D, H, W) -> (B, D, H, W)."""
         b, k, d, h, w = ys.shape
-        shuffled = ys.transpose(1, 2).reshape(b, d * k, h, w)  # the 4 copies of a channel adjacent
-        weights = self.gating(shuffled).view(b, d, k, 1, 1).transpose(1, 2)  # un-shuffle
+        # Pooling commutes with the channel shuffle, so the (B, D, 4) means are shuffled, not the
+        # maps; the grouped 1x1 conv on them is a 4x4 matrix per channel (an einsum: as a conv of a
+        # 1x1 map it costs more in set-up than in arithmetic).
+        pooled = ys.mean(dim=(3, 4)).transpose(1, 2)  # (B, D, 4): a channel's 4 copies adjacent
+        conv = self.gating[1]
+        mixed = torch.einsum("bdk,djk->bdj", pooled, conv.weight.view(d, k, k)) + conv.bias.view(d, k)
+        weights = torch.sigmoid(mixed).transpose(1, 2)[..., None, None]  # un-shuffle: (B, 4, D, 1, 1)
         return (ys * weights).sum(dim=1)
 
 
@@ -77,44 +81,38 @@ class VMM(nn.Module):
         self.out_proj = nn.Linear(d, dim, bias=False)
         self.scan_backend: str | None = None  # None: chosen by device (see srcore.ops.selective_scan)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, C) -> (B, H, W, C)."""
-        b, h, w, _ = x.shape
-        u, z = self.in_proj(x).chunk(2, dim=-1)
-        u = F.silu(self.conv2d(u.permute(0, 3, 1, 2))).flatten(2)  # (B, D, L) row-major
-        order, inverse = nss_indices(h, w, self.stripe, self.shift, u.device)
-        if resolve_backend(self.scan_backend, u.device) == "triton":
-            ys = self._scan_fused(u, order)
-        else:
-            ys = self._scan_gathered(u, order, inverse)
+    def forward(self, x: torch.Tensor, orders: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H, W, C); ``orders``: (order, inverse) of this block's NSS scan,
+        computed here when not given."""
+        b, h, w, c = x.shape
+        u, z = channel_major_linear(x.reshape(b, h * w, c), self.in_proj.weight).chunk(2, dim=1)
+        u = F.silu(self.conv2d(u.view(b, -1, h, w))).flatten(2)  # (B, D, L) row-major
+        order, inverse = orders if orders is not None else scan_orders(u.view(b, -1, h, w), self.stripe,
+                                                                          self.shift)
+        ys = self._scan(u, order, inverse)
         y = self.gating(ys.view(b, _SEQS, self.d_inner, h, w))
-        y = self.out_norm(y.permute(0, 2, 3, 1)) * F.silu(z)
+        y = self.out_norm(y.permute(0, 2, 3, 1)) * F.silu(z.transpose(1, 2).view(b, h, w, -1))
         return self.out_proj(y)
 
-    def _scan_gathered(self, u: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
-        """The four sequences as permuted copies of u, scanned, then put back in image order."""
-        b, _, length = u.shape
-        xs = u[:, :, order].transpose(1, 2)  # (B, 4, D, L)
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
-        dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
-        ys = selective_scan(xs.reshape(b, -1, length), dts.reshape(b, -1, length),
-                            -torch.exp(self.A_logs.float()), bs, cs, D=self.Ds.float(),
-                            delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True,
-                            backend=self.scan_backend)
-        ys = ys.view(b, _SEQS, self.d_inner, length)
-        return torch.stack([ys[:, k, :, inverse[k]] for k in range(_SEQS)], dim=1)
+    def _scan(self, u: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        """The four scans of u (B, D, L) along ``order``, (B, 4, D, L) in image order.
 
-    def _scan_fused(self, u: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-        """Projections in image order (they act per position) and one kernel that scans the map
-        through each order and writes back in image order: no permuted copy of u or the outputs."""
+        The projections act per position, so they run in image order, as matmuls that write the
+        layouts the scan reads: delta channel-major (B, 4, D, L), B and C token-major views of
+        (B, L, 4, R + 2N). ``nss_selective_scan`` then reads every sequence through its order
+        (the cpu and triton kernels) or gathers it (other back-ends, and gradients on the cpu).
+        """
         b, _, length = u.shape
-        x_dbl = torch.einsum("bdl,kcd->bkcl", u, self.x_proj_weight)
-        dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_projs_weight)
-        ys = nss_selective_scan(u, dts.reshape(b, -1, length), -torch.exp(self.A_logs.float()), bs, cs, order,
-                                D=self.Ds.float(), delta_bias=self.dt_projs_bias.reshape(-1).float(),
-                                delta_softplus=True, backend="triton")
+        k, c = self.x_proj_weight.shape[:2]
+        x_dbl = torch.matmul(u.transpose(1, 2), self.x_proj_weight.reshape(k * c, -1).t())
+        x_dbl = x_dbl.view(b, length, k, c)
+        dts, bs, cs = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        delta = torch.matmul(self.dt_projs_weight, dts.permute(0, 2, 3, 1))  # (B, 4, D, L)
+        ys = nss_selective_scan(u, delta.view(b, -1, length), -torch.exp(self.A_logs.float()),
+                                bs.permute(0, 2, 3, 1), cs.permute(0, 2, 3, 1), order, D=self.Ds.float(),
+                                delta_bias=self.dt_projs_bias.reshape(-1).float(), delta_softplus=True,
+                                backend=self.scan_backend, inverse=inverse)
         return ys.view(b, _SEQS, self.d_inner, length)
 
 
@@ -141,10 +139,12 @@ class RMB(nn.Module):
         self.conv_blk = MLP(dim, int(dim * cfg.mlp_ratio))
         self.skip_scale2 = nn.Parameter(torch.ones(dim))
 
-    def forward(self, tokens: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, context: tuple) -> torch.Tensor:
+        """``context``: (H, W, orders), orders[shift] being the (order, inverse) of each NSS variant."""
         b, _, c = tokens.shape
-        x = tokens.view(b, hw[0], hw[1], c)
-        x = x * self.skip_scale + self.drop_path(self.self_attention(self.ln_1(x)))
+        x = tokens.view(b, context[0], context[1], c)
+        orders = context[2][int(self.self_attention.shift)]
+        x = x * self.skip_scale + self.drop_path(self.self_attention(self.ln_1(x), orders))
         x = x * self.skip_scale2 + self.conv_blk(self.ln_2(x))
         return x.view(b, -1, c)
 
@@ -155,6 +155,20 @@ class MaIR(TokenShell):
     def __init__(self, config: MaIRConfig | None = None) -> None:
         cfg = config or MaIRConfig()
         super().__init__(cfg, lambda dim, _g, bi, dp: RMB(dim, cfg, shift=bi % 2 == 1, drop_path=dp))
+
+    def block_context(self, x: torch.Tensor) -> tuple:
+        """(H, W, orders): the NSS orders of the plain and the shifted blocks, computed once for all."""
+        stripe = self.config.scan_len
+        return (*x.shape[-2:], tuple(scan_orders(x, stripe, shift) for shift in (False, True)))
+
+
+def scan_orders(x: torch.Tensor, stripe: int, shift: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(order, inverse) of the NSS scans of a (B, C, H, W) map. While tracing (export) they are
+    computed inside the graph from its shape, so the exported model takes any size; otherwise
+    they come from the cache, on x's device."""
+    if torch.jit.is_tracing():
+        return nss_indices_of(x, stripe, shift)
+    return nss_indices(x.shape[-2], x.shape[-1], stripe, shift, x.device)
 
 
 def convert_official(state_dict: dict) -> dict:

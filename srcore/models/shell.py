@@ -17,7 +17,8 @@ from srcore.models.base import DIV2K_MEAN, Features, ModelConfig, SRModel
 
 __all__ = ["ShellConfig", "TokenShell"]
 
-# make_block(dim, group_index, block_index, drop_path) -> module taking (tokens, (H, W)).
+# make_block(dim, group_index, block_index, drop_path) -> module taking (tokens, context), where the
+# context is what ``TokenShell.block_context`` gives: (H, W) first, then whatever a model adds.
 BlockFactory = Callable[[int, int, int, float], nn.Module]
 
 
@@ -48,7 +49,7 @@ class ResidualGroup(nn.Module):
         self.residual_group = _BlockList(blocks)
         self.conv = nn.Conv2d(dim, dim, 3, 1, 1)
 
-    def forward(self, tokens: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, hw: tuple) -> torch.Tensor:
         y = tokens
         for blk in self.residual_group.blocks:
             y = blk(y, hw)
@@ -83,14 +84,20 @@ class TokenShell(SRModel):
         self.conv_after_body = nn.Conv2d(c, c, 3, 1, 1)
         self.upsample = nn.Sequential(nn.Conv2d(c, 3 * cfg.scale**2, 3, 1, 1), nn.PixelShuffle(cfg.scale))
 
+    def block_context(self, x: torch.Tensor) -> tuple:
+        """What every block gets beside its tokens, computed once per forward from the (B, C, H, W)
+        map: (H, W); a subclass may append what its blocks share (e.g. scan orders)."""
+        return tuple(x.shape[-2:])
+
     def forward_features(self, x: torch.Tensor) -> Features:
         h, w = x.shape[-2:]
         x = (x - self.mean) * self.config.img_range
         f0 = self.conv_first(x)
         tokens = self.patch_embed.norm(rearrange(f0, "b c h w -> b (h w) c"))
+        context = self.block_context(f0)
         blocks = []
         for layer in self.layers:
-            tokens = layer(tokens, (h, w))
+            tokens = layer(tokens, context)
             blocks.append(rearrange(tokens, "b (h w) c -> b c h w", h=h, w=w))
         body = rearrange(self.norm_f(tokens), "b (h w) c -> b c h w", h=h, w=w)
         return Features(deep=self.conv_after_body(body) + f0, blocks=blocks)

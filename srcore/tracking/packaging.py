@@ -12,8 +12,11 @@ Input contract of ``predict`` (also the REST body ``{"inputs": ...}`` of ``mlflo
 
 Output: uint8 ``(N, sH, sW, 3)`` for pixel input; a list of base64 PNG strings for base64 input.
 Params (per request): ``tile`` (LR tile size, 0 = whole image). Model config (at load): ``device``
-(``auto``, ``cpu``, ``cuda``) and ``tile`` (default tile size). The environment rebuilds from the
-logged files alone: the ``srcore`` package travels as ``code_paths`` and torch is pinned.
+(``auto``, ``cpu``, ``cuda``), ``tile`` (default tile size), ``runtime``: ``torch`` (the model
+itself) or ``onnx`` (the model exported at load with dynamic H/W, checked against PyTorch by
+``srcore.export``, and run by onnxruntime), and ``compile`` (with the ``torch`` runtime: run the
+model under ``torch.compile``, see ``srcore.inference.compile_model``). The environment rebuilds
+from the logged files alone: the ``srcore`` package travels as ``code_paths`` and torch is pinned.
 """
 
 from __future__ import annotations
@@ -34,9 +37,11 @@ __all__ = ["SRPyfunc", "signature", "input_example", "pip_requirements", "log_mo
            "decode_input", "MODEL_ARTIFACT", "DEFAULT_CONFIG"]
 
 MODEL_ARTIFACT = "model"
-DEFAULT_CONFIG = {"device": "auto", "tile": 256}
+DEFAULT_CONFIG = {"device": "auto", "tile": 256, "runtime": "torch", "compile": False}
+RUNTIMES = ("torch", "onnx")
 # What the library imports at run time (not the training/tracking stack): pinned to this install.
-_RUNTIME_PACKAGES = ("torch", "numpy", "pydantic", "einops", "numba", "pillow", "pyyaml")
+_RUNTIME_PACKAGES = ("torch", "numpy", "pydantic", "einops", "numba", "pillow", "pyyaml", "onnx",
+                     "onnxruntime")
 
 
 def InputError(message: str):  # noqa: N802 - reads as the exception it builds
@@ -109,11 +114,35 @@ class SRPyfunc(mlflow.pyfunc.PythonModel):
         from srcore.models import load_model
 
         config = {**DEFAULT_CONFIG, **(context.model_config or {})}
-        device = str(config["device"])
+        device, runtime = str(config["device"]), str(config["runtime"])
+        if runtime not in RUNTIMES:
+            raise InputError(f"model_config runtime: {runtime!r} is not one of {', '.join(RUNTIMES)}")
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         self.tile = int(config["tile"] or 0) or None
         self.model = load_model(context.artifacts[MODEL_ARTIFACT]).to(self.device).eval()
-        log.info("loaded %s x%d on %s (tile %s)", self.model.arch, self.model.scale, self.device, self.tile)
+        if runtime == "onnx":
+            self.model = self._exported(self.model)
+        elif bool(config["compile"]):
+            from srcore.inference import compile_model
+
+            self.model = compile_model(self.model)
+        log.info("loaded %s x%d on %s with %s (tile %s)", self.model.arch, self.model.scale, self.device,
+                 runtime, self.tile)
+
+    def _exported(self, model):
+        """``model`` as a verified dynamic-size ONNX graph run by onnxruntime (the file lives as long as
+        this object)."""
+        import tempfile
+
+        from srcore.export import ExportError, ExportOptions, export_model, load_exported
+
+        self._scratch = tempfile.TemporaryDirectory(prefix="srcore-serve-")
+        path = Path(self._scratch.name) / f"{model.arch}.onnx"
+        try:
+            export_model(model.cpu(), path, ExportOptions(format="onnx"))
+        except ExportError as exc:
+            raise InputError(f"model_config runtime 'onnx': {exc}; serve it with runtime 'torch'") from None
+        return load_exported(path, self.device, fmt="onnx")
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would validate against them
         from srcore.data.image_io import png_bytes
