@@ -173,7 +173,7 @@ def test_profile_and_eval_report_the_scan_backend(tmp_path, monkeypatch):
 
     import srcore.evaluation.suite as suite
     import srcore.ops as ops
-    from srcore.cli import app as cli
+    from srcore.cli import common as cli
 
     asked = []
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from srcore.cli.app import app, console, exits_on_error, overrides
+from srcore.cli.common import app, console, exits_on_error, overrides
 from srcore.console import ProgressDisplay, fmt
 
 data_app = typer.Typer(help="Training data: the embedded sample set and patch preprocessing.",

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from srcore.cli.app import (
+from srcore.cli.common import (
     COMPILE_HELP,
     app,
     console,

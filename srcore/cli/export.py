@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from srcore.cli.app import app, console, exits_on_error, fail, load_model_for, out
+from srcore.cli.common import app, console, exits_on_error, fail, load_model_for, out
 
 
 def _options(fmt: str, tile: tuple[int, int] | None, fp16: bool):

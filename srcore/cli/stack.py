@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from srcore.cli.app import app, console, exits_on_error, out
+from srcore.cli.common import app, console, exits_on_error, out
 from srcore.errors import SrcoreError
 
 stack_app = typer.Typer(help="Local production stack: PostgreSQL, S3 (SeaweedFS), MLflow, Prefect, "

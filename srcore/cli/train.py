@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from srcore.cli.app import (
+from srcore.cli.common import (
     DEFAULT_PARAMS,
     PARAMS_OPT,
     app,

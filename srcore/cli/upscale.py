@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from srcore.cli.app import COMPILE_HELP, app, console, exits_on_error, fail, load_model_for, resolve_device
+from srcore.cli.common import COMPILE_HELP, app, console, exits_on_error, fail, load_model_for, resolve_device
 
 
 @app.command("upscale")

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from srcore.cli.app import app, console, emit_json, exits_on_error, fail, out, resolve_device
+from srcore.cli.common import app, console, emit_json, exits_on_error, fail, out, resolve_device
 from srcore.console import ProgressDisplay
 
 
