@@ -125,6 +125,7 @@ def _cli_train(patches: Path, tmp_path: Path, monkeypatch, *sets: str):
         raise AssertionError("Ray was started")
 
     monkeypatch.setattr(runner, "ensure_ray", no_ray)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # tracking would go to ./mlflow.db
     monkeypatch.chdir(tmp_path)
     (tmp_path / "none.yaml").write_text("{}\n")
     args = ["train", "--params", "none.yaml", "--set", f"prepare.out={patches}", "--set", "teacher.scale=2",
@@ -140,12 +141,18 @@ def _cli_train(patches: Path, tmp_path: Path, monkeypatch, *sets: str):
     ("loader.batch_size=64", "loader.batch_size"),
     ("teacher.ray.cpus_per_worker=512", "teacher.ray.cpus_per_worker"),
     ("teacher.ray.num_workers=64", "teacher.ray.num_workers"),
+    ("prepare.out=no-patches", "no shards in"),
+    ("teacher.init=rlfn.pth", "rlfn.pth"),
 ])
-def test_train_refuses_before_ray_starts(patches, tmp_path, monkeypatch, setting, field):
+def test_train_refuses_before_ray_starts_and_before_tracking(patches, tmp_path, monkeypatch, setting, field):
+    from srcore.models import build, save_model
+
+    save_model(tmp_path / "rlfn.pth", build("rlfn", 2), "rlfn")  # another architecture than the teacher's
     res = _cli_train(patches, tmp_path, monkeypatch, setting)
     text = " ".join(res.output.split())
     assert res.exit_code == 2, res.output
     assert field in text and "Traceback" not in text and "Ray was started" not in text
+    assert "MLflow:" not in text and not (tmp_path / "mlflow.db").exists()  # no run, not even a store
 
 
 def test_patch_size_message_gives_the_limit(patches, tmp_path, monkeypatch):

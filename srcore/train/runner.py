@@ -38,7 +38,7 @@ from srcore.train.storage import copy_file
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StageResult", "TrainingFailed", "ensure_ray", "run_stage", "storage_root"]
+__all__ = ["StageResult", "TrainingFailed", "ensure_ray", "preflight", "run_stage", "storage_root"]
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 RAY_LOG = "ray.log"
@@ -251,16 +251,23 @@ def _cluster_cpus() -> list[float]:
     return [float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
 
 
+def preflight(params: Params, stage: str, address: str | None = None, name: str | None = None) -> TrainParams:
+    """The stage's parameters (run named ``name`` when given), checked on the driver before anything
+    starts (``srcore.train.preflight``): a refused stage leaves nothing behind, not even a tracking run."""
+    cfg = check_training_inputs(params, stage, address or stage_params(params, stage).ray.address)
+    return cfg.model_copy(update={"name": name}) if name else cfg
+
+
 def run_stage(params: Params, stage: str, address: str | None = None, name: str | None = None,
-              on_progress: ProgressCallback | None = None, quiet_ray: bool = True) -> StageResult:
+              on_progress: ProgressCallback | None = None, quiet_ray: bool = True,
+              checked: TrainParams | None = None) -> StageResult:
     """Train ``stage`` ("teacher" or "distill") with Ray Train and export the EMA model.
 
-    Re-running with the same run name continues from the run's latest checkpoint.
+    Re-running with the same run name continues from the run's latest checkpoint. ``checked`` is
+    what :func:`preflight` returned for these arguments, when the caller ran it already.
     """
     address = address or stage_params(params, stage).ray.address
-    cfg = check_training_inputs(params, stage, address)
-    if name:
-        cfg = cfg.model_copy(update={"name": name})
+    cfg = checked or preflight(params, stage, address, name)
     storage = storage_root(cfg)
     run_dir = f"{storage.rstrip('/')}/{cfg.name}"
     config_digest = _digest(stage, cfg, params)
