@@ -4,15 +4,32 @@ and its live-tracked MLflow run (``srcore.tracking.live``)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prefect import task
+from prefect.exceptions import TerminationSignal
 from rich.console import Console
 
 from srcore.config import Params
 from srcore.console import training_bar
 from srcore.errors import SrcoreError
 from srcore.tracking.live import run_tracked_stage
+from srcore.train.stop import TrainingInterrupted
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def interruption_crashes_the_run() -> Iterator[None]:
+    """A stage stopped by SIGTERM/SIGINT (its checkpoint saved) ends the task and its flow run as
+    Prefect ends runs it is signalled to stop: crashed, neither completed nor retried."""
+    try:
+        yield
+    except TrainingInterrupted as exc:
+        log.error("%s", exc)
+        raise TerminationSignal(exc.signum) from exc
 
 
 def _retryable(task, task_run, state) -> bool:
@@ -37,7 +54,7 @@ def train_stage(params: Params, stage: str, address: str | None = None, parent_r
     # Ray's own output goes to the run folder's ray.log unless debug logging (--verbose) is on.
     verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
     console = Console(stderr=True)
-    with training_bar(console, stage) as on_progress:
+    with training_bar(console, stage) as on_progress, interruption_crashes_the_run():
         r, run = run_tracked_stage(params, stage, address=address, on_progress=on_progress,
                                    quiet_ray=not verbose, parent_run_id=parent_run_id,
                                    teacher_run_id=teacher_run_id,

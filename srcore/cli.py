@@ -530,6 +530,7 @@ def _train(stage: str, params: Path, profile: str | None, sets: list[str] | None
     from srcore.config import load_params
     from srcore.console import training_bar
     from srcore.tracking.live import run_tracked_stage
+    from srcore.train.stop import TrainingInterrupted
 
     verbose = logging.getLogger().isEnabledFor(logging.DEBUG)  # --verbose: Ray's own output stays visible
     try:
@@ -539,6 +540,8 @@ def _train(stage: str, params: Path, profile: str | None, sets: list[str] | None
             result, _run = run_tracked_stage(cfg, stage, address=address, name=name, on_progress=on_progress,
                                              quiet_ray=not verbose,
                                              announce=lambda run: console.print(f"MLflow: {run.url}"))
+    except TrainingInterrupted as exc:  # the shell's convention for a run ended by a signal
+        _fail(str(exc), 128 + exc.signum)
     except SrcoreError as exc:
         _fail(str(exc))
     m = result.metrics

@@ -7,7 +7,9 @@ goes to ``<run folder>/ray.log`` instead of the terminal (``quiet_ray=False`` ke
 a run folder in an object store gets the file when the stage ends),
 and rank 0's progress (step, loss, samples/s, validation PSNR) reaches ``on_progress`` on the
 driver. Errors the user must fix, raised inside a worker, come back as the same one-line error
-and are not retried.
+and are not retried. A SIGTERM or SIGINT while it trains stops every rank after the same step
+with a checkpoint of it (``srcore.train.stop``), and ``run_stage`` raises ``TrainingInterrupted``;
+rerunning the name resumes from there.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import tempfile
 import threading
 import time
@@ -34,6 +37,7 @@ from srcore.raycluster import ensure_ray
 from srcore.train import faults
 from srcore.train.preflight import check_cluster_fits, check_training_inputs, stage_params
 from srcore.train.state import read_state
+from srcore.train.stop import StopOnSignal, TrainingInterrupted, new_flag
 from srcore.train.storage import copy_file
 
 log = logging.getLogger(__name__)
@@ -215,23 +219,31 @@ class _DriverChannel:
         raise kind(self.fatal[FATAL_KEY])
 
 
-def _trainer(params: Params, stage: str, cfg: TrainParams, storage: str, run_dir: str, progress: Any):
+def _trainer(params: Params, stage: str, cfg: TrainParams, storage: str, run_dir: str, progress: Any,
+             stop: StopOnSignal):
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from srcore.train.loop import train_loop_per_worker
 
+    class StoppableTrainer(TorchTrainer):
+        """Ray Train's own SIGINT handler (set in ``fit``, aborting the run at once) gives way to the
+        clean stop of ``srcore.train.stop``, which gets the controller to abort on a second signal."""
+
+        def _register_sigint_handler(self, controller: Any) -> None:
+            stop.install(controller)
+
     datasets = None
     if params.loader.backend == "ray_data":
         datasets = {"train": ray_dataset(shard_files(params.prepare.out, cfg.scale), cfg.scale,
                                          params.loader.patch_size, batch_size=params.loader.batch_size)}
-    return TorchTrainer(
+    return StoppableTrainer(
         train_loop_per_worker, datasets=datasets,
         train_loop_config={"stage": stage, "train": cfg.model_dump(mode="json"),
                            "loader": params.loader.model_dump(mode="json"),
                            "shards": str(Path(params.prepare.out).resolve()), "cwd": os.getcwd(),
-                           "run_dir": run_dir,
-                           "faults": faults.from_env().as_dict(), "progress": progress},
+                           "run_dir": run_dir, "faults": faults.from_env().as_dict(), "progress": progress,
+                           "stop": stop.flag},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
             resources_per_worker={"CPU": cfg.ray.cpus_per_worker,
@@ -281,21 +293,32 @@ def run_stage(params: Params, stage: str, address: str | None = None, name: str 
     with _ray_output(run_dir, address, quiet_ray) as ray_log:
         if address:
             check_cluster_fits(cfg, stage, _cluster_cpus(), f"the Ray cluster at {address}")
-        with _DriverChannel(on_progress) as channel:
+        with _DriverChannel(on_progress) as channel, \
+                StopOnSignal(new_flag(), cfg.stop_grace_s, cfg.name) as stop:
             try:
-                result = _trainer(params, stage, cfg, storage, run_dir, channel.queue).fit()
+                result = _trainer(params, stage, cfg, storage, run_dir, channel.queue, stop).fit()
+            except ray.exceptions.RayError:
+                stop.raise_if_aborted()
+                raise
             except ray.train.TrainingFailedError as exc:
+                stop.raise_if_aborted()
                 where = f"; details in {ray_log}" if ray_log else ""
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise TrainingFailed(f"{cfg.name}: training failed after {cfg.ray.max_failures} "
                                      f"retries: {first}{where}") from None
+    stop.raise_if_aborted()
     channel.raise_fatal()
     if result.checkpoint is None:
         raise TrainingFailed(f"run {cfg.name} finished without a checkpoint")
-    model_path = f"{run_dir}/model.pth"
     with result.checkpoint.as_directory() as folder:
-        copy_file(Path(folder) / "model.pth", model_path)
         state = read_state(folder)
+        if stop.signum is not None and state.get("step") != cfg.steps:
+            raise TrainingInterrupted(
+                f"{cfg.name}: stopped by {signal.Signals(stop.signum).name} at step {state.get('step')} of "
+                f"{cfg.steps}, checkpoint saved in {run_dir}; run the same command again (run name "
+                f"{cfg.name}) to resume from it", stop.signum)
+        model_path = f"{run_dir}/model.pth"
+        copy_file(Path(folder) / "model.pth", model_path)
     history = list(state.get("history", []))
     metrics = dict(result.metrics or {}) or (history[-1] if history else {})
     log.info("%s finished at step %s -> %s", cfg.name, state.get("step"), model_path)
@@ -313,7 +336,9 @@ _RESULT = "result.json"
 
 
 def _digest(stage: str, cfg: TrainParams, params: Params) -> str:
-    payload = {"stage": stage, "train": cfg.model_dump(mode="json", exclude={"ray"}),
+    # how often a run checkpoints and how long it may take to stop do not change what it trains
+    exclude = {"ray", "checkpoint_every_s", "stop_grace_s"}
+    payload = {"stage": stage, "train": cfg.model_dump(mode="json", exclude=exclude),
                "loader": params.loader.model_dump(mode="json")}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
