@@ -233,6 +233,23 @@ def test_training_task_retries_only_errors_that_are_not_the_users():
     assert _retryable(None, None, Failed(data=RuntimeError("worker died")))
 
 
+def test_interrupted_training_crashes_the_flow_run_instead_of_completing():
+    """Prefect ends a task and its flow run as crashed on a TerminationSignal (a BaseException: no
+    retry, no completion), which is what a training stage stopped by a signal becomes."""
+    import signal
+
+    from prefect.exceptions import TerminationSignal
+
+    from flows.stages import interruption_crashes_the_run
+    from srcore.train.stop import TrainingInterrupted
+
+    with pytest.raises(TerminationSignal) as caught, interruption_crashes_the_run():
+        raise TrainingInterrupted("teacher: stopped by SIGTERM at step 5 of 400", signal.SIGTERM)
+    assert caught.value.signal == signal.SIGTERM and not isinstance(caught.value, Exception)
+    with pytest.raises(ConfigError), interruption_crashes_the_run():  # other errors stay as they are
+        raise ConfigError("teacher.gamma: bad")
+
+
 def _append(path: Path, text: str) -> None:
     with path.open("a") as sink:
         sink.write(text)
