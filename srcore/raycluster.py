@@ -14,6 +14,7 @@ would rewrite the address to the host's external IP, on which nothing listens.
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import socket
@@ -177,10 +178,20 @@ def _joining_at_loopback() -> Iterator[None]:
         ray_constants.ENABLE_RAY_CLUSTER = before
 
 
-def ensure_ray(address: str | None, num_cpus: int | None = None, setting: str = "--address") -> None:
+def _console_level() -> int:
+    """Ray's driver logger prints INFO lines (starting, connecting) on the console; they show only
+    when the application logs at DEBUG (``srcore -v``)."""
+    return logging.INFO if logging.getLogger().isEnabledFor(logging.DEBUG) else logging.WARNING
+
+
+def ensure_ray(address: str | None, num_cpus: int | None = None, setting: str = "--address",
+               logging_level: int | None = None) -> None:
     """Connect to ``address`` or start a local, loopback-only Ray (no-op when already connected).
-    ``setting`` names, in the error, where the user sets the address."""
+    ``setting`` names, in the error, where the user sets the address; ``logging_level`` is the level
+    of Ray's driver logger (default: WARNING, INFO under ``-v``)."""
     import ray
+
+    level = _console_level() if logging_level is None else logging_level
 
     if address and ray.is_initialized():
         check_address(address, setting)  # a wrong address must not pass silently
@@ -191,9 +202,10 @@ def ensure_ray(address: str | None, num_cpus: int | None = None, setting: str = 
         if probe.loopback_only:
             port = address.rpartition(":")[2]
             with _joining_at_loopback():
-                ray.init(address=f"{_LOOPBACK}:{port}", _node_ip_address=_LOOPBACK, log_to_driver=True)
+                ray.init(address=f"{_LOOPBACK}:{port}", _node_ip_address=_LOOPBACK, log_to_driver=True,
+                         logging_level=level)
         else:
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=True, logging_level=level)
         return
     # A single-node Ray binds to this host's external address unless told it is a lone node. The
     # flag is set for the start-up only: left in this process's environment it would mark any
@@ -202,7 +214,8 @@ def ensure_ray(address: str | None, num_cpus: int | None = None, setting: str = 
     before = os.environ.get(key)
     os.environ.setdefault(key, "0")
     try:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+                 logging_level=level)
     finally:
         if before is None:
             os.environ.pop(key, None)

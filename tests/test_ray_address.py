@@ -1,7 +1,8 @@
 """Joining a Ray cluster by address, against a real `ray start` head bound to 127.0.0.1: a usable
 head is joined (Ray alone would rewrite the address to the host's external IP and wait for
-minutes); a refused token or a port where no Ray answers fails with one line, well within 30 s.
-Every command runs in its own process, as a user's would, leaving this process's Ray alone."""
+minutes) without Ray's INFO lines on the console; a refused token or a port where no Ray answers
+fails with one line, well within 30 s. Every command runs in its own process, as a user's would,
+leaving this process's Ray alone."""
 
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ def test_a_head_bound_to_loopback_is_joined(loopback_head):
     res, _ = _run([sys.executable, "-c", _JOIN, loopback_head])
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     assert "nodes ['127.0.0.1']" in res.stdout and "answer 42" in res.stdout
+    assert "Connecting to existing Ray cluster" not in res.stderr  # Ray's INFO lines stay off the console
 
 
 def _one_line(res: subprocess.CompletedProcess) -> str:

@@ -157,7 +157,8 @@ def _ray_output(run_dir: str, address: str | None, quiet: bool) -> Iterator[str 
     with _ray_log_in(run_dir) as (local, where):
         local.parent.mkdir(parents=True, exist_ok=True)
         with open(local, "a", buffering=1) as sink, _ray_loggers_to(sink):
-            ensure_ray(address, setting=_ADDRESS_SETTING)
+            # every Ray line goes to the file, INFO included
+            ensure_ray(address, setting=_ADDRESS_SETTING, logging_level=logging.INFO)
             with _worker_lines_to(sink):
                 yield where
 
