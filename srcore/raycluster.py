@@ -69,15 +69,18 @@ def _token_available() -> bool:
     return bool(os.environ.get("RAY_AUTH_TOKEN")) or Path(token_file).is_file()
 
 
-def _use_local_token() -> None:
-    """Send this machine's token when ``RAY_AUTH_MODE`` is unset (``ray start`` turns token auth on by
-    itself whenever a token file exists; ``ray.init(address=...)`` does not, and is then refused)."""
+def _use_local_token() -> bool:
+    """Send this machine's token from now on, if ``RAY_AUTH_MODE`` is unset and there is one (``ray
+    start`` turns token auth on by itself whenever a token file exists; ``ray.init(address=...)``
+    does not, and is then refused). Only for a cluster that asks for it: a driver in token mode
+    also demands the token from the cluster's own processes. Returns whether it switched."""
     if os.environ.get("RAY_AUTH_MODE") is not None or not _token_available():
-        return
+        return False
     from ray._raylet import Config
 
     os.environ["RAY_AUTH_MODE"] = "token"
     Config.initialize("")  # the C++ side reads the mode once; let it read it again
+    return True
 
 
 @contextmanager
@@ -134,11 +137,15 @@ def probe_cluster(address: str, setting: str = "--address", timeout: float = PRO
     from ray.exceptions import AuthenticationError
 
     check_address(address, setting)
-    _use_local_token()
     tried = f"Ray cluster at {address} ({setting})"
     try:
         with _stderr_quiet():
-            probe = _within(timeout, lambda: _ask_gcs(address))
+            try:
+                probe = _within(timeout, lambda: _ask_gcs(address))
+            except AuthenticationError:
+                if not _use_local_token():
+                    raise
+                probe = _within(timeout, lambda: _ask_gcs(address))
     except AuthenticationError:
         token = ("RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else
                  "this machine's ~/.ray/auth_token" if _token_available() else "no token")

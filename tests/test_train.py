@@ -233,7 +233,7 @@ def test_two_node_cluster_stopped_by_sigterm_then_resumed(workdir, tmp_path, ray
     run_dir = tmp_path / "runs" / "multinode"
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        while not list(run_dir.glob("checkpoint_*")) and proc.poll() is None:
+        while not [p for p in run_dir.glob("checkpoint_*") if p.is_dir()] and proc.poll() is None:
             time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
         printed = proc.communicate(timeout=120)[0]

@@ -189,6 +189,7 @@ class _DriverChannel:
                 log.debug("progress display failed", exc_info=True)
 
     def _pump(self) -> None:
+        from ray.exceptions import RayError
         from ray.util.queue import Empty
 
         while not self._done.is_set():
@@ -196,16 +197,24 @@ class _DriverChannel:
                 self._handle(self.queue.get(timeout=0.5))
             except Empty:
                 continue
+            except RayError:  # the queue is gone (the run was aborted): nothing more will come
+                log.debug("progress queue lost", exc_info=True)
+                return
 
     def __enter__(self) -> _DriverChannel:
         self._thread.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        from ray.exceptions import RayError
+
         self._done.set()
         self._thread.join(timeout=5)
-        for event in self.queue.get_nowait_batch(self.queue.qsize()) if self.queue.qsize() else []:
-            self._handle(event)
+        try:
+            for event in self.queue.get_nowait_batch(self.queue.qsize()) if self.queue.qsize() else []:
+                self._handle(event)
+        except RayError:  # the queue is gone (the run was aborted): its last events with it
+            log.debug("progress queue lost", exc_info=True)
         self.queue.shutdown()
 
     def raise_fatal(self) -> None:
@@ -309,6 +318,10 @@ def run_stage(params: Params, stage: str, address: str | None = None, name: str 
                                      f"retries: {first}{where}") from None
     stop.raise_if_aborted()
     channel.raise_fatal()
+    if result.checkpoint is None and stop.signum is not None:
+        name = signal.Signals(stop.signum).name
+        raise TrainingInterrupted(f"{cfg.name}: stopped by {name} before its first step; nothing to save, "
+                                  "run the same command again to start it", stop.signum)
     if result.checkpoint is None:
         raise TrainingFailed(f"run {cfg.name} finished without a checkpoint")
     with result.checkpoint.as_directory() as folder:
