@@ -3,14 +3,32 @@ the stage function ``srcore train`` and ``srcore distill`` run too."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prefect import task
+from prefect.exceptions import TerminationSignal
 from rich.console import Console
 
 from srcore.config import Params
 from srcore.console import train_with_progress
 from srcore.errors import SrcoreError
+from srcore.train.stop import TrainingInterrupted
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def interruption_crashes_the_run() -> Iterator[None]:
+    """A stage stopped by SIGTERM/SIGINT (its checkpoint saved) ends the task and its flow run as
+    Prefect ends runs it is signalled to stop: crashed, neither completed nor retried."""
+    try:
+        yield
+    except TrainingInterrupted as exc:
+        log.error("%s", exc)
+        raise TerminationSignal(exc.signum) from exc
 
 
 def _retryable(task, task_run, state) -> bool:
@@ -32,8 +50,9 @@ def _retryable(task, task_run, state) -> bool:
       task_run_name="ray-train-{stage}")
 def train_stage(params: Params, stage: str, address: str | None = None, parent_run_id: str | None = None,
                 teacher_run_id: str | None = None) -> dict[str, Any]:
-    r, run = train_with_progress(params, stage, Console(stderr=True), address=address,
-                                 parent_run_id=parent_run_id, teacher_run_id=teacher_run_id,
-                                 mlflow_label=f"MLflow ({stage})")
+    with interruption_crashes_the_run():
+        r, run = train_with_progress(params, stage, Console(stderr=True), address=address,
+                                     parent_run_id=parent_run_id, teacher_run_id=teacher_run_id,
+                                     mlflow_label=f"MLflow ({stage})")
     return {"model_path": r.model_path, "metrics": r.metrics, "run_dir": r.run_dir, "history": r.history,
             "run_id": run.run_id}

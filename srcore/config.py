@@ -141,6 +141,12 @@ class TrainParams(_Section):
     compile: bool = False
     channels_last: bool = False
     val_every: int = Field(200, ge=1)
+    checkpoint_every_s: float | None = Field(
+        600.0, gt=0, description="seconds between checkpoints taken without validation, beside val_every; "
+        "null = at validations only")
+    stop_grace_s: float = Field(
+        30.0, gt=0, description="on SIGTERM/SIGINT, seconds the ranks get to checkpoint their current step "
+        "and stop before the run is aborted")
     log_every: int = Field(20, ge=1, description="steps between live metric points (MLflow, rank 0)")
     val_dataset: str = "sample-val"
     seed: int = 0

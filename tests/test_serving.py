@@ -78,6 +78,22 @@ def test_pyfunc_contract(pyfunc):
     assert np.array_equal(decode_rgb(base64.b64decode(out)), single[0])
 
 
+def test_pyfunc_refuses_images_over_the_pixel_limit_as_bad_input(pyfunc, monkeypatch):
+    from mlflow.exceptions import MlflowException
+    from test_hostile_images import bomb_png
+
+    from srcore.data.image_io import MAX_PIXELS_ENV
+
+    bomb = base64.b64encode(bomb_png(60000, 60000)).decode()
+    with pytest.raises(MlflowException, match="item 0: .*over the limit") as caught:
+        pyfunc.predict(np.asarray([bomb], dtype=object))
+    assert caught.value.get_http_status_code() == 400
+    monkeypatch.setenv(MAX_PIXELS_ENV, "100")  # decoded pixels are held to the same limit
+    with pytest.raises(MlflowException, match="48x48 is 2,304 pixels, over the limit of 100") as caught:
+        pyfunc.predict(np.zeros((48, 48, 3), np.uint8))
+    assert caught.value.get_http_status_code() == 400
+
+
 def test_logged_environment_rebuilds(registered, pyfunc):
     import mlflow
 
@@ -101,6 +117,7 @@ def _post(url: str, body: dict) -> tuple[int, dict]:
 
 @pytest.mark.slow
 def test_served_model_answers_like_srcore_upscale(registered, tmp_path):
+    from test_hostile_images import bomb_png
     from typer.testing import CliRunner
 
     from srcore.cli import app
@@ -132,6 +149,8 @@ def test_served_model_answers_like_srcore_upscale(registered, tmp_path):
         assert status == 200 and np.array_equal(np.asarray(body["predictions"], dtype=np.uint8)[0], expected)
         status, body = _post(url, {"inputs": (lr / 255.0).tolist()})
         assert status == 400 and "uint8" in body.get("message", "")
+        status, body = _post(url, {"inputs": [base64.b64encode(bomb_png(60000, 60000)).decode()]})
+        assert status == 400 and "over the limit" in body.get("message", ""), body
     finally:
         _stop(proc)
 

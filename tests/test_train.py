@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -204,29 +206,102 @@ def test_bad_configurations_fail_fast(workdir, tmp_path):
         params(workdir, **{"teacher.steps": 0})
 
 
-def test_two_node_cluster(workdir, tmp_path, ray_cluster):
+def _quiet(printed: str) -> None:
+    """A quiet console: Ray's own lines are in the run's ray.log and MLflow's INFO lines are off."""
+    assert "Traceback" not in printed and "PlacementGroupCleaner" not in printed, printed[-3000:]
+    assert "INFO mlflow" not in printed and "system metrics" not in printed.lower(), printed[-3000:]
+
+
+def test_two_node_cluster_stopped_by_sigterm_then_resumed(workdir, tmp_path, ray_cluster):
     """`srcore train --address` from another process onto the session's two-node cluster: each of
-    the two ranks asks for a whole node's CPUs, so they run on different nodes."""
+    the two ranks asks for a whole node's CPUs, so they run on different nodes. SIGTERM after its
+    first (timed) checkpoint stops both ranks at one step with a checkpoint and one line; the same
+    command again resumes there and finishes."""
     from conftest import RAY_CPUS_PER_NODE
 
     sets = [f"{k}={v}" for k, v in {**TINY, "prepare.out": str(workdir / "patches"),
                                     "teacher.ray.storage_path": str(tmp_path / "runs"),
                                     "teacher.ray.num_workers": 2,
-                                    "teacher.ray.cpus_per_worker": RAY_CPUS_PER_NODE, "teacher.steps": 12,
-                                    "teacher.val_every": 6, "teacher.name": "multinode"}.items()]
+                                    "teacher.ray.cpus_per_worker": RAY_CPUS_PER_NODE, "teacher.steps": 30,
+                                    "teacher.val_every": 15, "teacher.checkpoint_every_s": 1,
+                                    "teacher.name": "multinode"}.items()]
     args = [sys.executable, "-m", "srcore.cli", "train", "--params", str(tmp_path / "none.yaml"),
             "--address", ray_cluster.address]
     (tmp_path / "none.yaml").write_text("{}\n")
     for s in sets:
         args += ["--set", s.replace("'", '"')]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("MLFLOW_LOGGING_LEVEL", None)
+    run_dir = tmp_path / "runs" / "multinode"
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        while not [p for p in run_dir.glob("checkpoint_*") if p.is_dir()] and proc.poll() is None:
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        printed = proc.communicate(timeout=120)[0]
+    finally:
+        proc.kill()
+    _quiet(printed)
+    stopped = _last_state(run_dir)["step"]
+    assert proc.returncode == 128 + signal.SIGTERM and 0 < stopped < 30, printed[-3000:]
+    errors = [line for line in printed.splitlines() if "error:" in line]
+    assert len(errors) == 1 and f"stopped by SIGTERM at step {stopped}" in " ".join(printed.split())
+
     res = subprocess.run(args, env=env, timeout=600, capture_output=True, text=True)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    # a quiet console: Ray's own lines are in the run's ray.log, not on the terminal
-    printed = res.stdout + res.stderr
-    assert "Traceback" not in printed and "PlacementGroupCleaner" not in printed, printed[-3000:]
-    assert (tmp_path / "runs" / "multinode" / "ray.log").is_file()
-    state = _last_state(tmp_path / "runs" / "multinode")
+    _quiet(res.stdout + res.stderr)
+    assert (run_dir / "ray.log").is_file()
+    state = _last_state(run_dir)
+    assert state["resumed_from"] == stopped
     assert len(state["nodes"]) == 2 and state["nodes"][0] != state["nodes"][1]
     losses = [h["loss"] for h in state["history"]]
-    assert state["step"] == 12 and losses[-1] < losses[0]
+    assert state["step"] == 30 and losses[-1] < losses[0]
+
+
+
+def _stop_by_signal(p, sig: signal.Signals, after_step: int):
+    """Run ``p``'s teacher stage in this process and send this process ``sig`` once rank 0 reports
+    ``after_step``; returns the TrainingInterrupted raised and the step the signal was sent at."""
+    from srcore.train.runner import run_stage
+    from srcore.train.stop import TrainingInterrupted
+
+    sent: list[int] = []
+
+    def interrupt(event: dict) -> None:  # the driver's progress thread: the signal hits fit()
+        if event.get("step", 0) >= after_step and not sent:
+            sent.append(event["step"])
+            os.kill(os.getpid(), sig)
+
+    before = signal.getsignal(sig)
+    with pytest.raises(TrainingInterrupted, match=f"stopped by {sig.name} at step") as stopped:
+        run_stage(p, "teacher", on_progress=interrupt)
+    assert signal.getsignal(sig) is before and stopped.value.signum == sig
+    return stopped.value, sent[0]
+
+
+def test_signals_stop_at_a_step_with_its_checkpoint_and_reruns_resume_there(workdir, ray_local):
+    """SIGTERM, then SIGINT on the rerun: each stops the run after one step with that step's checkpoint
+    (data position, learning rate), and the next rerun continues from exactly there."""
+    from srcore.train.runner import run_stage
+
+    run_dir = workdir / "runs" / "stopped"
+    p = params(workdir, **{"teacher.name": "stopped", "teacher.steps": 400, "teacher.val_every": 1000,
+                           "teacher.log_every": 1, "teacher.milestones": [0.01]})
+    resumed_from = None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        error, sent = _stop_by_signal(p, sig, after_step=(resumed_from or 0) + 6)
+        saved = _last_state(run_dir)
+        step = saved["step"]
+        assert step >= sent and f"at step {step} of 400" in str(error)
+        assert saved["resumed_from"] == resumed_from
+        assert not (run_dir / "model.pth").exists() and not (run_dir / "result.json").exists()
+        # the data position of that step: 36 patches in batches of 4 are 9 batches an epoch
+        assert (saved["epoch"], saved["position"]) == ((step - 1) // 9, (step - 1) % 9 + 1)
+        assert saved["scheduler"]["last_epoch"] == step  # and its learning rate (halved at step 4)
+        assert saved["history"] == []  # a stop checkpoint: no validation run for it
+        resumed_from = step
+    with injected(stop_at_step=resumed_from + 2):
+        run_stage(p, "teacher")
+    final = _last_state(run_dir)
+    assert (final["resumed_from"], final["step"]) == (resumed_from, resumed_from + 2)
+    assert final["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3)

@@ -124,6 +124,7 @@ def _cli_train(patches: Path, tmp_path: Path, monkeypatch, *sets: str):
         raise AssertionError("Ray was started")
 
     monkeypatch.setattr(runner, "ensure_ray", no_ray)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # tracking would go to ./mlflow.db
     monkeypatch.chdir(tmp_path)
     (tmp_path / "none.yaml").write_text("{}\n")
     args = ["train", "--params", "none.yaml", "--set", f"prepare.out={patches}", "--set", "teacher.scale=2",
@@ -139,12 +140,18 @@ def _cli_train(patches: Path, tmp_path: Path, monkeypatch, *sets: str):
     ("loader.batch_size=64", "loader.batch_size"),
     ("teacher.ray.cpus_per_worker=512", "teacher.ray.cpus_per_worker"),
     ("teacher.ray.num_workers=64", "teacher.ray.num_workers"),
+    ("prepare.out=no-patches", "no shards in"),
+    ("teacher.init=rlfn.pth", "rlfn.pth"),
 ])
-def test_train_refuses_before_ray_starts(patches, tmp_path, monkeypatch, setting, field):
+def test_train_refuses_before_ray_starts_and_before_tracking(patches, tmp_path, monkeypatch, setting, field):
+    from srcore.models import build, save_model
+
+    save_model(tmp_path / "rlfn.pth", build("rlfn", 2), "rlfn")  # another architecture than the teacher's
     res = _cli_train(patches, tmp_path, monkeypatch, setting)
     text = " ".join(res.output.split())
     assert res.exit_code == 2, res.output
     assert field in text and "Traceback" not in text and "Ray was started" not in text
+    assert "MLflow:" not in text and not (tmp_path / "mlflow.db").exists()  # no run, not even a store
 
 
 def test_ray_data_with_no_cpu_left_for_its_reads_is_refused(patches, tmp_path, monkeypatch):
@@ -233,6 +240,23 @@ def test_training_task_retries_only_errors_that_are_not_the_users():
     assert not _retryable(None, None, Failed(data=ConfigError("teacher.gamma: bad")))
     assert not _retryable(None, None, Failed(data=DataError("no shards")))
     assert _retryable(None, None, Failed(data=RuntimeError("worker died")))
+
+
+def test_interrupted_training_crashes_the_flow_run_instead_of_completing():
+    """Prefect ends a task and its flow run as crashed on a TerminationSignal (a BaseException: no
+    retry, no completion), which is what a training stage stopped by a signal becomes."""
+    import signal
+
+    from prefect.exceptions import TerminationSignal
+
+    from flows.stages import interruption_crashes_the_run
+    from srcore.train.stop import TrainingInterrupted
+
+    with pytest.raises(TerminationSignal) as caught, interruption_crashes_the_run():
+        raise TrainingInterrupted("teacher: stopped by SIGTERM at step 5 of 400", signal.SIGTERM)
+    assert caught.value.signal == signal.SIGTERM and not isinstance(caught.value, Exception)
+    with pytest.raises(ConfigError), interruption_crashes_the_run():  # other errors stay as they are
+        raise ConfigError("teacher.gamma: bad")
 
 
 def _append(path: Path, text: str) -> None:

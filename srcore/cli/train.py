@@ -30,10 +30,14 @@ def _train(stage: Stage, params: Path, profile: str | None, sets: list[str] | No
            name: str | None, extra: dict) -> None:
     from srcore.config import load_params
     from srcore.console import train_with_progress
+    from srcore.train.stop import TrainingInterrupted
 
     cfg = load_params(params, {**parse_sets(sets), **extra}, profile=profile)
-    # Logged to MLFLOW_TRACKING_URI when set, else to the local store (mlflow.db here).
-    result, _run = train_with_progress(cfg, stage, console, address=address, name=name)
+    try:
+        # Logged to MLFLOW_TRACKING_URI when set, else to the local store (mlflow.db here).
+        result, _run = train_with_progress(cfg, stage, console, address=address, name=name)
+    except TrainingInterrupted as exc:  # the shell's convention for a run ended by a signal
+        fail(str(exc), 128 + exc.signum)
     m = result.metrics
     console.print(f"[bold]{result.name}[/]: step {m.get('step')}, loss {m.get('loss', float('nan')):.4f}, "
                   f"val PSNR-Y {m.get('val_psnr_y', float('nan')):.2f} dB")

@@ -1,9 +1,10 @@
 """Live MLflow tracking of a training stage: one run per stage, fed by rank 0 while it trains.
 
-``run_tracked_stage(params, stage, ...)`` opens an MLflow run ``<stage>-<name>`` (nested under
-``parent_run_id`` when given; a student's run carries its teacher's run id in the tag
-``teacher_run_id``), logs the stage's parameters, lineage and the patch manifest as its input
-dataset, turns on MLflow's system metrics, then trains with ``srcore.train.runner.run_stage``.
+``run_tracked_stage(params, stage, ...)`` runs the stage's preflight (a refused stage opens no
+run), then opens an MLflow run ``<stage>-<name>`` (nested under ``parent_run_id`` when given; a
+student's run carries its teacher's run id in the tag ``teacher_run_id``), logs the stage's
+parameters, lineage and the patch manifest as its input dataset, turns on MLflow's system
+metrics, then trains with ``srcore.train.runner.run_stage``.
 Rank 0's points reach the run as they arrive: every ``log_every`` steps ``train_loss_rec``,
 ``train_loss_distill_<term>`` (weighted terms), ``train_lr``, ``train_samples_per_s`` and
 ``train_memory_peak_mb``; at every validation ``train_loss`` and ``train_val_psnr_y``. A stage
@@ -160,11 +161,13 @@ def run_tracked_stage(params: Params, stage: str, address: str | None = None, na
                       parent_run_id: str | None = None, teacher_run_id: str | None = None,
                       announce: Callable[[StageRun], None] | None = None):
     """Train ``stage`` with ``run_stage`` inside its MLflow run; returns (StageResult, StageRun).
-    ``announce`` is called with the run before training starts (the CLI prints its URL)."""
+    The preflight runs first: a stage it refuses opens no run. ``announce`` is called with the run
+    before training starts (the CLI prints its URL)."""
     import mlflow
 
-    from srcore.train.runner import run_stage
+    from srcore.train.runner import preflight, run_stage
 
+    checked = preflight(params, stage, address, name)
     with stage_run(params, stage, name, parent_run_id, teacher_run_id) as run:
         if announce is not None:
             announce(run)
@@ -174,7 +177,8 @@ def run_tracked_stage(params: Params, stage: str, address: str | None = None, na
                 on_progress(event)
             run.on_event(event)
 
-        result = run_stage(params, stage, address=address, name=name, on_progress=both, quiet_ray=quiet_ray)
+        result = run_stage(params, stage, address=address, name=name, on_progress=both, quiet_ray=quiet_ray,
+                           checked=checked)
         if run.points == 0:
             run.log_history(result.history)
             mlflow.set_tag("reused_result", "true")

@@ -10,6 +10,9 @@ Input contract of ``predict`` (also the REST body ``{"inputs": ...}`` of ``mlflo
 - or base64-encoded PNG/JPEG files (the compact encoding): a list of strings in JSON, a 1-D object
   array of strings from Python.
 
+An image over the pixel limit (``SRCORE_MAX_IMAGE_PIXELS`` of the serving process) is refused from
+its header, before decoding, like an unreadable one: HTTP 400 with the reason.
+
 Output: uint8 ``(N, sH, sW, 3)`` for pixel input; a list of base64 PNG strings for base64 input.
 Params (per request): ``tile`` (LR tile size, 0 = whole image). Model config (at load): ``device``
 (``auto``, ``cpu``, ``cuda``), ``tile`` (default tile size), ``runtime``: ``torch`` (the model
@@ -53,6 +56,7 @@ def InputError(message: str):  # noqa: N802 - reads as the exception it builds
 
 def _decode_b64(items: list, dtype_hint: str) -> list[np.ndarray]:
     from srcore.data.image_io import decode_rgb
+    from srcore.errors import SrcoreError
 
     images = []
     for i, text in enumerate(items):
@@ -63,6 +67,8 @@ def _decode_b64(items: list, dtype_hint: str) -> list[np.ndarray]:
             images.append(decode_rgb(base64.b64decode(text, validate=True), name=f"item {i}"))
         except (binascii.Error, ValueError) as exc:
             raise InputError(f"item {i}: not a base64-encoded image ({exc})") from None
+        except SrcoreError as exc:  # unreadable, unsupported or over the pixel limit
+            raise InputError(str(exc)) from None
     return images
 
 
@@ -145,7 +151,7 @@ class SRPyfunc(mlflow.pyfunc.PythonModel):
         return load_exported(path, self.device, fmt="onnx")
 
     def predict(self, context, model_input, params=None):  # no type hints: MLflow would validate against them
-        from srcore.data.image_io import png_bytes
+        from srcore.data.image_io import check_pixels, png_bytes
         from srcore.errors import SrcoreError
         from srcore.inference import upscale_image
         from srcore.models.base import check_input_size
@@ -156,6 +162,7 @@ class SRPyfunc(mlflow.pyfunc.PythonModel):
         outputs = []
         for i, img in enumerate(images):
             try:
+                check_pixels(img.shape[1], img.shape[0], f"item {i}")
                 check_input_size(self.model, img.shape[0], img.shape[1], f"item {i}")
             except SrcoreError as exc:
                 raise InputError(str(exc)) from None

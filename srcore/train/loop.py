@@ -11,7 +11,8 @@ the loss touches ``compute_loss``; changing the optimiser or schedule touches ``
 Recipe: Adam with the papers' settings, MultiStep decay at fixed fractions of the run, optional
 gradient clipping, an EMA of the weights (validated and exported), bf16 autocast on CUDA, optional
 ``torch.compile`` and channels-last. Validation and checkpoints happen every ``val_every`` steps
-and at the end.
+and at the end; checkpoints without validation every ``checkpoint_every_s`` seconds and when the
+driver asks the run to stop (``srcore.train.stop``), after which every rank returns.
 
 Resume is epoch-exact: a checkpoint records the epoch and how many batches of it were trained
 (``position``); a resumed run re-enters that epoch and skips that many batches. With the torch
@@ -50,6 +51,7 @@ from srcore.models.base import SRModel
 from srcore.train.faults import FaultPlan
 from srcore.train.losses import DistillationLoss, reconstruction_loss
 from srcore.train.state import load_with_fallback, restore_rng, rng_state, write_state
+from srcore.train.stop import Action, StepControl
 
 log = logging.getLogger(__name__)
 
@@ -438,14 +440,15 @@ def save_checkpoint(state: TrainState, folder: str | os.PathLike) -> None:
                extra={"step": state.step, "stage": state.config["stage"]})
 
 
-def report(state: TrainState) -> None:
-    """Validate (rank 0), record history, checkpoint, and hand metrics to Ray Train."""
+def report(state: TrainState, validation: bool = True) -> None:
+    """Validate (rank 0, unless ``validation`` is off: a timed or stopping checkpoint), record
+    history, checkpoint, and hand metrics to Ray Train. Every rank calls it at the same step."""
     import ray.train
 
-    if state.rank == 0:
+    if state.rank == 0 and validation:
         state.last_psnr = validate(state)
     metrics = progress_metrics(state)
-    if state.rank == 0:
+    if state.rank == 0 and validation:
         state.history.append({k: metrics[k] for k in ("step", "epoch", "loss", "lr", "val_psnr_y")})
     with tempfile.TemporaryDirectory() as folder:
         checkpoint = None
@@ -453,7 +456,7 @@ def report(state: TrainState) -> None:
             save_checkpoint(state, folder)
             checkpoint = ray.train.Checkpoint.from_directory(folder)
         ray.train.report(metrics, checkpoint=checkpoint)
-    _send_progress(state, {**metrics, "kind": "validation"})
+    _send_progress(state, {**metrics, "kind": "validation" if validation else "checkpoint"})
     log.debug("step %d loss %.4f lr %.3g val PSNR-Y %.2f", state.step, metrics["loss"], metrics["lr"],
               metrics["val_psnr_y"])
 
@@ -474,7 +477,8 @@ def _send(config: dict[str, Any], event: dict[str, Any]) -> None:
         log.debug("event to the driver dropped", exc_info=True)
 
 
-def _train_epochs(state: TrainState) -> None:
+def _train_epochs(state: TrainState, control: StepControl) -> None:
+    """Train to the last step, or until ``control`` says stop (with a checkpoint of that step)."""
     progress_every, last_sent = 1.0, time.perf_counter()
     while state.step < state.last_step:
         state.trainable.train()
@@ -483,11 +487,19 @@ def _train_epochs(state: TrainState) -> None:
             state.faults.after_step(state.step, state.rank, Path(state.config["run_dir"]) / ".failed_once")
             if state.rank == 0 and state.step % state.cfg.log_every == 0:
                 _send_progress(state, {"kind": "log", **log_point(state)})
+            action = control.after_step()
             if state.step % state.cfg.val_every == 0 or state.step == state.last_step:
                 report(state)
+                control.checkpointed()
+            elif action is not Action.NONE:
+                report(state, validation=False)
+                control.checkpointed()
             elif time.perf_counter() - last_sent > progress_every:
                 _send_progress(state, progress_metrics(state))
                 last_sent = time.perf_counter()
+            if action is Action.STOP:
+                log.info("rank %d stopped at step %d on request", state.rank, state.step)
+                return
             if state.step >= state.last_step:
                 return
         state.epoch, state.position = state.epoch + 1, 0
@@ -496,7 +508,8 @@ def _train_epochs(state: TrainState) -> None:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: {"stage": "teacher"|"distill", "train": dict, "loader": dict,
     "shards": folder, "cwd": folder to resolve relative paths against, "run_dir": the run's folder,
-    "faults": FaultPlan fields, "progress": queue of events for the driver (progress, user errors)}."""
+    "faults": FaultPlan fields, "progress": queue of events for the driver (progress, user errors),
+    "stop": the driver's stop-request actor (``srcore.train.stop``)}."""
     import ray.train
     import ray.train.torch
 
@@ -508,7 +521,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         resume(state, load_with_fallback(ray.train.get_checkpoint()))
         _connect_ranks(state)
         state.batches = _loader(state)
-        _train_epochs(state)
+        _train_epochs(state, StepControl(config.get("stop"), state.rank, state.world, state.device,
+                                         state.cfg.checkpoint_every_s))
     except SrcoreError as exc:
         # Not retried: the same data and config would fail the same way on every attempt.
         log.error("%s", exc)

@@ -7,7 +7,9 @@ goes to ``<run folder>/ray.log`` instead of the terminal (``quiet_ray=False`` ke
 a run folder in an object store gets the file when the stage ends),
 and rank 0's progress (step, loss, samples/s, validation PSNR) reaches ``on_progress`` on the
 driver. Errors the user must fix, raised inside a worker, come back as the same one-line error
-and are not retried.
+and are not retried. A SIGTERM or SIGINT while it trains stops every rank after the same step
+with a checkpoint of it (``srcore.train.stop``), and ``run_stage`` raises ``TrainingInterrupted``;
+rerunning the name resumes from there.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import logging
 import math
 import os
+import signal
 import tempfile
 import threading
 import time
@@ -35,10 +38,11 @@ from srcore.storage import copy_file, file_exists, is_uri, read_bytes, write_byt
 from srcore.train import faults
 from srcore.train.preflight import check_cluster_fits, check_training_inputs, training_source
 from srcore.train.state import read_state
+from srcore.train.stop import StopOnSignal, TrainingInterrupted, new_flag
 
 log = logging.getLogger(__name__)
 
-__all__ = ["StageResult", "TrainingFailed", "ensure_ray", "run_stage", "storage_root"]
+__all__ = ["StageResult", "TrainingFailed", "ensure_ray", "preflight", "run_stage", "storage_root"]
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 RAY_LOG = "ray.log"
@@ -153,7 +157,8 @@ def _ray_output(run_dir: str, address: str | None, quiet: bool) -> Iterator[str 
     with _ray_log_in(run_dir) as (local, where):
         local.parent.mkdir(parents=True, exist_ok=True)
         with open(local, "a", buffering=1) as sink, _ray_loggers_to(sink):
-            ensure_ray(address, setting=_ADDRESS_SETTING)
+            # every Ray line goes to the file, INFO included
+            ensure_ray(address, setting=_ADDRESS_SETTING, logging_level=logging.INFO)
             with _worker_lines_to(sink):
                 yield where
 
@@ -186,6 +191,7 @@ class _DriverChannel:
                 log.debug("progress display failed", exc_info=True)
 
     def _pump(self) -> None:
+        from ray.exceptions import RayError
         from ray.util.queue import Empty
 
         while not self._done.is_set():
@@ -193,16 +199,24 @@ class _DriverChannel:
                 self._handle(self.queue.get(timeout=0.5))
             except Empty:
                 continue
+            except RayError:  # the queue is gone (the run was aborted): nothing more will come
+                log.debug("progress queue lost", exc_info=True)
+                return
 
     def __enter__(self) -> _DriverChannel:
         self._thread.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        from ray.exceptions import RayError
+
         self._done.set()
         self._thread.join(timeout=5)
-        for event in self.queue.get_nowait_batch(self.queue.qsize()) if self.queue.qsize() else []:
-            self._handle(event)
+        try:
+            for event in self.queue.get_nowait_batch(self.queue.qsize()) if self.queue.qsize() else []:
+                self._handle(event)
+        except RayError:  # the queue is gone (the run was aborted): its last events with it
+            log.debug("progress queue lost", exc_info=True)
         self.queue.shutdown()
 
     def raise_fatal(self) -> None:
@@ -217,11 +231,19 @@ class _DriverChannel:
         raise kind(self.fatal[FATAL_KEY])
 
 
-def _trainer(params: Params, stage: str, cfg: TrainParams, storage: str, run_dir: str, progress: Any):
+def _trainer(params: Params, stage: str, cfg: TrainParams, storage: str, run_dir: str, progress: Any,
+             stop: StopOnSignal):
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from srcore.train.loop import train_loop_per_worker
+
+    class StoppableTrainer(TorchTrainer):
+        """Ray Train's own SIGINT handler (set in ``fit``, aborting the run at once) gives way to the
+        clean stop of ``srcore.train.stop``, which gets the controller to abort on a second signal."""
+
+        def _register_sigint_handler(self, controller: Any) -> None:
+            stop.install(controller)
 
     source = training_source(params)
     datasets, per_epoch = None, None
@@ -232,13 +254,13 @@ def _trainer(params: Params, stage: str, cfg: TrainParams, storage: str, run_dir
         datasets = {"train": ray_dataset(shards, cfg.scale, params.loader.patch_size,
                                          batch_size=params.loader.batch_size, epochs=epochs,
                                          seed=params.loader.seed)}
-    return TorchTrainer(
+    return StoppableTrainer(
         train_loop_per_worker, datasets=datasets,
         train_loop_config={"stage": stage, "train": cfg.model_dump(mode="json"),
                            "loader": params.loader.model_dump(mode="json"),
                            "shards": source.as_config(), "batches_per_epoch": per_epoch, "cwd": os.getcwd(),
-                           "run_dir": run_dir,
-                           "faults": faults.from_env().as_dict(), "progress": progress},
+                           "run_dir": run_dir, "faults": faults.from_env().as_dict(), "progress": progress,
+                           "stop": stop.flag},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
             resources_per_worker={"CPU": cfg.ray.cpus_per_worker,
@@ -258,16 +280,23 @@ def _cluster_cpus() -> list[float]:
     return [float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
 
 
+def preflight(params: Params, stage: str, address: str | None = None, name: str | None = None) -> TrainParams:
+    """The stage's parameters (run named ``name`` when given), checked on the driver before anything
+    starts (``srcore.train.preflight``): a refused stage leaves nothing behind, not even a tracking run."""
+    cfg = check_training_inputs(params, stage, address or params.stage(stage).ray.address)
+    return cfg.model_copy(update={"name": name}) if name else cfg
+
+
 def run_stage(params: Params, stage: str, address: str | None = None, name: str | None = None,
-              on_progress: ProgressCallback | None = None, quiet_ray: bool = True) -> StageResult:
+              on_progress: ProgressCallback | None = None, quiet_ray: bool = True,
+              checked: TrainParams | None = None) -> StageResult:
     """Train ``stage`` ("teacher" or "distill") with Ray Train and export the EMA model.
 
-    Re-running with the same run name continues from the run's latest checkpoint.
+    Re-running with the same run name continues from the run's latest checkpoint. ``checked`` is
+    what :func:`preflight` returned for these arguments, when the caller ran it already.
     """
     address = address or params.stage(stage).ray.address
-    cfg = check_training_inputs(params, stage, address)
-    if name:
-        cfg = cfg.model_copy(update={"name": name})
+    cfg = checked or preflight(params, stage, address, name)
     storage = storage_root(cfg)
     run_dir = f"{storage.rstrip('/')}/{cfg.name}"
     config_digest = _digest(stage, cfg, params)
@@ -282,21 +311,36 @@ def run_stage(params: Params, stage: str, address: str | None = None, name: str 
         if address:
             check_cluster_fits(cfg, stage, _cluster_cpus(), f"the Ray cluster at {address}",
                                ray_data=params.loader.backend == "ray_data")
-        with _DriverChannel(on_progress) as channel:
+        with _DriverChannel(on_progress) as channel, \
+                StopOnSignal(new_flag(), cfg.stop_grace_s, cfg.name) as stop:
             try:
-                result = _trainer(params, stage, cfg, storage, run_dir, channel.queue).fit()
+                result = _trainer(params, stage, cfg, storage, run_dir, channel.queue, stop).fit()
+            except ray.exceptions.RayError:
+                stop.raise_if_aborted()
+                raise
             except ray.train.TrainingFailedError as exc:
+                stop.raise_if_aborted()
                 where = f"; details in {ray_log}" if ray_log else ""
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise TrainingFailed(f"{cfg.name}: training failed after {cfg.ray.max_failures} "
                                      f"retries: {first}{where}") from None
+    stop.raise_if_aborted()
     channel.raise_fatal()
+    if result.checkpoint is None and stop.signum is not None:
+        name = signal.Signals(stop.signum).name
+        raise TrainingInterrupted(f"{cfg.name}: stopped by {name} before its first step; nothing to save, "
+                                  "run the same command again to start it", stop.signum)
     if result.checkpoint is None:
         raise TrainingFailed(f"run {cfg.name} finished without a checkpoint")
-    model_path = f"{run_dir}/model.pth"
     with result.checkpoint.as_directory() as folder:
-        copy_file(Path(folder) / "model.pth", model_path)
         state = read_state(folder)
+        if stop.signum is not None and state.get("step") != cfg.steps:
+            raise TrainingInterrupted(
+                f"{cfg.name}: stopped by {signal.Signals(stop.signum).name} at step {state.get('step')} of "
+                f"{cfg.steps}, checkpoint saved in {run_dir}; run the same command again (run name "
+                f"{cfg.name}) to resume from it", stop.signum)
+        model_path = f"{run_dir}/model.pth"
+        copy_file(Path(folder) / "model.pth", model_path)
     history = list(state.get("history", []))
     metrics = dict(result.metrics or {}) or (history[-1] if history else {})
     log.info("%s finished at step %s -> %s", cfg.name, state.get("step"), model_path)
@@ -314,7 +358,9 @@ _RESULT = "result.json"
 
 
 def _digest(stage: str, cfg: TrainParams, params: Params) -> str:
-    payload = {"stage": stage, "train": cfg.model_dump(mode="json", exclude={"ray"}),
+    # how often a run checkpoints and how long it may take to stop do not change what it trains
+    exclude = {"ray", "checkpoint_every_s", "stop_grace_s"}
+    payload = {"stage": stage, "train": cfg.model_dump(mode="json", exclude=exclude),
                "loader": params.loader.model_dump(mode="json")}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
