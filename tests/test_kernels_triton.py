@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_selective_scan import HALF_TOLERANCE
 from triton_interpreter_cases import INVOLUTION_CASES, NSS_CASES, SCAN_CASES
 
 from srcore.ops import selective_scan
@@ -45,3 +46,9 @@ def test_scan_triton_backend_refuses_cpu_tensors_without_the_interpreter(monkeyp
     u = torch.randn(1, 2, 4)
     with pytest.raises(ValueError, match="TRITON_INTERPRET"):
         selective_scan(u, u, -torch.ones(2, 3), torch.randn(1, 3, 4), torch.randn(1, 3, 4), backend="triton")
+
+
+@pytest.mark.parametrize("name", ["bf16", "fp16"])
+def test_half_inputs_accumulate_in_fp32_and_keep_their_dtype(interpreted_errors, name):
+    errors = interpreted_errors[f"dtype/{name}"]
+    assert errors["dtype_kept"] == 1.0 and errors["y"] <= HALF_TOLERANCE[name], errors

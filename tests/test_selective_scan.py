@@ -267,3 +267,40 @@ def test_scan_loop_refuses_gradients():
     with pytest.raises(ValueError, match="backend='loop' is for inference"):
         selective_scan(u, u.detach(), -torch.ones(2, 1), torch.ones(1, 1, 5), torch.ones(1, 1, 5),
                        backend="loop")
+
+
+# Relative error allowed for half-precision inputs against the float64 reference, with the state
+# accumulated in float32: the inputs alone round to 8 (bf16) or 11 (fp16) significant bits, 2e-3
+# and 2.4e-4 each, and an output sums a few such terms (measured: 3.5e-3 and 6.4e-4 on the case
+# below). The same scan accumulated in the half type misses both (5e-2 and 5.3e-3), so an
+# accumulation in the caller's dtype fails the test.
+HALF_TOLERANCE = {"bf16": 1e-2, "fp16": 2e-3}
+_HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _half_case():
+    g = torch.Generator().manual_seed(0)
+    length = 256
+    return (torch.randn(2, 8, length, generator=g), torch.rand(2, 8, length, generator=g) * 0.1,
+            -torch.rand(8, 4, generator=g), torch.randn(2, 1, 4, length, generator=g),
+            torch.randn(2, 1, 4, length, generator=g))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "torch", "loop"])
+@pytest.mark.parametrize("name", sorted(_HALF))
+def test_half_inputs_accumulate_in_fp32_and_keep_their_dtype(backend, name):
+    args = _half_case()
+    ref = selective_scan(*(t.double() for t in args), backend="reference")
+    y = selective_scan(*(t.to(_HALF[name]) for t in args), backend=backend)
+    assert y.dtype == _HALF[name]
+    assert ((y.double() - ref).abs().max() / ref.abs().max()).item() <= HALF_TOLERANCE[name]
+
+
+@pytest.mark.parametrize("name", sorted(_HALF))
+def test_half_tolerance_catches_a_half_precision_accumulation(name):
+    from srcore.ops.selective_scan import _scan_reference
+
+    args = _half_case()
+    ref = selective_scan(*(t.double() for t in args), backend="reference")
+    y, _ = _scan_reference(*(t.to(_HALF[name]) for t in args))  # the state kept in the half type
+    assert ((y.double() - ref).abs().max() / ref.abs().max()).item() > HALF_TOLERANCE[name]

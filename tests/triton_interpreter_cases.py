@@ -8,6 +8,7 @@ partial chunk, use a state size that is not a power of two and groups > 1. The N
 scan that reads a map through MaIR's four scan orders against gather -> scan -> scatter, per order.
 
 Run: TRITON_INTERPRET=1 python tests/triton_interpreter_cases.py
+(``run_all("cuda")`` runs the same cases compiled on a GPU: ``bench/gpu_check.py``.)
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ SCAN_CASES = {
     "plain_three_groups": (1, 6, 4, 24, 3, 8, False),  # blocks of 2 channels inside each group
     "one_partial_chunk_full": (1, 8, 5, 19, 1, 32, True),
 }
+# half-precision inputs to the scan: name -> dtype (the tolerances live with the test)
+DTYPE_CASES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # name -> (bsz, channels per order, state, height, width, stripe, shift, chunk)
 NSS_CASES = {
     "stripes4_chunks8": (2, 3, 3, 5, 7, 4, False, 8),  # L=35: 5 chunks, the last partial
@@ -55,9 +58,9 @@ def _scan_inputs(bsz, dim, state, length, groups, seed=0):
             torch.randn(bsz, dim, length, generator=g), torch.randn(dim, generator=g) * 0.5)
 
 
-def scan_case(bsz, dim, state, length, groups, chunk, full) -> dict[str, float]:
+def scan_case(bsz, dim, state, length, groups, chunk, full, device="cpu") -> dict[str, float]:
     """Forward, last state and every gradient of the Triton scan vs the float64 reference."""
-    base = _scan_inputs(bsz, dim, state, length, groups)
+    base = [t.to(device) for t in _scan_inputs(bsz, dim, state, length, groups)]
     results = {}
     for name in ("reference", "triton"):
         args = [(t.double() if name == "reference" else t.clone()).requires_grad_() for t in base]
@@ -74,9 +77,9 @@ def scan_case(bsz, dim, state, length, groups, chunk, full) -> dict[str, float]:
     return {n: rel_err(t, r) for n, r, t in zip(names, results["reference"], results["triton"], strict=False)}
 
 
-def scan_dispatch_case() -> dict[str, float]:
+def scan_dispatch_case(device="cpu") -> dict[str, float]:
     """``selective_scan(..., backend="triton")`` with 3-dim B and C, through the public entry point."""
-    u, delta, A, B, C, D, z, bias = _scan_inputs(1, 4, 2, 10, 1, seed=1)
+    u, delta, A, B, C, D, z, bias = (t.to(device) for t in _scan_inputs(1, 4, 2, 10, 1, seed=1))
     kw = dict(D=D, z=z, delta_bias=bias, delta_softplus=True)
     y = selective_scan(u, delta, A, B[:, 0], C[:, 0], **kw, backend="triton")
     y_ref = selective_scan(u.double(), delta.double(), A.double(), B[:, 0].double(), C[:, 0].double(),
@@ -85,7 +88,17 @@ def scan_dispatch_case() -> dict[str, float]:
     return {"y": rel_err(y, y_ref)}
 
 
-def nss_case(bsz, dc, state, h, w, stripe, shift, chunk) -> dict[str, float]:
+def scan_dtype_case(dtype: torch.dtype, device="cpu") -> dict[str, float]:
+    """The Triton scan given half-precision inputs: its relative error against the float64 reference
+    (it accumulates in float32) and whether the output keeps the caller's dtype (1.0) or not (0.0)."""
+    u, delta, A, B, C, *_ = (t.to(device) for t in _scan_inputs(2, 8, 4, 96, 1, seed=5))
+    delta = delta.abs() * 0.2
+    y = selective_scan_triton(*(t.to(dtype) for t in (u, delta, A, B, C)), chunk=32)[0]
+    ref = selective_scan(u.double(), delta.double(), A.double(), B.double(), C.double(), backend="reference")
+    return {"y": rel_err(y, ref), "dtype_kept": float(y.dtype == dtype)}
+
+
+def nss_case(bsz, dc, state, h, w, stripe, shift, chunk, device="cpu") -> dict[str, float]:
     """Fused NSS scan (float32) vs gather -> reference scan -> scatter (float64): y and every gradient
     for each of the four orders (d_u is the sum over the orders)."""
     g = torch.Generator().manual_seed(3)
@@ -94,7 +107,9 @@ def nss_case(bsz, dc, state, h, w, stripe, shift, chunk) -> dict[str, float]:
             -torch.rand(k * dc, state, generator=g) * 3, torch.randn(bsz, k, state, length, generator=g),
             torch.randn(bsz, k, state, length, generator=g), torch.randn(k * dc, generator=g),
             torch.randn(k * dc, generator=g) * 0.5)
+    base = tuple(t.to(device) for t in base)
     order, _ = nss_indices(h, w, stripe, shift)
+    order = order.to(device)
     results = {}
     for name in ("reference", "triton"):
         args = [(t.double() if name == "reference" else t.clone()).requires_grad_() for t in base]
@@ -121,12 +136,12 @@ def nss_case(bsz, dc, state, h, w, stripe, shift, chunk) -> dict[str, float]:
     return out
 
 
-def mair_vmm_case() -> dict[str, float]:
+def mair_vmm_case(device="cpu") -> dict[str, float]:
     """MaIR's VMM on the triton back-end (fused NSS scan) vs the same module on the reference scan
     (gathered sequences): output, input gradient and the SSM parameters' gradients."""
     torch.manual_seed(4)
-    vmm = VMM(8, MaIRConfig(d_state=3, ssm_ratio=1.0, scan_len=4), shift=True)
-    x = torch.randn(1, 5, 6, 8)
+    vmm = VMM(8, MaIRConfig(d_state=3, ssm_ratio=1.0, scan_len=4), shift=True).to(device)
+    x = torch.randn(1, 5, 6, 8).to(device)
     results = {}
     for backend in ("reference", "triton"):
         vmm.scan_backend = backend
@@ -140,11 +155,11 @@ def mair_vmm_case() -> dict[str, float]:
     return {n: rel_err(t, r) for n, r, t in zip(names, results["reference"], results["triton"], strict=True)}
 
 
-def involution_case(channels, groups, k, h, w) -> dict[str, float]:
+def involution_case(channels, groups, k, h, w, device="cpu") -> dict[str, float]:
     """Output and both gradients of the Triton involution vs the unfold reference in float64."""
     g = torch.Generator().manual_seed(2)
-    x = torch.randn(2, channels, h, w, generator=g)
-    weight = torch.randn(2, groups * k * k, h, w, generator=g)
+    x = torch.randn(2, channels, h, w, generator=g).to(device)
+    weight = torch.randn(2, groups * k * k, h, w, generator=g).to(device)
     results = {}
     for name in ("unfold", "triton"):
         xs = (x.double() if name == "unfold" else x.clone()).requires_grad_()
@@ -159,12 +174,13 @@ def involution_case(channels, groups, k, h, w) -> dict[str, float]:
     return {n: rel_err(t, r) for n, r, t in zip(names, results["unfold"], results["triton"], strict=True)}
 
 
-def run_all() -> dict[str, dict[str, float]]:
-    out = {f"scan/{n}": scan_case(*c) for n, c in SCAN_CASES.items()}
-    out["scan/dispatch"] = scan_dispatch_case()
-    out.update({f"nss/{n}": nss_case(*c) for n, c in NSS_CASES.items()})
-    out["nss/mair_vmm"] = mair_vmm_case()
-    out.update({f"involution/{n}": involution_case(*c) for n, c in INVOLUTION_CASES.items()})
+def run_all(device: str = "cpu") -> dict[str, dict[str, float]]:
+    out = {f"scan/{n}": scan_case(*c, device=device) for n, c in SCAN_CASES.items()}
+    out["scan/dispatch"] = scan_dispatch_case(device)
+    out.update({f"dtype/{n}": scan_dtype_case(d, device) for n, d in DTYPE_CASES.items()})
+    out.update({f"nss/{n}": nss_case(*c, device=device) for n, c in NSS_CASES.items()})
+    out["nss/mair_vmm"] = mair_vmm_case(device)
+    out.update({f"involution/{n}": involution_case(*c, device=device) for n, c in INVOLUTION_CASES.items()})
     return out
 
 
