@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint install clean
+.PHONY: demo test test-fast lint install clean gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test: $(STAMP)
 # everything but the tests that start servers, clusters or whole pipelines (marked slow)
 test-fast: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q --timeout=900 -m "not slow"
+
+# every GPU-specific check on one CUDA device, one report (bench/gpu_check.py); refuses without a GPU
+gpu-check: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/gpu_check.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
