@@ -40,6 +40,11 @@ class Recorded:
     # (input, file name) -> (key, sha256)
     hashes: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
 
+    def digest(self, location: str, name: str, key: str) -> str | None:
+        """The sha256 recorded for this input file, if recorded under the same ``key``."""
+        recorded_key, digest = self.hashes.get((location, name), (None, None))
+        return digest if recorded_key == key else None
+
 
 class Journal:
     def __init__(self, out: str, every: float = 10.0) -> None:

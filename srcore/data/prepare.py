@@ -112,11 +112,8 @@ def prepare(params: PrepareParams, on_progress: Callable[[int], None] | None = N
     journal = Journal(params.out)
     recorded = journal.load()
     candidates = _candidates(_load_manifest(out), recorded.groups)
-    ledger = _Ledger({s: [] for s in params.scales}, {}, [None] * len(images))
-    for i, img in enumerate(images):
-        key, digest = recorded.hashes.get((img.location, img.name), (None, None))
-        if key == img.key:
-            ledger.digests[i] = digest
+    ledger = _Ledger({s: [] for s in params.scales}, {}, [recorded.digest(img.location, img.name, img.key)
+                                                         for img in images])
     recipe = Recipe.of(params)
     n = params.images_per_shard
     groups = [range(i, min(i + n, len(images))) for i in range(0, len(images), n)]
