@@ -19,14 +19,14 @@ import os
 import platform
 import socket
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from srcore.errors import ConfigError
+from srcore.servers import call_within
 
 __all__ = ["PROBE_TIMEOUT_S", "ClusterProbe", "check_address", "ensure_ray", "probe_cluster"]
 
@@ -99,26 +99,6 @@ def _stderr_quiet() -> Iterator[None]:
         os.close(devnull)
 
 
-def _within(seconds: float, fn: Callable[[], _T]) -> _T:
-    """``fn()``'s result, or TimeoutError after ``seconds`` (the call is left to finish on its own)."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # handed to the caller's thread
-            box["error"] = exc
-
-    worker = threading.Thread(target=run, name="srcore-ray-probe", daemon=True)
-    worker.start()
-    worker.join(seconds)
-    if worker.is_alive():
-        raise TimeoutError
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
 def _ask_gcs(address: str) -> ClusterProbe:
     import ray._common.usage.usage_lib as usage
     from ray._raylet import GcsClient
@@ -141,11 +121,11 @@ def probe_cluster(address: str, setting: str = "--address", timeout: float = PRO
     try:
         with _stderr_quiet():
             try:
-                probe = _within(timeout, lambda: _ask_gcs(address))
+                probe = call_within(lambda: _ask_gcs(address), timeout, "srcore-ray-probe")
             except AuthenticationError:
                 if not _use_local_token():
                     raise
-                probe = _within(timeout, lambda: _ask_gcs(address))
+                probe = call_within(lambda: _ask_gcs(address), timeout, "srcore-ray-probe")
     except AuthenticationError:
         token = ("RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else
                  "this machine's ~/.ray/auth_token" if _token_available() else "no token")

@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 from srcore.errors import SrcoreError
 
-__all__ = ["ServerError", "free_port", "http_ok", "running_server", "start_server", "stop_server",
-           "wait_until"]
+__all__ = ["ServerError", "call_within", "free_port", "http_ok", "running_server", "start_server",
+           "stop_server", "wait_until"]
+
+
+_T = TypeVar("_T")
 
 
 class ServerError(SrcoreError):
@@ -96,3 +101,26 @@ def running_server(argv: Sequence[str], health_url: str, what: str, log_file: Pa
         yield proc
     finally:
         stop_server(proc)
+
+
+def call_within(fn: Callable[[], _T], seconds: float, name: str = "srcore-call") -> _T:
+    """``fn()``'s result (or its exception), or ``TimeoutError`` once ``seconds`` have passed.
+
+    A client stuck in a connect or a read cannot be interrupted from outside, so the call runs in a
+    daemon thread (named ``name``) that is left to finish on its own: the caller reports and moves on."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=run, name=name, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise TimeoutError(f"no answer within {seconds:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]

@@ -15,7 +15,6 @@ import json
 import logging
 import os
 import subprocess
-import threading
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ import numpy as np
 
 from srcore.data.patch_source import patch_source
 from srcore.errors import ConfigError
+from srcore.servers import call_within
 
 log = logging.getLogger(__name__)
 
@@ -109,23 +109,12 @@ def call_with_deadline(fn: Callable[[], _T], seconds: float, what: str) -> _T:
 
     The call runs in a daemon thread because an HTTP client stuck in a connect or a read cannot be
     interrupted from outside; the command then reports the failure and exits without waiting."""
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["value"] = fn()
-        except BaseException as exc:  # handed to the caller's thread
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=run, name="tracking-call", daemon=True)
-    worker.start()
-    worker.join(seconds)
-    if worker.is_alive():
+    try:
+        return call_within(fn, seconds, "tracking-call")
+    except TimeoutError:
         raise ConfigError(f"{what}: the tracking server gave no answer within {seconds:g} s "
-                          f"(raise {TIMEOUT_ENV}, check the server, or use --offline with a cached model)")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
+                          f"(raise {TIMEOUT_ENV}, check the server, or use --offline with a cached model)"
+                          ) from None
 
 
 def _check_server(uri: str) -> None:
