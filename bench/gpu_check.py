@@ -130,7 +130,7 @@ def train_step(steps: int) -> dict[str, Any]:
         overrides = {"prepare.input": str(Path(tmp) / "sample" / "train"),
                      "prepare.out": str(Path(tmp) / "p"),
                      "prepare.scales": [4], "teacher.steps": steps, "teacher.val_every": steps,
-                     "teacher.amp": True, "teacher.compile": True, "teacher.val_dataset": "embedded",
+                     "teacher.amp": "bf16", "teacher.compile": True, "teacher.val_dataset": "embedded",
                      "teacher.name": "gpu-check", "teacher.ray.use_gpu": True, "teacher.ray.num_workers": 1,
                      "teacher.ray.cpus_per_worker": 1, "teacher.ray.storage_path": str(Path(tmp) / "runs")}
         params = load_params(ROOT / "params.yaml", overrides, profile="tiny")

@@ -137,7 +137,9 @@ class TrainParams(_Section):
     loss: Literal["l1", "charbonnier"] = "l1"
     grad_clip: float | None = None
     ema_decay: float | None = 0.999
-    amp: bool = True
+    amp: Literal["auto", "bf16", "off"] = Field(
+        "auto", description="bf16 autocast: auto = on CUDA only (most CPUs run bf16 slower than fp32), "
+                            "bf16 = on any device, off = fp32 throughout; true/false mean auto/off")
     compile: bool = False
     channels_last: bool = False
     val_every: int = Field(200, ge=1)
@@ -151,6 +153,11 @@ class TrainParams(_Section):
     val_dataset: str = "sample-val"
     seed: int = 0
     ray: RayParams = RayParams()
+
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _amp(cls, v: Any) -> Any:
+        return {True: "auto", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
     @field_validator("milestones")
     @classmethod

@@ -222,12 +222,19 @@ def _scan_cpu_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(output[2])
 
 
-def _scan_cpu_backward(ctx, dy, dlast, _dstarts):
+@torch.library.custom_op("srcore::selective_scan_cpu_backward", mutates_args=())
+def _scan_cpu_bwd_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                     D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
+                     starts: torch.Tensor, dy: torch.Tensor | None, dlast: torch.Tensor | None,
+                     delta_softplus: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The numba backward as an op of its own, so that a compiled training step (AOT autograd traces
+    the backward with fake tensors) calls it instead of tracing into numpy. Gradients of absent
+    optional inputs come back empty."""
     import numba
 
     from srcore.kernels.scan_cpu import scan_backward
 
-    u, delta, A, B, C, D, z, delta_bias, starts = ctx.saved_tensors
     bsz, dim, length = u.shape
     groups, state = B.shape[1], A.shape[1]
     rows = bsz * dim
@@ -244,16 +251,32 @@ def _scan_cpu_backward(ctx, dy, dlast, _dstarts):
     d_c_parts = torch.zeros_like(d_b_parts)
     scan_backward(_as_rows(u), _as_rows(delta), A.contiguous().numpy(), _steps_last(B), _steps_last(C),
                   _optional(D, u, 1), _optional(_rows(z), u, 2), _optional(delta_bias, u, 1), D is not None,
-                  z is not None, delta_bias is not None, ctx.delta_softplus, _CHUNK_STEPS, starts.numpy(),
+                  z is not None, delta_bias is not None, delta_softplus, _CHUNK_STEPS, starts.numpy(),
                   _as_rows(dy), carry.numpy(), d_u.view(rows, length).numpy(),
                   d_delta.view(rows, length).numpy(), _optional(_rows(d_z), u, 2), d_a_rows.numpy(),
                   d_skip_rows.numpy(), d_bias_rows.numpy(), d_b_parts.numpy(), d_c_parts.numpy())
-    d_a = d_a_rows.view(bsz, dim, state).sum(0).to(A.dtype)
-    d_b = d_b_parts.sum(0).transpose(-1, -2).to(B.dtype)
-    d_c = d_c_parts.sum(0).transpose(-1, -2).to(C.dtype)
-    d_skip = None if D is None else d_skip_rows.view(bsz, dim).sum(0).to(D.dtype)
-    d_bias = None if delta_bias is None else d_bias_rows.view(bsz, dim).sum(0).to(delta_bias.dtype)
-    return d_u, d_delta, d_a, d_b.contiguous(), d_c.contiguous(), d_skip, d_z, d_bias, None, None
+    return (d_u, d_delta, d_a_rows.view(bsz, dim, state).sum(0).to(A.dtype),
+            d_b_parts.sum(0).transpose(-1, -2).to(B.dtype).contiguous(),
+            d_c_parts.sum(0).transpose(-1, -2).to(C.dtype).contiguous(),
+            u.new_empty(0) if D is None else d_skip_rows.view(bsz, dim).sum(0).to(D.dtype),
+            u.new_empty(0) if d_z is None else d_z,
+            u.new_empty(0) if delta_bias is None else d_bias_rows.view(bsz, dim).sum(0).to(delta_bias.dtype))
+
+
+@_scan_cpu_bwd_op.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, starts, dy, dlast, delta_softplus):
+    return (torch.empty_like(u), torch.empty_like(u), torch.empty_like(A), torch.empty_like(B),
+            torch.empty_like(C), u.new_empty(0) if D is None else torch.empty_like(D),
+            u.new_empty(0) if z is None else torch.empty_like(u),
+            u.new_empty(0) if delta_bias is None else torch.empty_like(delta_bias))
+
+
+def _scan_cpu_backward(ctx, dy, dlast, _dstarts):
+    u, delta, A, B, C, D, z, delta_bias, starts = ctx.saved_tensors
+    d_u, d_delta, d_a, d_b, d_c, d_skip, d_z, d_bias = _scan_cpu_bwd_op(
+        u, delta, A, B, C, D, z, delta_bias, starts, dy, dlast, ctx.delta_softplus)
+    return (d_u, d_delta, d_a, d_b, d_c, None if D is None else d_skip, None if z is None else d_z,
+            None if delta_bias is None else d_bias, None, None)
 
 
 _scan_cpu_op.register_autograd(_scan_cpu_backward, setup_context=_scan_cpu_setup)

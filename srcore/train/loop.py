@@ -372,7 +372,7 @@ def train_step(state: TrainState, lr_img: torch.Tensor, hr_img: torch.Tensor) ->
     lr_img, hr_img = lr_img.to(state.device), hr_img.to(state.device)
     if state.cfg.channels_last:
         lr_img = lr_img.contiguous(memory_format=torch.channels_last)
-    use_amp = state.cfg.amp and state.device.type == "cuda"
+    use_amp = state.cfg.amp == "bf16" or (state.cfg.amp == "auto" and state.device.type == "cuda")
     with torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=use_amp):
         loss = compute_loss(state, lr_img, hr_img)
     state.optimizer.zero_grad(set_to_none=True)
@@ -535,7 +535,7 @@ def train_in_process(config: dict[str, Any], device: torch.device | str = "cpu")
     pipeline's very steps (``bench/distill_ablation.py``). Returns the final state (``state.export``
     is the model to evaluate)."""
     state = setup(config, 0, 1, torch.device(device))
-    state.runner = state.trainable
+    state.runner = torch.compile(state.trainable) if state.cfg.compile else state.trainable
     state.batches = _loader(state)
     while state.step < state.last_step:
         state.trainable.train()
