@@ -7,8 +7,10 @@ leaving this process's Ray alone."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,10 +24,12 @@ RAY = str(Path(sys.executable).parent / "ray")
 
 
 @pytest.fixture(scope="module")
-def loopback_head(tmp_path_factory):
+def loopback_head():
     """A one-CPU Ray head on 127.0.0.1 only; yields its address. Its processes (found by their
-    temp folder) are ended afterwards, and no other Ray on the host."""
-    temp = tmp_path_factory.mktemp("ray-head")
+    temp folder) are ended afterwards, and no other Ray on the host. The folder is short: Ray puts
+    Unix sockets under it, and a socket path has at most 107 bytes (pytest's own folders, under a
+    test worker's, are longer)."""
+    temp = Path(tempfile.mkdtemp(prefix="srh", dir="/tmp"))
     port = free_port()
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
     res = subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
@@ -38,6 +42,7 @@ def loopback_head(tmp_path_factory):
         for proc in psutil.process_iter(["cmdline"]):
             if str(temp) in " ".join(proc.info["cmdline"] or []):
                 proc.kill()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _run(args: list[str], **env: str) -> tuple[subprocess.CompletedProcess, float]:

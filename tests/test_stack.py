@@ -231,7 +231,9 @@ def _prepare_elsewhere_and_push(project: Path, where: Path, env: dict[str, str])
     made = subprocess.run([sys.executable, "-c", _PREPARE_AND_PUSH], cwd=where, env=env, capture_output=True,
                           text=True, timeout=600)
     assert made.returncode == 0, made.stdout[-1500:] + made.stderr[-1500:]
+    # the prepare run's own journal (.journal/) is run state that .dvcignore keeps out of DVC
     patches = _tree_bytes(where / "data" / "patches")
+    patches = {k: v for k, v in patches.items() if not k.startswith(".journal")}
     _git(where, "add", "dvc.lock", "data.dvc")  # not data/.gitignore: the pipeline's checkout gets no data/
     _git(where, "commit", "-q", "-m", "patches")
     _git(project, "pull", "-q", "--ff-only", str(where), "HEAD")
