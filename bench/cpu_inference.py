@@ -6,6 +6,9 @@ table gives the median of each model's per-round latency ratio to RLFN. ``of_pea
 the cores' fp32 peak (2 FLOPs per multiply-add as ``srcore.metrics.efficiency.count_flops`` counts
 them, selective scan included, over the median latency); the peak is ``--peak-gflops`` or cores x
 clock x 32 (AVX2, two FMA units). Targets at 256x256, x4, 2 threads: DVMSR <= 2.5x RLFN, MaIR-T <= 8x.
+On a machine that other jobs share, wall time measures the load as much as the model: the
+process CPU time per forward (``cpu_ms``, summed over threads, and its ratio to RLFN's) is given
+beside it.
 
 Run: python bench/cpu_inference.py [--models dvmsr mair_t] [--size 256] [--rounds 3] [--threads 2]
 """
@@ -25,10 +28,11 @@ from srcore.metrics.efficiency import count_flops
 from srcore.models import build
 
 
-def _once(model, x) -> float:
-    t0 = time.perf_counter()
+def _once(model, x) -> tuple[float, float]:
+    """Wall and process CPU seconds of one forward."""
+    t0, c0 = time.perf_counter(), time.process_time()
     model(x)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def main() -> None:
@@ -50,7 +54,7 @@ def main() -> None:
     names = [args.peer, *args.models]
     models = {n: build(n, args.scale).eval() for n in names}
     gflop = {n: 2 * count_flops(m, x)[0] / 1e9 for n, m in models.items()}
-    times: dict[str, list[float]] = {n: [] for n in names}
+    times: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
     with torch.inference_mode():
         for m in models.values():  # warm-up: kernels compiled, caches and allocator filled
             m(x)
@@ -59,10 +63,11 @@ def main() -> None:
                 times[n].append(_once(m, x))
     rows = []
     for n in names:
-        ratios = [t / r for t, r in zip(times[n], times[args.peer], strict=True)]
-        ms = statistics.median(times[n])
-        rows.append({"model": n, "ms": ms * 1e3, f"x_{args.peer}": statistics.median(ratios),
-                     "gflop": gflop[n], "of_peak": gflop[n] / ms / peak})
+        ratio = [statistics.median(t[i] / r[i] for t, r in zip(times[n], times[args.peer], strict=True))
+                 for i in (0, 1)]
+        wall, cpu = (statistics.median(t[i] for t in times[n]) for i in (0, 1))
+        rows.append({"model": n, "ms": wall * 1e3, f"x_{args.peer}": ratio[0], "cpu_ms": cpu * 1e3,
+                     f"x_{args.peer}_cpu": ratio[1], "gflop": gflop[n], "of_peak": gflop[n] / wall / peak})
     report(args.name, rows, f"eager CPU latency, {args.size}x{args.size} LR, x{args.scale}, {args.threads} "
                             f"threads (of_peak: fraction of {peak:.0f} GFLOP/s)")
 

@@ -113,11 +113,12 @@ def main() -> None:
         numba.set_num_threads(args.threads)
     peak = args.peak_gflops or default_peak_gflops(torch.get_num_threads())
     rows = []
+    title = (f"latency per {args.size}x{args.size} LR image, x{args.scale}, CPU "
+             f"(of_peak: fraction of {peak:.0f} GFLOP/s)")
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models:
+        for name in args.models:  # the table is written after each model, so a cut-short run keeps its rows
             rows += _bench_model(name, args.scale, args.size, args.repeats, args.threads, Path(tmp), peak)
-    report(args.name, rows, f"latency per {args.size}x{args.size} LR image, x{args.scale}, CPU "
-                            f"(of_peak: fraction of {peak:.0f} GFLOP/s)")
+            report(args.name, rows, title)
 
 
 if __name__ == "__main__":

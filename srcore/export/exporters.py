@@ -61,6 +61,34 @@ def _onnx_dynamo(model: SRModel, x: torch.Tensor, path: str, dynamic: bool) -> N
     program.save(path)
 
 
+def _compact_names(proto) -> None:
+    """Give every intermediate value a short name and nodes none: the exporter names them by module
+    path ("/layers.0/residual_group/blocks.0/self_attention/Unsqueeze_12_output_0"), which made up
+    a third of MaIR-T's graph file (6.3 MB -> 4.6 MB). Graph inputs, outputs and weights keep theirs.
+    One mapping for the whole model, loop bodies included, as they refer to outer values by name."""
+    import onnx
+
+    keep = {v.name for v in (*proto.graph.input, *proto.graph.output)}
+    keep |= {t.name for t in proto.graph.initializer}
+    names: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        return name if not name or name in keep else names.setdefault(name, f"t{len(names)}")
+
+    def walk(graph) -> None:
+        for value in (*graph.input, *graph.output, *graph.value_info):
+            value.name = short(value.name)
+        for node in graph.node:
+            node.name = ""
+            node.input[:] = [short(x) for x in node.input]
+            node.output[:] = [short(x) for x in node.output]
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    walk(attr.g)
+
+    walk(proto.graph)
+
+
 def export_onnx(model: SRModel, path: str | os.PathLike, meta: ExportMeta) -> None:
     """Write ``model`` as ONNX (opset ``OPSET``); dynamic H/W when ``meta.size`` is None."""
     import onnx
@@ -74,6 +102,7 @@ def export_onnx(model: SRModel, path: str | os.PathLike, meta: ExportMeta) -> No
             log.info("%s: %s; using the dynamo-based ONNX exporter", meta.arch, str(exc).splitlines()[0])
             _onnx_dynamo(m, x, str(path), meta.size is None)
     proto = onnx.load(str(path))
+    _compact_names(proto)
     proto.metadata_props.add(key=META_KEY, value=meta.to_json())
     proto.doc_string = (f"srcore {meta.arch} x{meta.scale}: lr (N, 3, H, W) {meta.dtype} RGB in [0, 1] -> "
                         f"sr (N, 3, {meta.scale}H, {meta.scale}W)")

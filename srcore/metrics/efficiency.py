@@ -53,7 +53,8 @@ def _adaptive_pool(x_shape, *args, out_shape=None, **kwargs) -> int:
 
 
 def _scan(u_shape, delta_shape, a_shape, *args, out_shape=None, **kwargs) -> int:
-    b, d, length = u_shape
+    # delta's channels, not u's: several scan orders may share one u (MaIR's NSS scans).
+    b, d, length = delta_shape
     return 2 * scan_flops(b, length, d, a_shape[1])
 
 

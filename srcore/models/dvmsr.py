@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from srcore.models.layers import DropPath, channel_major_linear
+from srcore.models.layers import ChannelMajorLinear, DropPath
 from srcore.models.shell import ShellConfig, TokenShell
 from srcore.ops import selective_scan
 
@@ -40,7 +40,7 @@ class MambaMixer(nn.Module):
         self.d_inner = expand * d_model
         self.d_state = d_state
         self.dt_rank = math.ceil(d_model / 16)
-        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
+        self.in_proj = ChannelMajorLinear(d_model, 2 * self.d_inner, bias=False)
         self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner, padding=d_conv - 1)
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
@@ -68,12 +68,12 @@ class MambaMixer(nn.Module):
         product), dt, B and C token-major (B, L, .), which the scan reads in place.
         """
         length = x.shape[1]
-        xz = channel_major_linear(x, self.in_proj.weight)  # (B, 2D, L)
+        xz = self.in_proj(x)  # (B, 2D, L)
         u, z = xz.chunk(2, dim=1)
         u = F.silu(self.conv1d(u)[..., :length])
         x_dbl = F.linear(u.transpose(1, 2), self.x_proj.weight)  # (B, L, R + 2N)
         dt, b, c = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = channel_major_linear(dt, self.dt_proj.weight)  # (B, D, L)
+        delta = torch.bmm(self.dt_proj.weight.expand(dt.shape[0], -1, -1), dt.transpose(1, 2))  # (B, D, L)
         y = selective_scan(u, delta, -torch.exp(self.A_log.float()), b.transpose(1, 2), c.transpose(1, 2),
                            D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
                            backend=self.scan_backend)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["DropPath", "LayerNorm2d", "channel_major_linear"]
+__all__ = ["ChannelMajorLinear", "DropPath", "LayerNorm2d"]
 
 
 class DropPath(nn.Module):
@@ -42,10 +42,15 @@ class LayerNorm2d(nn.Module):
         return self.weight[:, None, None] * x + self.bias[:, None, None]
 
 
-def channel_major_linear(tokens: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """A bias-free Linear of (B, L, C) tokens whose output is channel-major, (B, O, L) contiguous.
 
-    One bmm with the tokens read transposed writes that layout directly; ``F.linear(...).transpose``
+class ChannelMajorLinear(nn.Linear):
+    """A Linear of (B, L, C) tokens whose output is channel-major, (B, O, L) contiguous.
+
+    One bmm with the tokens read transposed writes that layout directly; ``Linear(...).transpose``
     would be a strided view that convolutions and kernels copy, and ``torch.matmul(weight,
-    tokens.transpose(1, 2))`` computes it token-major and copies it."""
-    return torch.bmm(weight.expand(tokens.shape[0], -1, -1), tokens.transpose(1, 2))
+    tokens.transpose(1, 2))`` computes it token-major and copies it. A module (same parameters
+    and keys as ``nn.Linear``) so that FLOP counts per module still see it."""
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        out = torch.bmm(self.weight.expand(tokens.shape[0], -1, -1), tokens.transpose(1, 2))
+        return out if self.bias is None else out + self.bias[:, None]

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from srcore.models.layers import DropPath, channel_major_linear
+from srcore.models.layers import ChannelMajorLinear, DropPath
 from srcore.models.shell import ShellConfig, TokenShell
 from srcore.ops.nss import nss_indices, nss_indices_of
 from srcore.ops.nss_scan import nss_selective_scan
@@ -65,7 +65,7 @@ class VMM(nn.Module):
         self.d_state = n = cfg.d_state
         self.dt_rank = r = math.ceil(dim / 16)
         self.stripe, self.shift = cfg.scan_len, shift
-        self.in_proj = nn.Linear(dim, 2 * d, bias=False)
+        self.in_proj = ChannelMajorLinear(dim, 2 * d, bias=False)
         self.conv2d = nn.Conv2d(d, d, 3, padding=1, groups=d)
         self.x_proj_weight = nn.Parameter(torch.randn(_SEQS, r + 2 * n, d) * d**-0.5)
         self.dt_projs_weight = nn.Parameter(torch.empty(_SEQS, d, r).uniform_(-(r**-0.5), r**-0.5))
@@ -86,7 +86,7 @@ class VMM(nn.Module):
         """(B, H, W, C) -> (B, H, W, C); ``orders``: (order, inverse) of this block's NSS scan,
         computed here when not given."""
         b, h, w, c = x.shape
-        u, z = channel_major_linear(x.reshape(b, h * w, c), self.in_proj.weight).chunk(2, dim=1)
+        u, z = self.in_proj(x.reshape(b, h * w, c)).chunk(2, dim=1)
         u = F.silu(self.conv2d(u.view(b, -1, h, w))).flatten(2)  # (B, D, L) row-major
         order, inverse = orders if orders is not None else scan_orders(u.view(b, -1, h, w), self.stripe,
                                                                           self.shift)
