@@ -78,11 +78,11 @@ def test_gradients_match_reference_float32():
 def test_cpu_chunking_boundaries_are_seamless(monkeypatch):
     import importlib
 
-    ss = importlib.import_module("srcore.ops.selective_scan")
+    cpu_op = importlib.import_module("srcore.kernels.scan_cpu_op")
 
     base = _inputs(bsz=2, dim=4, state=3, length=100, groups=2)
     full = _run(base, "cpu")
-    monkeypatch.setattr(ss, "_CHUNK_STEPS", 16)  # 7 chunks, the last one partial
+    monkeypatch.setattr(cpu_op, "_CHUNK_STEPS", 16)  # 7 chunks, the last one partial
     assert torch.allclose(_run(base, "cpu"), full, atol=1e-12)
     grads = {b: _grads(base, b) for b in ("reference", "cpu")}
     for g_ref, g in zip(grads["reference"], grads["cpu"], strict=True):
@@ -94,7 +94,7 @@ def test_scan_backend_context_sets_the_default(monkeypatch):
 
     ss = importlib.import_module("srcore.ops.selective_scan")
     used = []
-    for name in ("_scan_reference", "_scan_cpu", "_scan_torch"):
+    for name in ("_scan_reference", "selective_scan_cpu", "_scan_torch"):
         real = getattr(ss, name)
         monkeypatch.setattr(ss, name, lambda *a, _n=name, _f=real: used.append(_n) or _f(*a))
     u, delta, A, B, C, *_ = _inputs(length=5)
@@ -105,7 +105,8 @@ def test_scan_backend_context_sets_the_default(monkeypatch):
             selective_scan(u, delta, A, B, C, backend="cpu")  # an explicit argument wins
         selective_scan(u, delta, A, B, C)
     selective_scan(u, delta, A, B, C)  # restored: chosen by device
-    assert used == ["_scan_torch", "_scan_reference", "_scan_cpu", "_scan_torch", "_scan_cpu"]
+    assert used == ["_scan_torch", "_scan_reference", "selective_scan_cpu", "_scan_torch",
+                    "selective_scan_cpu"]
     with pytest.raises(ValueError, match="unknown selective-scan backend"), scan_backend("magic"):
         pass
 
@@ -210,9 +211,8 @@ def test_cpu_fused_options_match_reference(options):
     # The numba kernel applies bias, softplus, D and the gate itself (selective_scan uses that
     # without gradients; the op's own backward is checked through a direct call): every subset,
     # values and gradients, with delta large enough that softplus takes its linear branch (x > 20).
-    import importlib
+    from srcore.kernels.scan_cpu_op import selective_scan_cpu
 
-    ss = importlib.import_module("srcore.ops.selective_scan")
     u, delta, A, B, C, D, z, bias = _inputs(bsz=2, dim=4, state=3, length=40, groups=2, seed=7)
     delta = delta * 12
     given = {"D": D, "z": z, "delta_bias": bias, "delta_softplus": True}
@@ -228,8 +228,8 @@ def test_cpu_fused_options_match_reference(options):
         if name == "reference":
             y, last = selective_scan(*leaves, **opt, return_last_state=True, backend="reference")
         else:
-            y, last = ss._scan_cpu(*leaves, opt.get("D"), opt.get("z"), opt.get("delta_bias"),
-                                   opt.get("delta_softplus", False))
+            y, last = selective_scan_cpu(*leaves, opt.get("D"), opt.get("z"), opt.get("delta_bias"),
+                                         opt.get("delta_softplus", False))
         (y.square().mean() + last.sum()).backward()
         extra = [v.grad for v in opt.values() if torch.is_tensor(v)]
         results[name] = [y, last] + [t.grad for t in leaves] + extra

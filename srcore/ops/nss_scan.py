@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from srcore.ops.selective_scan import Backend, _needs_grad, _scan_cpu, resolve_backend, selective_scan
+from srcore.kernels.scan_cpu_op import needs_grad, selective_scan_cpu
+from srcore.ops.selective_scan import Backend, resolve_backend, selective_scan
 
 __all__ = ["gather_sequences", "nss_selective_scan"]
 
@@ -47,9 +48,9 @@ def nss_selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
         y, _ = selective_scan_triton(u, delta, A, B.contiguous(), C.contiguous(), D, None, delta_bias,
                                      delta_softplus, index=order)
         return y
-    if name == "cpu" and u.dtype in (torch.float32, torch.float64) and not _needs_grad(u, delta, A, B, C, D,
+    if name == "cpu" and u.dtype in (torch.float32, torch.float64) and not needs_grad(u, delta, A, B, C, D,
                                                                                    delta_bias):
-        return _scan_cpu(u, delta, A, B, C, D, None, delta_bias, delta_softplus, order)[0]
+        return selective_scan_cpu(u, delta, A, B, C, D, None, delta_bias, delta_softplus, order)[0]
     xs = gather_sequences(u.unsqueeze(1).expand(bsz, k, dc, length), order)
     ds = gather_sequences(delta.view(bsz, k, dc, length), order)
     ys = selective_scan(xs.reshape(bsz, k * dc, length), ds.reshape(bsz, k * dc, length), A,
