@@ -109,7 +109,22 @@ def _worker_lines_to(sink: TextIO) -> Iterator[None]:
     finally:
         dispatcher.remove_handler("srcore_ray_log")
         for name, handler in previous:
-            dispatcher.add_handler(name, handler)
+            dispatcher.add_handler(name, _without_stage_leftovers(handler))
+
+
+# Actors of a Ray Train run that may still speak after the stage has ended (a stopped or aborted run's
+# placement-group cleaner polling a controller that is gone): their lines belong in the run's log,
+# which is closed by then, not on the console (Ray's session logs keep them).
+_STAGE_ACTORS = ("PlacementGroupCleaner",)
+
+
+def _without_stage_leftovers(handler: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    def forward(data: dict[str, Any]) -> None:
+        if str(data.get("actor_name") or "").startswith(_STAGE_ACTORS):
+            return
+        handler(data)
+
+    return forward
 
 
 @contextmanager
