@@ -126,7 +126,8 @@ def stage_run(params: Params, stage: str, name: str | None = None, parent_run_id
     cfg = params.stage(stage)
     client = configure()
     experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
-    tags = stage_lineage(params, stage)
+    source = patch_source(params.prepare.out, params.loader.source)  # resolved once for tags and input
+    tags = stage_lineage(params, stage, source)
     if stage == "distill" and cfg.distills:
         teacher_run_id = teacher_run_id or find_model_run(client, experiment_id, cfg.teacher)
         if teacher_run_id:
@@ -134,7 +135,7 @@ def stage_run(params: Params, stage: str, name: str | None = None, parent_run_id
     with mlflow.start_run(run_name=f"{stage}-{name or cfg.name}", experiment_id=experiment_id,
                           parent_run_id=parent_run_id, tags=tags, log_system_metrics=True) as run:
         mlflow.log_params(loggable_params(params, stage))
-        log_patch_input(patch_source(params.prepare.out, params.loader.source), cfg.scale)
+        log_patch_input(source, cfg.scale)
         run_id = run.info.run_id
         yield StageRun(client, run_id, run_url(mlflow.get_tracking_uri(), experiment_id, run_id))
 

@@ -201,11 +201,13 @@ def lineage(patches) -> dict[str, str]:
     return tags
 
 
-def stage_lineage(params, stage: str) -> dict[str, str]:
+def stage_lineage(params, stage: str, source=None) -> dict[str, str]:
     """``lineage`` plus what a training stage started from: the weights it was initialised from
-    (``init``) and, for distillation, the teacher it learnt from."""
+    (``init``) and, for distillation, the teacher it learnt from. ``source``: the stage's patch
+    source when the caller resolved it already (``srcore.data.patch_source``)."""
     cfg = params.stage(stage)
-    tags = {**lineage(patch_source(params.prepare.out, params.loader.source)), "stage": stage}
+    source = source or patch_source(params.prepare.out, params.loader.source)
+    tags = {**lineage(source), "stage": stage}
     if cfg.init:
         tags["init"] = cfg.init
     if stage == "distill" and cfg.distills:
