@@ -55,8 +55,10 @@ def prefect_api():
 def main(argv: list[str] | None = None) -> int:
     if "--verbose" in (sys.argv[1:] if argv is None else argv):  # Ray's own output back on the terminal
         logging.basicConfig(level=logging.DEBUG, format="%(name)s: %(message)s")
-    else:  # MLflow's INFO lines (system-metrics monitor starting and stopping) stay off the console
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    else:
+        from srcore.console import quiet_mlflow
+
+        quiet_mlflow()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     from srcore.errors import SrcoreError

@@ -8,7 +8,10 @@ one at the end, each with elapsed time and ETA.
 
 from __future__ import annotations
 
+import logging
 import math
+import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -147,3 +150,12 @@ def train_with_progress(params: Any, stage: str, console: Console, *, address: s
                                  quiet_ray=not verbose, parent_run_id=parent_run_id,
                                  teacher_run_id=teacher_run_id,
                                  announce=lambda run: console.print(f"{mlflow_label}: {run.url}"))
+
+
+def quiet_mlflow() -> None:
+    """MLflow prints its INFO lines (the system-metrics monitor starting and stopping, ...) through
+    its own handler, at the level ``MLFLOW_LOGGING_LEVEL`` gives when it is imported; the console
+    shows its warnings only (``-v`` shows everything). Processes started from here inherit it."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    if "mlflow" in sys.modules:  # already imported (and configured) in this process
+        logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())

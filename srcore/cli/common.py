@@ -7,8 +7,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -17,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from srcore.console import quiet_mlflow
 from srcore.errors import SrcoreError
 
 __all__ = ["app", "console", "emit_json", "exits_on_error", "fail", "load_model_for", "out", "overrides",
@@ -124,16 +123,7 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug lo
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False)])
     if not verbose:
-        _quiet_mlflow()
-
-
-def _quiet_mlflow() -> None:
-    """MLflow prints its INFO lines (the system-metrics monitor starting and stopping, ...) through
-    its own handler, at the level ``MLFLOW_LOGGING_LEVEL`` gives when it is imported; the console
-    shows its warnings only (``-v`` shows everything). Processes started from here inherit it."""
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    if "mlflow" in sys.modules:  # already imported (and configured) in this process
-        logging.getLogger("mlflow").setLevel(os.environ["MLFLOW_LOGGING_LEVEL"].upper())
+        quiet_mlflow()
 
 
 COMPILE_HELP = ("Run the model under torch.compile (dynamic sizes): the first image waits while it compiles "
