@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -392,9 +393,9 @@ def test_registration_survives_the_mlflow_server_dying_in_its_middle(stack, tmp_
                if mv.version not in before]
         assert len(mid) == 1  # paused between the version's creation and its promotion
         server = MLflowServer(cfg)
-        victims = recorded(server.pid_file)
-        for p in [c for v in victims for c in v.children(recursive=True)] + victims:
-            p.kill()
+        # the whole process group at once: killing workers one by one lets the master start new ones
+        for victim in recorded(server.pid_file):
+            os.killpg(os.getpgid(victim.pid), signal.SIGKILL)
         server.stop()  # reaps them and clears the PID file
         assert not server.healthy()
         server.check_ports()
