@@ -153,15 +153,18 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 # ---------------------------------------------------------------------------------------------
-# Running on two pytest-xdist workers (``make test``): the modules that use the session's servers
-# (its Ray cluster, its MLflow server) run on one worker, so that the session starts each once; the
-# stack's module runs whole on another. Every other module runs whole on whichever worker is free,
-# so a module-scoped fixture (a Triton interpreter run, a served model) is built once, not on both.
-# The two long groups go first (``--no-loadscope-reorder`` keeps this order), one to each worker;
-# the short modules then fill in around them.
+# Running on several pytest-xdist workers (``make test``): the modules that use the session's servers
+# (its Ray cluster, its MLflow server) run on one worker, so that the worker starts each once, and
+# the training module on another with servers of its own; the stack's module runs whole on a third.
+# Every other module runs whole on whichever worker is free, so a module-scoped fixture (a Triton
+# interpreter run, a served model) is built once. The long groups go first (``--no-loadscope-reorder``
+# keeps this order), one to each worker; the short modules then fill in around them.
 
 SESSION_SERVERS = {"ray_cluster", "ray_local", "mlflow_server"}
-GROUP_ORDER = {"stack": 0, "session-servers": 1}
+# Modules long enough to pay for servers of their own (a second Ray cluster and MLflow server, about
+# 15 s to start): they run on a worker of their own beside the other modules that need servers.
+OWN_SERVERS = {"test_train"}
+GROUP_ORDER = {"stack": 0, "session-servers": 1, "session-servers-train": 2}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
@@ -171,7 +174,8 @@ def pytest_collection_modifyitems(config, items):
         if "stack" in item.fixturenames:
             groups[item.path] = "stack"
         elif SESSION_SERVERS & set(item.fixturenames):
-            groups.setdefault(item.path, "session-servers")
+            own = item.path.stem in OWN_SERVERS
+            groups.setdefault(item.path, "session-servers-train" if own else "session-servers")
     for item in items:
         item.add_marker(pytest.mark.xdist_group(groups.get(item.path, item.path.stem)))
     items.sort(key=lambda item: GROUP_ORDER.get(groups.get(item.path, ""), len(GROUP_ORDER)))  # stable
