@@ -87,12 +87,12 @@ def tracking_timeout() -> float:
 
 
 @contextmanager
-def bounded_requests(total: float) -> Iterator[None]:
+def bounded_requests(total: float, retries: int = 2) -> Iterator[None]:
     """MLflow's HTTP defaults (7 retries with exponential backoff, 120 s per request) add up to
-    minutes against a server that fails; inside this block a request is tried 3 times with a short
-    backoff and waits at most ``min(total, 30)`` s. Variables the user set are left alone, and the
-    environment is restored on exit (MLflow reads these variables at each request)."""
-    limits = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    minutes against a server that fails; inside this block a request is tried ``1 + retries`` times
+    with a short backoff and waits at most ``min(total, 30)`` s. Variables the user set are left
+    alone, and the environment is restored on exit (MLflow reads these variables at each request)."""
+    limits = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
               "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
               "MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, int(min(total, 30))))}
     added = {k: v for k, v in limits.items() if k not in os.environ}
