@@ -118,6 +118,9 @@ class RayParams(_Section):
     max_failures: int = Field(1, ge=-1)
     num_to_keep: int = Field(2, ge=1)
     score_attribute: str | None = None
+    upload_retry_s: float = Field(
+        600.0, gt=0, description="seconds a checkpoint upload is retried while the store cannot be "
+        "reached, training going on meanwhile; then the run stops, the newest checkpoint on rank 0's disk")
 
 
 class TrainParams(_Section):

@@ -15,3 +15,7 @@ class ConfigError(SrcoreError):
 
 class CheckpointError(SrcoreError):
     """A weights file that cannot be loaded into the requested model."""
+
+
+class CheckpointUploadFailed(SrcoreError):
+    """Checkpoints could not reach the store for the configured time; the newest is kept locally."""

@@ -38,9 +38,9 @@ from typing import Any
 from srcore.errors import ConfigError, DataError
 from srcore.io import atomic_output, atomic_write_bytes
 
-__all__ = ["Entry", "Folder", "ObjectStore", "StoreUnavailable", "copy_file", "fetch_to_local", "file_exists",
-           "filesystem", "is_s3", "is_uri", "join", "open_input_file", "open_store", "read_bytes",
-           "write_bytes"]
+__all__ = ["Entry", "Folder", "ObjectStore", "StoreUnavailable", "copy_file", "endpoint_env",
+           "fetch_to_local", "file_exists", "filesystem", "is_s3", "is_uri", "join", "open_input_file",
+           "open_store", "read_bytes", "write_bytes"]
 
 _S3 = "s3://"
 _BLOCK = 1 << 20
@@ -54,6 +54,16 @@ _REFUSED = ("ACCESS_DENIED", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH"
 
 class StoreUnavailable(OSError):
     """The object store could not be reached or answered with a server error: worth retrying."""
+
+
+# Where the object store is (a laptop cluster's local S3 server) is part of where the data is, so this
+# process's setting travels with work sent to other machines; credentials stay with each machine.
+ENDPOINT_VARS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+
+
+def endpoint_env() -> dict[str, str]:
+    """The object-store endpoint settings of this process, to pass on to remote tasks and workers."""
+    return {k: os.environ[k] for k in ENDPOINT_VARS if os.environ.get(k)}
 
 
 def is_uri(path: str | os.PathLike) -> bool:

@@ -44,15 +44,19 @@ def _smooth_images(folder: Path, n: int = 4) -> None:
         Image.fromarray(img).save(folder / f"im{i}.png")
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
+def prepared(root: Path) -> Path:
+    """``root`` with smooth images in raw/ and their TINY patches in patches/."""
     _smooth_images(root / "raw")
     from srcore.data.prepare import prepare
 
     prepare(load_params(None, {**TINY, "prepare.input": str(root / "raw"),
                                "prepare.out": str(root / "patches")}).prepare)
     return root
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    return prepared(tmp_path_factory.mktemp("train"))
 
 
 def params(workdir: Path, **extra):

@@ -271,10 +271,11 @@ def test_ray_log_of_a_run_in_an_object_store_is_appended_there(tmp_path, monkeyp
 
     run_dir = f"file://{tmp_path / 'run'}"
     (tmp_path / "run").mkdir()
-    with runner._ray_log_in(run_dir) as (local, where):
+    spool = tmp_path / "this-machine" / "ray.log"
+    with runner._ray_log_in(run_dir, spool) as (local, where):
         assert not is_uri(local) and where == f"{run_dir}/ray.log"
         _append(local, "first stage\n")
-    with pytest.raises(RuntimeError), runner._ray_log_in(run_dir) as (local, _):
+    with pytest.raises(RuntimeError), runner._ray_log_in(run_dir, spool) as (local, _):
         _append(local, "second stage\n")
         raise RuntimeError("the stage failed")
     assert read_bytes(f"{run_dir}/ray.log") == b"first stage\nsecond stage\n"
@@ -286,10 +287,20 @@ def test_ray_log_of_a_run_in_an_object_store_is_appended_there(tmp_path, monkeyp
         copy_file(src, dest)
 
     monkeypatch.setattr(runner, "copy_file", unreadable_store_log)
-    with runner._ray_log_in(run_dir) as (local, where):
+    with runner._ray_log_in(run_dir, spool) as (local, where):
         _append(local, "third stage\n")
     assert where != f"{run_dir}/ray.log" and read_bytes(where) == b"third stage\n"
     assert (tmp_path / "run" / "ray.log").read_bytes() == b"first stage\nsecond stage\n"
+
+    def store_down(src, dest):
+        raise OSError(f"{dest}: object store unavailable")
+
+    # a store that cannot be reached: the lines stay on this machine, and the next stage adds to them
+    monkeypatch.setattr(runner, "copy_file", store_down)
+    for stage in ("fourth", "fifth"):
+        with runner._ray_log_in(run_dir, spool) as (local, where):
+            _append(local, f"{stage} stage\n")
+    assert spool.read_bytes() == b"fourth stage\nfifth stage\n"
     # a local run folder holds the file itself
-    with runner._ray_log_in(str(tmp_path / "local")) as (local, where):
+    with runner._ray_log_in(str(tmp_path / "local"), spool) as (local, where):
         assert local == tmp_path / "local" / "ray.log" and where == str(local)

@@ -35,16 +35,13 @@ from typing import Protocol
 from srcore.config import PrepareParams
 from srcore.data.shard_job import ShardJob, ShardResult, build_shard, one_thread_each
 from srcore.errors import SrcoreError
-from srcore.storage import is_s3
+from srcore.storage import endpoint_env, is_s3
 
 log = logging.getLogger(__name__)
 
 __all__ = ["LocalPool", "PrepareFailed", "RayTasks", "ShardExecutor", "executor_for"]
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-# Where the object store is (a local S3 server on a laptop cluster) is part of where the data is,
-# so the driver's setting travels with the tasks; credentials stay with each node's environment.
-_FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 
 
 class ShardExecutor(Protocol):
@@ -136,7 +133,7 @@ class RayTasks:
 
         ensure_ray(self.address, setting="prepare.address / --address")
         s3 = any(is_s3(j.out) or any(is_s3(s) for s in j.sources) for j in jobs)
-        env = {k: os.environ[k] for k in _FORWARDED_ENV if s3 and os.environ.get(k)}
+        env = endpoint_env() if s3 else {}
         task = ray.remote(_shard_task).options(
             name="prepare-shard", num_cpus=1, max_retries=self.max_retries, retry_exceptions=[OSError],
             **({"runtime_env": {"env_vars": env}} if env else {}))

@@ -27,7 +27,6 @@ import logging
 import math
 import os
 import random
-import tempfile
 import threading
 import time
 from collections import Counter, deque
@@ -44,14 +43,15 @@ from torch.utils.data import DataLoader
 
 from srcore.config import DistillParams, LoaderParams, TrainParams
 from srcore.data.loaders import ShardPairs, shard_set
-from srcore.errors import DataError, SrcoreError
+from srcore.errors import CheckpointUploadFailed, DataError, SrcoreError
 from srcore.evaluation import evaluate_dataset
 from srcore.models import build, save_model
 from srcore.models.base import SRModel
 from srcore.train.faults import FaultPlan
 from srcore.train.losses import DistillationLoss, reconstruction_loss
-from srcore.train.state import load_with_fallback, restore_rng, rng_state, write_state
+from srcore.train.state import load_with_fallback, read_state, restore_rng, rng_state, write_state
 from srcore.train.stop import Action, StepControl
+from srcore.train.uploads import CheckpointUploads, local_run_folder
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,7 @@ class TrainState:
     teacher: SRModel | None
     faults: FaultPlan
     runner: nn.Module | None = None
+    uploads: CheckpointUploads | None = None  # rank 0's checkpoints: local copies and their uploads
     batches: Callable[[int], Iterator[Batch]] | None = None
     step: int = 0
     epoch: int = 0
@@ -209,7 +210,17 @@ def setup(config: dict[str, Any], rank: int, world: int, device: torch.device) -
     return TrainState(config=config, cfg=cfg, lcfg=lcfg, rank=rank, world=world, device=device, model=model,
                       trainable=trainable, ema=ema, optimizer=optimizer,
                       scheduler=make_schedule(cfg, optimizer),
-                      teacher=teacher, faults=FaultPlan(**config.get("faults", {})))
+                      teacher=teacher, faults=FaultPlan(**config.get("faults", {})),
+                      uploads=_uploads(config, cfg) if rank == 0 else None)
+
+
+def _uploads(config: dict[str, Any], cfg: TrainParams) -> CheckpointUploads:
+    from srcore.data.benchmarks import default_cache_dir
+
+    run_dir = config["run_dir"]
+    local = local_run_folder(default_cache_dir(), run_dir, cfg.name) / "checkpoints"
+    return CheckpointUploads(run_dir, local, cfg.ray.upload_retry_s,
+                             on_warning=lambda text: _send(config, {WARNING_KEY: text}))
 
 
 def resume(state: TrainState, saved: dict[str, Any] | None) -> None:
@@ -425,8 +436,10 @@ def log_point(state: TrainState) -> dict[str, Any]:
     return point
 
 
-def save_checkpoint(state: TrainState, folder: str | os.PathLike) -> None:
-    """state.pt + state.json (see ``srcore.train.state``) and the exportable model.pth."""
+def save_checkpoint(state: TrainState, folder: str | os.PathLike,
+                    metrics: dict[str, Any] | None = None) -> None:
+    """state.pt + state.json (see ``srcore.train.state``; ``metrics``: what was reported with it) and the
+    exportable model.pth."""
     tensors = {"trainable": state.trainable.state_dict(),
                "ema": state.ema.state_dict() if state.ema is not None else None,
                "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
@@ -434,7 +447,8 @@ def save_checkpoint(state: TrainState, folder: str | os.PathLike) -> None:
     rng = rng_state()
     meta = {"step": state.step, "epoch": state.epoch, "position": state.position,
             "rng": [{"python": rng["python"], "numpy": rng["numpy"]}], "config": state.config,
-            "history": state.history, "nodes": state.nodes, "resumed_from": state.resumed_from}
+            "history": state.history, "nodes": state.nodes, "resumed_from": state.resumed_from,
+            "metrics": metrics or {}}
     write_state(folder, tensors, meta)
     save_model(Path(folder) / "model.pth", state.export, state.cfg.model,
                extra={"step": state.step, "stage": state.config["stage"]})
@@ -442,23 +456,108 @@ def save_checkpoint(state: TrainState, folder: str | os.PathLike) -> None:
 
 def report(state: TrainState, validation: bool = True) -> None:
     """Validate (rank 0, unless ``validation`` is off: a timed or stopping checkpoint), record
-    history, checkpoint, and hand metrics to Ray Train. Every rank calls it at the same step."""
-    import ray.train
+    history, checkpoint, and hand metrics to Ray Train. Every rank calls it at the same step.
 
+    Rank 0 saves the checkpoint on its own disk and queues its upload (``srcore.train.uploads``);
+    the checkpoint handed to Ray Train is the newest one whose upload has finished, if any."""
     if state.rank == 0 and validation:
         state.last_psnr = validate(state)
     metrics = progress_metrics(state)
     if state.rank == 0 and validation:
         state.history.append({k: metrics[k] for k in ("step", "epoch", "loss", "lr", "val_psnr_y")})
-    with tempfile.TemporaryDirectory() as folder:
-        checkpoint = None
-        if state.rank == 0:
-            save_checkpoint(state, folder)
-            checkpoint = ray.train.Checkpoint.from_directory(folder)
-        ray.train.report(metrics, checkpoint=checkpoint)
+    if state.uploads is not None:
+        folder = state.uploads.save(lambda f: save_checkpoint(state, f, metrics), state.step)
+        state.uploads.submit(folder, metrics)
+    _report_uploaded(state, metrics)
     _send_progress(state, {**metrics, "kind": "validation" if validation else "checkpoint"})
     log.debug("step %d loss %.4f lr %.3g val PSNR-Y %.2f", state.step, metrics["loss"], metrics["lr"],
               metrics["val_psnr_y"])
+
+
+def _report_uploaded(state: TrainState, metrics: dict[str, Any]) -> None:
+    """``ray.train.report`` on every rank; rank 0 attaches the newest finished upload, with the metrics
+    of its own step (Ray ranks checkpoints by them). The files are in the run's folder already."""
+    import ray.train
+    from ray.train import CheckpointUploadMode
+
+    checkpoint = None
+    done = state.uploads.take_uploaded() if state.uploads is not None else None
+    if done is not None:
+        storage = ray.train.get_context().get_storage()  # where Ray keeps this run: the same run_dir
+        checkpoint = ray.train.Checkpoint(f"{storage.experiment_fs_path}/{done.name}",
+                                          filesystem=storage.storage_filesystem)
+        metrics = done.metrics
+    ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
+
+
+def _finish_uploads(state: TrainState, stopping: bool) -> None:
+    """After the last step: wait for rank 0's uploads (within the stop grace when stopping) and hand
+    the last one to Ray Train; every rank reports once more so the ranks' report counts agree. If
+    the checkpoints could not reach the store, rank 0 raises, naming the local copy."""
+    uploads = state.uploads
+    if uploads is not None:
+        wait = state.cfg.stop_grace_s / 2 if stopping else state.cfg.ray.upload_retry_s + 60
+        deadline = time.monotonic() + wait
+        uploaded = uploads.wait(wait)
+        while uploaded and not uploads.failed and not uploads.ready_to_hand_over():
+            if time.monotonic() > deadline:  # uploaded, but the store stopped answering since
+                uploaded = False
+                break
+            time.sleep(1.0)
+        if not uploaded and not uploads.failed:
+            uploads.failed = (f"the checkpoint of step {state.step} was not in {state.config['run_dir']} "
+                              f"after {wait:.0f} s")
+    _report_uploaded(state, progress_metrics(state))
+    if uploads is not None and uploads.failed:
+        raise CheckpointUploadFailed(f"{state.cfg.name}: {uploads.failed}; the newest checkpoint is kept "
+                                     f"locally at {uploads.where()}; run the same command again on that "
+                                     "machine once the store answers to resume from it")
+
+
+def newest_saved(state: TrainState) -> dict[str, Any] | None:
+    """What to resume from: the store's newest readable checkpoint, or rank 0's local one when it holds
+    a later step of the same run (its upload never finished). Rank 0 decides for every rank."""
+    import ray.train
+
+    saved = load_with_fallback(ray.train.get_checkpoint())
+    local = _newer_local(state, saved) if state.uploads is not None else None
+    if state.world > 1:
+        import torch.distributed as dist
+
+        shared = [local]
+        dist.broadcast_object_list(shared, src=0)
+        local = shared[0]
+    return local if local is not None else saved
+
+
+def _newer_local(state: TrainState, saved: dict[str, Any] | None) -> dict[str, Any] | None:
+    folder = state.uploads.newest_local()
+    if folder is None:
+        return None
+    try:
+        local = read_state(folder)
+    except SrcoreError as exc:
+        log.warning("%s; not resumed from it", exc)
+        return None
+    recorded = local.get("config") or {}
+    if not _same_run(recorded, state.config) or local.get("step", 0) <= (saved or {}).get("step", -1):
+        return None
+    log.warning("%s: resuming from the local checkpoint %s (step %s), newer than the store's (step %s); "
+                "delete that folder to start from the store's instead", state.cfg.name, folder,
+                local.get("step"), (saved or {}).get("step", "none"))
+    state.uploads.submit(folder, local.get("metrics") or {"step": local.get("step")})  # the store lacks it
+    return local
+
+
+def _same_run(recorded: dict[str, Any], config: dict[str, Any]) -> bool:
+    """Whether a checkpoint was written by a run with this stage config (where and how often it
+    checkpoints aside), so that a stale local copy never seeds a different run."""
+    def what(c: dict[str, Any]) -> list[Any]:
+        train = {k: v for k, v in (c.get("train") or {}).items()
+                 if k not in ("ray", "checkpoint_every_s", "stop_grace_s")}
+        return [c.get("stage"), train, c.get("loader")]
+
+    return what(recorded) == what(config)
 
 
 def _send_progress(state: TrainState, metrics: dict[str, Any]) -> None:
@@ -477,8 +576,9 @@ def _send(config: dict[str, Any], event: dict[str, Any]) -> None:
         log.debug("event to the driver dropped", exc_info=True)
 
 
-def _train_epochs(state: TrainState, control: StepControl) -> None:
-    """Train to the last step, or until ``control`` says stop (with a checkpoint of that step)."""
+def _train_epochs(state: TrainState, control: StepControl) -> bool:
+    """Train to the last step, or until ``control`` says stop (with a checkpoint of that step); True
+    if it stopped early."""
     progress_every, last_sent = 1.0, time.perf_counter()
     while state.step < state.last_step:
         state.trainable.train()
@@ -499,10 +599,11 @@ def _train_epochs(state: TrainState, control: StepControl) -> None:
                 last_sent = time.perf_counter()
             if action is Action.STOP:
                 log.info("rank %d stopped at step %d on request", state.rank, state.step)
-                return
+                return True
             if state.step >= state.last_step:
-                return
+                return False
         state.epoch, state.position = state.epoch + 1, 0
+    return False
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -518,11 +619,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     try:
         state = setup(config, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
-        resume(state, load_with_fallback(ray.train.get_checkpoint()))
+        resume(state, newest_saved(state))
         _connect_ranks(state)
         state.batches = _loader(state)
-        _train_epochs(state, StepControl(config.get("stop"), state.rank, state.world, state.device,
-                                         state.cfg.checkpoint_every_s))
+        failing = (lambda: state.uploads.failed) if state.uploads is not None else None
+        stopped = _train_epochs(state, StepControl(config.get("stop"), state.rank, state.world, state.device,
+                                                   state.cfg.checkpoint_every_s, failing))
+        _finish_uploads(state, stopped)
+        if state.uploads is not None and not stopped:
+            state.uploads.discard_local()  # the run is complete in the store
     except SrcoreError as exc:
         # Not retried: the same data and config would fail the same way on every attempt.
         log.error("%s", exc)

@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -31,14 +30,16 @@ from typing import Any, TextIO
 
 from srcore import errors
 from srcore.config import Params, TrainParams
+from srcore.data.benchmarks import default_cache_dir
 from srcore.data.loaders import ray_dataset, shard_set
-from srcore.errors import SrcoreError
+from srcore.errors import CheckpointUploadFailed, SrcoreError
 from srcore.raycluster import ensure_ray
-from srcore.storage import copy_file, file_exists, is_uri, read_bytes, write_bytes
+from srcore.storage import copy_file, endpoint_env, file_exists, filesystem, is_uri, read_bytes, write_bytes
 from srcore.train import faults
 from srcore.train.preflight import check_cluster_fits, check_training_inputs, training_source
 from srcore.train.state import read_state
 from srcore.train.stop import StopOnSignal, TrainingInterrupted, new_flag
+from srcore.train.uploads import local_run_folder
 
 log = logging.getLogger(__name__)
 
@@ -128,39 +129,43 @@ def _without_stage_leftovers(handler: Callable[[dict[str, Any]], None]) -> Calla
 
 
 @contextmanager
-def _ray_log_in(run_dir: str) -> Iterator[tuple[Path, str]]:
+def _ray_log_in(run_dir: str, spool: Path) -> Iterator[tuple[Path, str]]:
     """The local file Ray's lines are written to during the stage, and where they end up.
 
     A local run folder holds ``ray.log`` itself. An object store has no append, so for a run folder
-    there the lines go to a local spool that is added to ``<run_dir>/ray.log`` when the stage ends,
-    failed or not; an existing log that cannot be read is left as it is and the spool kept beside it.
+    there the lines go to ``spool`` (a file of this machine's folder for the run) and are added to
+    ``<run_dir>/ray.log`` when the stage ends, failed or not; while the store cannot be reached they
+    stay in the spool, which the next stage of the run continues; an existing log that cannot be
+    read is left as it is and the spool kept beside it.
     """
     if not is_uri(run_dir):
         path = Path(run_dir) / RAY_LOG
         yield path, str(path)
         return
     target = f"{run_dir}/{RAY_LOG}"
-    with tempfile.TemporaryDirectory(prefix="srcore-ray-log-") as spool:
-        local = Path(spool) / RAY_LOG
+    spool.parent.mkdir(parents=True, exist_ok=True)
+    if not spool.exists():
         try:
-            copy_file(target, local)  # the lines of the run's earlier stages, appended to below
+            copy_file(target, spool)  # the lines of the run's earlier stages, appended to below
         except FileNotFoundError:
             pass
         except OSError as exc:
             target = f"{run_dir}/ray-{time.strftime('%Y%m%d-%H%M%S')}.log"
             log.warning("could not read %s/%s (%s); this stage's Ray log goes to %s", run_dir, RAY_LOG,
                         exc, target)
+    try:
+        yield spool, target
+    finally:
         try:
-            yield local, target
-        finally:
-            try:
-                copy_file(local, target)
-            except OSError as exc:  # Ray's session logs (/tmp/ray/session_latest/logs) still hold it
-                log.warning("could not write Ray's log to %s (%s)", target, exc)
+            copy_file(spool, target)
+            spool.unlink()
+        except OSError as exc:
+            log.warning("could not write Ray's log to %s (%s); it stays on this machine at %s", target, exc,
+                        spool)
 
 
 @contextmanager
-def _ray_output(run_dir: str, address: str | None, quiet: bool) -> Iterator[str | None]:
+def _ray_output(run_dir: str, spool: Path, address: str | None, quiet: bool) -> Iterator[str | None]:
     """Ray started or connected for the block; with ``quiet`` its output is kept in the run's
     ``ray.log`` (appended) instead of the terminal, and where that is, is yielded (``None``: Ray
     prints as it does by default). Ray's session logs (``/tmp/ray/session_latest/logs``) keep
@@ -169,7 +174,7 @@ def _ray_output(run_dir: str, address: str | None, quiet: bool) -> Iterator[str 
         ensure_ray(address, setting=_ADDRESS_SETTING)
         yield None
         return
-    with _ray_log_in(run_dir) as (local, where):
+    with _ray_log_in(run_dir, spool) as (local, where):
         local.parent.mkdir(parents=True, exist_ok=True)
         with open(local, "a", buffering=1) as sink, _ray_loggers_to(sink):
             # every Ray line goes to the file, INFO included
@@ -269,6 +274,11 @@ def _trainer(params: Params, stage: str, cfg: TrainParams, storage: str, run_dir
         datasets = {"train": ray_dataset(shards, cfg.scale, params.loader.patch_size,
                                          batch_size=params.loader.batch_size, epochs=epochs,
                                          seed=params.loader.seed)}
+    # An object store is handed to Ray as a file system built here, with this process's endpoint, and
+    # the endpoint travels with the workers (their checkpoint uploads and S3 reads): the nodes of a
+    # cluster need only their credentials.
+    storage_fs, storage_path = filesystem(storage) if is_uri(storage) else (None, storage)
+    env = endpoint_env()
     return StoppableTrainer(
         train_loop_per_worker, datasets=datasets,
         train_loop_config={"stage": stage, "train": cfg.model_dump(mode="json"),
@@ -281,7 +291,8 @@ def _trainer(params: Params, stage: str, cfg: TrainParams, storage: str, run_dir
             resources_per_worker={"CPU": cfg.ray.cpus_per_worker,
                                   **({"GPU": cfg.ray.gpus_per_worker or 1} if cfg.ray.use_gpu else {})}),
         run_config=ray.train.RunConfig(
-            name=cfg.name, storage_path=storage,
+            name=cfg.name, storage_path=storage_path, storage_filesystem=storage_fs,
+            worker_runtime_env={"env_vars": env} if env else None,
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.ray.num_to_keep, checkpoint_score_attribute=cfg.ray.score_attribute,
                 checkpoint_score_order="max"),
@@ -322,7 +333,8 @@ def run_stage(params: Params, stage: str, address: str | None = None, name: str 
         return done
     import ray.train
 
-    with _ray_output(run_dir, address, quiet_ray) as ray_log:
+    spool = local_run_folder(default_cache_dir(), run_dir, cfg.name) / RAY_LOG
+    with _ray_output(run_dir, spool, address, quiet_ray) as ray_log:
         if address:
             check_cluster_fits(cfg, stage, _cluster_cpus(), f"the Ray cluster at {address}",
                                ray_data=params.loader.backend == "ray_data")
@@ -336,11 +348,16 @@ def run_stage(params: Params, stage: str, address: str | None = None, name: str 
             except ray.train.TrainingFailedError as exc:
                 stop.raise_if_aborted()
                 where = f"; details in {ray_log}" if ray_log else ""
+                if ray_log and is_uri(run_dir):
+                    where += f" (a copy on this machine until the store has it: {spool})"
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise TrainingFailed(f"{cfg.name}: training failed after {cfg.ray.max_failures} "
                                      f"retries: {first}{where}") from None
     stop.raise_if_aborted()
-    channel.raise_fatal()
+    try:
+        channel.raise_fatal()
+    except CheckpointUploadFailed as exc:  # the store is down: say where Ray's log is kept meanwhile
+        raise CheckpointUploadFailed(f"{exc}; Ray's log, until the store has it: {spool}") from None
     if result.checkpoint is None and stop.signum is not None:
         name = signal.Signals(stop.signum).name
         raise TrainingInterrupted(f"{cfg.name}: stopped by {name} before its first step; nothing to save, "

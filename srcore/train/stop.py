@@ -19,6 +19,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from enum import IntEnum
 from typing import Any
 
@@ -143,9 +144,10 @@ class StepControl:
     """Rank-side: after each step, the same :class:`Action` on every rank (see the module docstring)."""
 
     def __init__(self, flag: Any, rank: int, world: int, device: torch.device,
-                 checkpoint_every_s: float | None) -> None:
+                 checkpoint_every_s: float | None, failing: Callable[[], str | None] | None = None) -> None:
         self.flag, self.rank, self.world, self.device = flag, rank, world, device
         self.every = checkpoint_every_s
+        self.failing = failing  # rank 0: why the run cannot go on (checkpoints that cannot be stored)
         self.saved_at = time.monotonic()
         self._pending: Any = None
         self.stopping = False
@@ -168,7 +170,7 @@ class StepControl:
         return reason is not None
 
     def _decide(self) -> Action:
-        if self._stop_requested():
+        if self._stop_requested() or (self.failing is not None and self.failing()):
             return Action.STOP
         if self.every is not None and time.monotonic() - self.saved_at >= self.every:
             return Action.CHECKPOINT
