@@ -106,33 +106,24 @@ def test_mlflow_metadata_in_postgres_and_artifacts_in_bucket(stack, tmp_path):
         assert cur.fetchone()[0] == pytest.approx(31.5)
 
 
-def test_prefect_on_postgres_runs_a_deployment_through_the_worker(stack):
+def test_prefect_on_postgres_holds_the_pool_and_every_deployment(stack):
+    """The pool and the deployments live in PostgreSQL (a deployment's run through the worker is the
+    end-to-end test's and the PostgreSQL restart's); a parameter a flow does not take is refused."""
     from srcore.stack.services import pool_deployments
 
     cfg, _ = stack
     env = _env(cfg)
-    argv = [str(BIN / "prefect"), "--no-prompt", "deployment", "run", "evaluate/bicubic", "--watch",
-            "--watch-timeout", "300"]
-    res = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=400)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    # the worker's task results (evaluate's cached scores) went to the stack's bucket, not its disk
+    # the worker's task results go to the stack's bucket (checked after the end-to-end run), not its disk
     assert env["PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"] == "remote-file-system/srcore-results"
-    assert _s3_keys(cfg, "prefect", "results/"), "no task result in s3://prefect/results"
     with _pg(cfg, "prefect") as conn, conn.cursor() as cur:
         cur.execute("select name from work_pool")
         assert cfg.work_pool in {r[0] for r in cur.fetchall()}
-        cur.execute("select d.name from deployment d join flow f on f.id = d.flow_id "
-                    "where f.name = 'evaluate'")
-        assert [r[0] for r in cur.fetchall()] == ["bicubic"]
-        cur.execute("select fr.state_type from flow_run fr join deployment d on d.id = fr.deployment_id "
-                    "where d.name = 'bicubic'")
-        assert [r[0] for r in cur.fetchall()] == ["COMPLETED"]
         # every deployment of the stack's pool in prefect.yaml is there (distill/dvmsr among them)
         cur.execute("select d.name from deployment d join work_queue q on q.id = d.work_queue_id "
                     "join work_pool w on w.id = q.work_pool_id where w.name = %s", (cfg.work_pool,))
         deployed = {r[0] for r in cur.fetchall()}
     assert deployed == set(pool_deployments(cfg.project_dir / "prefect.yaml", cfg.work_pool))
-    assert "dvmsr" in deployed
+    assert {"dvmsr", "bicubic"} <= deployed
     # a parameter the flow does not take is refused before anything runs
     bad = subprocess.run([str(BIN / "prefect"), "deployment", "run", "distill/dvmsr", "--param", "bogus=1"],
                          env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
