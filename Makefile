@@ -21,9 +21,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m flows.demo
 
-# Two pytest workers on two cores: the tests sharing the session's Ray cluster and MLflow server run on
-# one, the stack's on the other, every other module whole where there is room (tests/conftest.py).
-TEST_WORKERS ?= 2
+# Three pytest workers on two cores (the long tests mostly wait on servers and clusters): the stack's
+# tests on one, the training module with its own Ray cluster and MLflow server on another, the other
+# tests that need such servers on the third, every other module whole where there is room
+# (tests/conftest.py).
+TEST_WORKERS ?= 3
 
 test: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q --timeout=900 -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
