@@ -36,7 +36,6 @@ def _run(stage: str, compiled: bool, steps: int, warmup: int) -> dict[str, float
               "faults": {}}
     torch.manual_seed(0)
     state = setup(config, 0, 1, torch.device("cpu"))
-    state.uploads = None
     state.runner = torch.compile(state.trainable) if compiled else state.trainable
     batches = _batches(steps + warmup, params.loader.batch_size, params.loader.patch_size, train.scale)
     t0 = time.perf_counter()

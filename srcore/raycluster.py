@@ -206,3 +206,14 @@ def ensure_ray(address: str | None, num_cpus: int | None = None, setting: str = 
     finally:
         if before is None:
             os.environ.pop(key, None)
+
+
+def on_driver_node() -> dict:
+    """Ray actor options that place a small helper actor (the driver's progress queue, its stop
+    request) on the driver's own node: a worker node that dies takes its actors with it, and the
+    training it restarts must still find them."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    node = ray.get_runtime_context().get_node_id()
+    return {"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)}

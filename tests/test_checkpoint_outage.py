@@ -195,3 +195,4 @@ def test_an_outage_longer_than_the_retry_window_stops_the_run_and_the_rerun_resu
     expected = saved["step"] if saved["step"] < 60 else saved["resumed_from"]
     assert json.loads(body)["resumed_from"] == expected
     assert not local.exists()  # the run is complete in the store: its local copies are gone
+

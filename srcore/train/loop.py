@@ -210,8 +210,7 @@ def setup(config: dict[str, Any], rank: int, world: int, device: torch.device) -
     return TrainState(config=config, cfg=cfg, lcfg=lcfg, rank=rank, world=world, device=device, model=model,
                       trainable=trainable, ema=ema, optimizer=optimizer,
                       scheduler=make_schedule(cfg, optimizer),
-                      teacher=teacher, faults=FaultPlan(**config.get("faults", {})),
-                      uploads=_uploads(config, cfg) if rank == 0 else None)
+                      teacher=teacher, faults=FaultPlan(**config.get("faults", {})))
 
 
 def _uploads(config: dict[str, Any], cfg: TrainParams) -> CheckpointUploads:
@@ -591,6 +590,8 @@ def _train_epochs(state: TrainState, control: StepControl) -> bool:
             if state.step % state.cfg.val_every == 0 or state.step == state.last_step:
                 report(state)
                 control.checkpointed()
+            elif action is Action.RECORD:
+                _report_uploaded(state, progress_metrics(state))
             elif action is not Action.NONE:
                 report(state, validation=False)
                 control.checkpointed()
@@ -619,12 +620,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     try:
         state = setup(config, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
+        state.uploads = _uploads(config, state.cfg) if state.rank == 0 else None
         resume(state, newest_saved(state))
         _connect_ranks(state)
         state.batches = _loader(state)
-        failing = (lambda: state.uploads.failed) if state.uploads is not None else None
-        stopped = _train_epochs(state, StepControl(config.get("stop"), state.rank, state.world, state.device,
-                                                   state.cfg.checkpoint_every_s, failing))
+        uploads = state.uploads
+        control = StepControl(config.get("stop"), state.rank, state.world, state.device,
+                              state.cfg.checkpoint_every_s, failing=uploads and (lambda: uploads.failed),
+                              uploaded=uploads and uploads.has_uploaded)
+        stopped = _train_epochs(state, control)
         _finish_uploads(state, stopped)
         if state.uploads is not None and not stopped:
             state.uploads.discard_local()  # the run is complete in the store

@@ -33,7 +33,7 @@ from srcore.config import Params, TrainParams
 from srcore.data.benchmarks import default_cache_dir
 from srcore.data.loaders import ray_dataset, shard_set
 from srcore.errors import CheckpointUploadFailed, SrcoreError
-from srcore.raycluster import ensure_ray
+from srcore.raycluster import ensure_ray, on_driver_node
 from srcore.storage import copy_file, endpoint_env, file_exists, filesystem, is_uri, read_bytes, write_bytes
 from srcore.train import faults
 from srcore.train.preflight import check_cluster_fits, check_training_inputs, training_source
@@ -190,8 +190,8 @@ class _DriverChannel:
     def __init__(self, on_progress: ProgressCallback | None) -> None:
         from ray.util.queue import Queue
 
-        # num_cpus=0: the queue must not take a CPU the training ranks were sized to use.
-        self.queue = Queue(maxsize=1000, actor_options={"num_cpus": 0})
+        # no CPU: the queue must not take one the training ranks were sized to use
+        self.queue = Queue(maxsize=1000, actor_options=on_driver_node())
         self.on_progress = on_progress
         self.fatal: dict[str, Any] | None = None
         self._done = threading.Event()

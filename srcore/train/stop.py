@@ -52,6 +52,7 @@ class Action(IntEnum):
     NONE = 0
     CHECKPOINT = 1
     STOP = 2  # checkpoint, then return
+    RECORD = 3  # hand rank 0's finished upload to Ray Train (a report without a new checkpoint)
 
 
 class _Flag:
@@ -71,7 +72,9 @@ def new_flag() -> Any:
     """A stop-request actor on the connected Ray (its handle travels in the workers' config)."""
     import ray
 
-    return ray.remote(num_cpus=0)(_Flag).remote()
+    from srcore.raycluster import on_driver_node
+
+    return ray.remote(_Flag).options(**on_driver_node()).remote()
 
 
 class StopOnSignal:
@@ -144,10 +147,14 @@ class StepControl:
     """Rank-side: after each step, the same :class:`Action` on every rank (see the module docstring)."""
 
     def __init__(self, flag: Any, rank: int, world: int, device: torch.device,
-                 checkpoint_every_s: float | None, failing: Callable[[], str | None] | None = None) -> None:
+                 checkpoint_every_s: float | None, failing: Callable[[], str | None] | None = None,
+                 uploaded: Callable[[], bool] | None = None, record_every_s: float = 5.0) -> None:
         self.flag, self.rank, self.world, self.device = flag, rank, world, device
         self.every = checkpoint_every_s
         self.failing = failing  # rank 0: why the run cannot go on (checkpoints that cannot be stored)
+        # rank 0: a checkpoint finished uploading and waits to be recorded; tried at most every few
+        # seconds (recording asks the store first, and every rank reports)
+        self.uploaded, self.record_every, self.recorded_at = uploaded, record_every_s, 0.0
         self.saved_at = time.monotonic()
         self._pending: Any = None
         self.stopping = False
@@ -174,6 +181,10 @@ class StepControl:
             return Action.STOP
         if self.every is not None and time.monotonic() - self.saved_at >= self.every:
             return Action.CHECKPOINT
+        if self.uploaded is not None and time.monotonic() - self.recorded_at >= self.record_every \
+                and self.uploaded():
+            self.recorded_at = time.monotonic()
+            return Action.RECORD
         return Action.NONE
 
     def after_step(self) -> Action:

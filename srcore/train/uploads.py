@@ -187,6 +187,11 @@ class CheckpointUploads:
             self._done = self._done[self._done.index(done) + 1:]
         return done
 
+    def has_uploaded(self) -> bool:
+        """A finished upload waits to be handed to Ray Train."""
+        with self._lock:
+            return bool(self._done)
+
     def ready_to_hand_over(self) -> bool:
         """No finished upload waits, or the newest can be handed over now (the store answers)."""
         done = self._newest_done()
