@@ -1,15 +1,21 @@
-"""Evaluation at benchmark scale: worker pool equals the sequential path, the suite's tables and
-files, outputs checked before any compute, progress lines in a log."""
+"""Evaluation at benchmark scale: worker pool equals the sequential path (started only for work that
+repays it, then reused), the suite's tables and files, outputs checked before any compute, progress
+lines in a log."""
 
 import json
+import os
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+import srcore.evaluation.dataset
+import srcore.evaluation.pool
 from srcore.cli import app
 from srcore.evaluation import ModelEntry, evaluate_dataset, expand_datasets, run_suite
+from srcore.evaluation.pool import running_pool, shared_pool, shutdown_pool
 from srcore.models import build, save_model
 
 runner = CliRunner()
@@ -25,15 +31,51 @@ def _dataset(root, name="Mine", count=3, seed=0):
     return root
 
 
-@pytest.mark.slow  # starts two interpreters that import torch (spawn)
-def test_worker_pool_gives_the_sequential_result(tmp_path):
+@pytest.fixture
+def no_pool():
+    shutdown_pool()
+    yield
+    shutdown_pool()
+
+
+def _worker_env(model, name):
+    """Runs in a pool worker: its pid and one of its environment variables."""
+    return os.getpid(), os.environ.get(name)
+
+
+def test_few_images_are_scored_in_this_process(tmp_path, monkeypatch, no_pool):
+    def no_workers(*a, **k):
+        raise AssertionError("a pool was started for three small images")
+
+    monkeypatch.setattr(srcore.evaluation.pool, "ModelPool", no_workers)
     root = _dataset(tmp_path)
     model = build("rlfn", 2, feature_channels=8, mid_channels=8, esa_channels=4)
-    sequential = evaluate_dataset(model, "Mine", 2, root, workers=1)
     pooled = evaluate_dataset(model, "Mine", 2, root, workers=2)
-    assert list(pooled.per_image) == list(sequential.per_image) == ["im0", "im1", "im2"]
-    assert pooled.per_image == sequential.per_image
-    assert (pooled.psnr_y, pooled.ssim_y) == (sequential.psnr_y, sequential.ssim_y)
+    assert pooled.per_image == evaluate_dataset(model, "Mine", 2, root, workers=1).per_image
+
+
+@pytest.mark.slow  # starts two interpreters that import torch (spawn)
+def test_worker_pool_gives_the_sequential_result_and_is_reused(tmp_path, monkeypatch, no_pool):
+    root = _dataset(tmp_path)
+    models = [build("rlfn", 2, feature_channels=8, mid_channels=8, esa_channels=4) for _ in range(2)]
+    sequential = [evaluate_dataset(m, "Mine", 2, root, workers=1) for m in models]
+    threads = torch.get_num_threads()
+    # Work that repays a pool: the first two images here, the last one by a pool started for it.
+    monkeypatch.setattr(srcore.evaluation.dataset, "POOL_START_S", 0.0)
+    mixed = evaluate_dataset(models[0], "Mine", 2, root, workers=2)
+    pool = running_pool(2, threads)
+    assert pool is not None
+    # A running pool scores every image, for every model it is given.
+    pooled = [evaluate_dataset(m, "Mine", 2, root, workers=2) for m in models]
+    assert shared_pool(2, threads) is pool
+    assert list(pooled[0].per_image) == list(sequential[0].per_image) == ["im0", "im1", "im2"]
+    assert mixed.per_image == pooled[0].per_image == sequential[0].per_image
+    assert pooled[1].per_image == sequential[1].per_image != sequential[0].per_image
+    assert (pooled[0].psnr_y, pooled[0].ssim_y) == (sequential[0].psnr_y, sequential[0].ssim_y)
+    # Idle OpenMP threads of a worker sleep: workers x threads exceed the cores.
+    seen = pool.map(_worker_env, models[0], ["OMP_WAIT_POLICY"] * 4)
+    assert {policy for _, policy in seen} == {os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    assert os.getpid() not in {pid for pid, _ in seen}
 
 
 def test_suite_tables_over_scales_with_a_missing_dataset(tmp_path):

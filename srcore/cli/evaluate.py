@@ -77,7 +77,9 @@ def eval_cmd(
     tile: Annotated[int | None, typer.Option(
         help="Process the LR image in tiles of this size (bounded memory); the overlap follows "
              "the model's receptive field.")] = None,
-    workers: Annotated[int, typer.Option(help="Processes scoring images in parallel (CPU).")] = 1,
+    workers: Annotated[int, typer.Option(
+        help="Processes scoring images in parallel (CPU): started once the images left repay their "
+             "start-up, then kept for the next dataset and model.")] = 1,
     address: Annotated[str | None, typer.Option(
         help="Ray cluster address: score images on its workers (paths must be visible there).")] = None,
     json_out: Annotated[str | None, typer.Option(

@@ -1,20 +1,21 @@
 """One benchmark at one scale: super-resolve every LR image, score PSNR-Y/SSIM-Y (border = scale).
 
-Images are independent, so they can be scored by a worker pool: ``workers > 1`` starts that many
-processes on this machine, ``address`` maps the same per-image function over a Ray cluster (every
-node must see the dataset and cache paths). Each worker loads its own pixels from the small,
-picklable :class:`BenchmarkSource` and shares the on-disk LR cache (atomic writes, content-keyed
-names), memory stays bounded per image (``tile``), and results come back in dataset order, so the
-numbers are the same as the sequential path. Progress goes to an ``on_image`` callback.
+Images are independent, so they can be scored by a worker pool: ``workers > 1`` uses this process's
+pool of that many workers (:mod:`srcore.evaluation.pool`: started once, reused by later calls), or
+scores in this process while the images left would not repay starting one; ``address`` maps the
+same per-image function over a Ray cluster (every node must see the dataset and cache paths). Each
+worker loads its own pixels from the small, picklable :class:`BenchmarkSource` and shares the
+on-disk LR cache (atomic writes, content-keyed names), memory stays bounded per image (``tile``),
+and results come back in dataset order, so the numbers are the same as the sequential path.
+Progress goes to an ``on_image`` callback.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
+import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import torch
 from srcore.data.benchmarks import BenchmarkSource, benchmark_sources, count_images, load_pair
 from srcore.data.image_io import write_png
 from srcore.errors import DataError
+from srcore.evaluation.pool import running_pool, shared_pool
 from srcore.inference import TilePlan, plan_tiles, upscale_image
 from srcore.metrics import psnr_ssim_y
 from srcore.models.base import SRModel
@@ -76,36 +78,38 @@ def score_image(model: SRModel, source: BenchmarkSource, opts: EvalOptions) -> t
     return item.name, {"psnr_y": psnr, "ssim_y": ssim}
 
 
-# The model each pool process holds: set once by the pool initializer, read by every task it runs.
-_worker_model: SRModel | None = None
+# Seconds from starting a pool to its workers' first results: each spawned interpreter imports torch
+# and srcore and initialises numba (about 3 s measured on two cores, more on a loaded machine).
+POOL_START_S = 3.0
 
 
-def _init_worker(model: SRModel, threads: int) -> None:
-    global _worker_model
-    torch.set_num_threads(threads)
-    _worker_model = model.eval()
-
-
-def _score_in_worker(source: BenchmarkSource, opts: EvalOptions) -> tuple[str, dict[str, float]]:
-    assert _worker_model is not None, "pool process started without a model"
-    return score_image(_worker_model, source, opts)
-
-
-def _run_pool(model: SRModel, sources: list[BenchmarkSource], opts: EvalOptions, workers: int,
-              tick: Callable[[str], None]) -> list[tuple[str, dict[str, float]]]:
+def _run_local(model: SRModel, sources: list[BenchmarkSource], opts: EvalOptions, workers: int,
+               tick: Callable[[str], None]) -> list[tuple[str, dict[str, float]]]:
+    """Score on this machine's workers: the running pool if there is one, else in this process
+    until the images left would repay starting one (see :mod:`srcore.evaluation.pool`)."""
     # Workers use this process's thread count: oneDNN convolutions round differently with a different
     # number of threads, which moves a few uint8 pixels, and the pool must give the sequential result.
     threads = torch.get_num_threads()
-    # spawn, not fork: a forked child of a process that already ran torch's OpenMP pool can hang.
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                             initargs=(model.cpu(), threads)) as pool:
-        futures = {pool.submit(_score_in_worker, s, opts): i for i, s in enumerate(sources)}
-        results: list = [None] * len(sources)
-        for fut in as_completed(futures):
-            results[futures[fut]] = fut.result()
-            tick(results[futures[fut]][0])
-    return results
+    scored: list[tuple[str, dict[str, float]]] = []
+    if running_pool(workers, threads) is None:
+        for source in sources:
+            t0 = time.perf_counter()
+            scored.append(score_image(model, source, opts))
+            tick(scored[-1][0])
+            if len(scored) >= 2 and _pool_pays(time.perf_counter() - t0, len(sources) - len(scored), workers):
+                break
+    rest = sources[len(scored):]
+    if rest:
+        scored += shared_pool(workers, threads).map(score_image, model, rest, opts,
+                                                    on_result=lambda r: tick(r[0]))
+    return scored
+
+
+def _pool_pays(seconds_per_image: float, images_left: int, workers: int) -> bool:
+    """Whether ``workers`` processes started now finish the images left sooner than this process:
+    at best they divide the time left by their number, after :data:`POOL_START_S`. The estimate
+    uses the last image (the first one carries this process's one-off start-up)."""
+    return seconds_per_image * images_left * (1 - 1 / workers) > POOL_START_S
 
 
 def _score_with_threads(model: SRModel, source: BenchmarkSource, opts: EvalOptions,
@@ -140,8 +144,8 @@ def evaluate_dataset(model: SRModel, dataset: str, scale: int, data_root: str | 
                      cache_dir: str | os.PathLike | None = None) -> DatasetResult:
     """Evaluate ``model`` on one benchmark at ``scale`` with the field's protocol (border = scale).
 
-    ``workers`` processes (CPU only) or a Ray cluster at ``address`` score the images in parallel;
-    the result is the same as with ``workers=1``."""
+    ``workers`` processes (CPU only; started only for work that repays them) or a Ray cluster at
+    ``address`` score the images in parallel; the result is the same as with ``workers=1``."""
     model.eval()
     if tile is not None and not isinstance(tile, TilePlan):
         tile = plan_tiles(model, tile)
@@ -165,7 +169,7 @@ def evaluate_dataset(model: SRModel, dataset: str, scale: int, data_root: str | 
     elif address is not None:
         scored = _run_ray(model, sources, opts, address, tick)
     else:
-        scored = _run_pool(model, sources, opts, min(workers, len(sources)), tick)
+        scored = _run_local(model, sources, opts, workers, tick)
     per_image = dict(scored)
     return DatasetResult(
         psnr_y=float(np.mean([v["psnr_y"] for v in per_image.values()])),
