@@ -472,7 +472,8 @@ def test_postgres_stuck_in_a_smart_shutdown_is_restarted_and_its_clients_reconne
                                             "for 3 s; restarting it")
     after = {r.name: r for r in status(cfg)}
     assert all(r.state is ServiceState.RUNNING for r in after.values()), after
-    assert after["postgres"].pids != [postmaster] and not psutil.pid_exists(postmaster)
+    assert after["postgres"].pids != [postmaster]
+    assert not psutil.pid_exists(postmaster) or psutil.Process(postmaster).status() == psutil.STATUS_ZOMBIE
     assert {n: r.pids for n, r in after.items() if n != "postgres"} == \
         {n: pids for n, pids in before.items() if n != "postgres"}  # nothing else was restarted
     # both servers answer from the restarted database
