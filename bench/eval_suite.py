@@ -6,7 +6,7 @@ each side is timed in its own phase. The BasicSR-style loop is sequential: read 
 OpenCV, run the model, ``tensor2img``-style rounding, PSNR-Y and BasicSR's OpenCV SSIM-Y (the
 formula re-stated in bench/metrics.py). Needs the ``bench`` extra (opencv).
 
-The three sides run in turn, ``--rounds`` times, starting each round with the next side; each side's
+The three sides run in turn, ``--rounds`` times, every other round in reverse order; each side's
 best round is reported, and the first round of the pool separately (it carries the start of any
 worker processes and, in this process, numba's first use; the peer's first round carries OpenCV's
 import). ``pool_started``: whether our pool side started worker processes (it does only for work
@@ -104,8 +104,8 @@ def main() -> None:
         times: dict[str, list[float]] = {k: [] for k in sides}
         values: dict[str, dict[str, float]] = {}
         order = list(sides)
-        for r in range(args.rounds):  # each side in its own phase; no side always follows the same one
-            for side in order[r % 3:] + order[:r % 3]:
+        for r in range(args.rounds):  # each side in its own phase; every other round reversed, so that
+            for side in order if r % 2 == 0 else order[::-1]:  # no side always runs after the same one
                 t, values[side] = _timed(sides[side])
                 times[side].append(t)
         best = {k: min(v) for k, v in times.items()}
