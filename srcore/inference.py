@@ -49,13 +49,25 @@ def compile_model(model: SRModel) -> SRModel:
 
 
 def to_tensor(img: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """HxWx3 uint8 -> 1x3xHxW float32 in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float().div_(255).to(device)
+    """HxWx3 uint8 -> 1x3xHxW float32 in [0, 1] (a view of an HxWx3 array: channels last)."""
+    # numpy passes, not torch ops, on the CPU (here and in to_uint8): each torch op on an image is an
+    # OpenMP parallel region whose threads wait for one another, which stalls for milliseconds when
+    # other processes hold the cores. The arithmetic is the same float32, so are the bits.
+    x = np.divide(img, np.float32(255), dtype=np.float32, order="C")
+    return torch.from_numpy(x).permute(2, 0, 1)[None].to(device)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """1x3xHxW float -> HxWx3 uint8 (clamp to [0, 1], x255, round), the evaluation convention."""
-    return x[0].clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    """1x3xHxW float -> HxWx3 uint8 (clamp to [0, 1], x255, round half to even), the evaluation
+    convention."""
+    img = x[0].detach()
+    if img.device.type != "cpu" or img.dtype != torch.float32:
+        return img.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    a = np.clip(img.numpy(), 0, 1)  # a new array in the tensor's memory layout
+    np.multiply(a, np.float32(255), out=a)
+    np.rint(a, out=a)
+    with np.errstate(invalid="ignore"):  # NaN (a broken model): whatever byte the cast gives, silently
+        return a.astype(np.uint8).transpose(1, 2, 0)
 
 
 @dataclass(frozen=True)
