@@ -123,6 +123,11 @@ class RayParams(_Section):
         "reached, training going on meanwhile; then the run stops, the newest checkpoint on rank 0's disk")
 
 
+# Settings of a stage that say where and how often it checkpoints and how long it may take to stop,
+# not what it trains: a run's identity (its cached result, a local checkpoint's match) leaves them out.
+RUN_ONLY_FIELDS = frozenset({"ray", "checkpoint_every_s", "stop_grace_s"})
+
+
 class TrainParams(_Section):
     """One training stage: the model, the optimisation recipe, validation and checkpoints."""
 

@@ -41,7 +41,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
-from srcore.config import DistillParams, LoaderParams, TrainParams
+from srcore.config import RUN_ONLY_FIELDS, DistillParams, LoaderParams, TrainParams
 from srcore.data.loaders import ShardPairs, shard_set
 from srcore.errors import CheckpointUploadFailed, DataError, SrcoreError
 from srcore.evaluation import evaluate_dataset
@@ -553,7 +553,7 @@ def _same_run(recorded: dict[str, Any], config: dict[str, Any]) -> bool:
     checkpoints aside), so that a stale local copy never seeds a different run."""
     def what(c: dict[str, Any]) -> list[Any]:
         train = {k: v for k, v in (c.get("train") or {}).items()
-                 if k not in ("ray", "checkpoint_every_s", "stop_grace_s")}
+                 if k not in RUN_ONLY_FIELDS}
         return [c.get("stage"), train, c.get("loader")]
 
     return what(recorded) == what(config)

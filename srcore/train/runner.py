@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from srcore import errors
-from srcore.config import Params, TrainParams
+from srcore.config import RUN_ONLY_FIELDS, Params, TrainParams
 from srcore.data.benchmarks import default_cache_dir
 from srcore.data.loaders import ray_dataset, shard_set
 from srcore.errors import CheckpointUploadFailed, SrcoreError
@@ -390,8 +390,7 @@ _RESULT = "result.json"
 
 
 def _digest(stage: str, cfg: TrainParams, params: Params) -> str:
-    # how often a run checkpoints and how long it may take to stop do not change what it trains
-    exclude = {"ray", "checkpoint_every_s", "stop_grace_s"}
+    exclude = set(RUN_ONLY_FIELDS)
     payload = {"stage": stage, "train": cfg.model_dump(mode="json", exclude=exclude),
                "loader": params.loader.model_dump(mode="json")}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
