@@ -362,6 +362,9 @@ class MLflowServer(Service):
         env = service_env(self.cfg)
         # Credentials travel in the environment, never on a command line that `ps` shows.
         env["MLFLOW_BACKEND_STORE_URI"] = self.cfg.pg_uri("mlflow", "postgresql+psycopg2")
+        # No background job runners: they serve MLflow features srcore does not use (GenAI jobs), and
+        # cost eight more processes with a huey consumer each on the machine the stack runs on.
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         argv = [_exe("mlflow"), "server", "--host", self.cfg.host, "--port", str(self.cfg.ports.mlflow),
                 "--artifacts-destination", f"s3://{BUCKETS[0]}/artifacts", "--workers", "1"]
         spawn(argv, self.pid_file, self.log_file, env, cwd=self.cfg.path("logs"))
