@@ -114,6 +114,10 @@ class RayParams(_Section):
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
+    placement_strategy: Literal["PACK", "SPREAD"] = Field(
+        "PACK", description="PACK fills a node before the next (ranks share fast local links); SPREAD puts "
+        "ranks on different nodes where it can, so a lost node takes fewer of them (Ray falls back to "
+        "packing when nodes are short, e.g. on the nodes left after one was lost)")
     storage_path: str = "runs"
     max_failures: int = Field(1, ge=-1)
     num_to_keep: int = Field(2, ge=1)

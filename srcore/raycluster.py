@@ -208,12 +208,17 @@ def ensure_ray(address: str | None, num_cpus: int | None = None, setting: str = 
             os.environ.pop(key, None)
 
 
-def on_driver_node() -> dict:
+def on_head_node() -> dict:
     """Ray actor options that place a small helper actor (the driver's progress queue, its stop
-    request) on the driver's own node: a worker node that dies takes its actors with it, and the
-    training it restarts must still find them."""
+    request) on the cluster's head node: a worker node that dies takes its actors with it, and the
+    ranks Ray Train starts again must still find them, while the head's loss ends the cluster anyway.
+    Not "the driver's node": on a host with several nodes Ray may attach the driver to a worker node."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    node = ray.get_runtime_context().get_node_id()
-    return {"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)}
+    heads = [n["NodeID"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" in n["Resources"]]
+    if not heads:  # a cluster that does not say which node heads it: the driver's node, where possible
+        node = ray.get_runtime_context().get_node_id()
+        return {"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)}
+    # not soft: a soft affinity was seen to land the actor on a worker node all the same
+    return {"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(heads[0], soft=False)}

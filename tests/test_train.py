@@ -263,6 +263,52 @@ def test_two_node_cluster_stopped_by_sigterm_then_resumed(workdir, tmp_path, ray
 
 
 
+def test_a_worker_node_killed_mid_run_is_ridden_out(workdir, tmp_path, ray_cluster):
+    """`srcore train --address` with two ranks spread over the session's two nodes
+    (``ray.placement_strategy: SPREAD``). Once the run has a checkpoint, the worker node's raylet is
+    killed: the node and the rank on it are gone. Ray Train starts both ranks again on the node left,
+    from that checkpoint (the driver's helper actors live on the head, so they outlive the node); the
+    run finishes, and the console says so in one line, with none of Ray's own output."""
+    sets = [f"{k}={v}" for k, v in {**TINY, "prepare.out": str(workdir / "patches"),
+                                    "teacher.ray.storage_path": str(tmp_path / "runs"),
+                                    "teacher.ray.num_workers": 2, "teacher.ray.cpus_per_worker": 1,
+                                    "teacher.ray.placement_strategy": "SPREAD", "teacher.ray.max_failures": 1,
+                                    "teacher.steps": 300, "teacher.val_every": 40, "teacher.log_every": 20,
+                                    "teacher.name": "nodelost"}.items()]
+    (tmp_path / "none.yaml").write_text("{}\n")
+    args = [sys.executable, "-m", "srcore.cli", "train", "--params", str(tmp_path / "none.yaml"),
+            "--address", ray_cluster.address]
+    for s in sets:
+        args += ["--set", s.replace("'", '"')]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("MLFLOW_LOGGING_LEVEL", None)
+    run_dir = tmp_path / "runs" / "nodelost"
+    started = time.monotonic()
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed = False
+    try:
+        while not [p for p in run_dir.glob("checkpoint_*") if p.is_dir()] and proc.poll() is None:
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        ray_cluster.worker.kill_raylet()
+        killed = True
+        printed = proc.communicate(timeout=300)[0]
+    finally:
+        proc.kill()
+        if killed:
+            ray_cluster.replace_worker()
+    took = time.monotonic() - started
+    assert proc.returncode == 0, printed[-3000:]
+    _quiet(printed)
+    assert "(raylet)" not in printed, printed[-3000:]
+    said = " ".join(printed.split())
+    assert said.count("a worker or its node was lost") == 1, printed[-3000:]
+    state = _last_state(run_dir)
+    assert state["step"] == 300 and f"goes on from its checkpoint of step {state['resumed_from']}" in said
+    assert state["resumed_from"] >= 40 and len(set(state["nodes"])) == 1  # both ranks on the node left
+    assert took < 300, took
+
+
 def _stop_by_signal(p, sig: signal.Signals, after_step: int):
     """Run ``p``'s teacher stage in this process and send this process ``sig`` once rank 0 reports
     ``after_step``; returns the TrainingInterrupted raised and the step the signal was sent at."""

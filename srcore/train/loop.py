@@ -622,6 +622,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         state = setup(config, ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
         state.uploads = _uploads(config, state.cfg) if state.rank == 0 else None
         resume(state, newest_saved(state))
+        _send_progress(state, {"kind": "start", "step": state.step, "resumed_from": state.resumed_from})
         _connect_ranks(state)
         state.batches = _loader(state)
         uploads = state.uploads

@@ -33,7 +33,7 @@ from srcore.config import RUN_ONLY_FIELDS, Params, TrainParams
 from srcore.data.benchmarks import default_cache_dir
 from srcore.data.loaders import ray_dataset, shard_set
 from srcore.errors import CheckpointUploadFailed, SrcoreError
-from srcore.raycluster import ensure_ray, on_driver_node
+from srcore.raycluster import ensure_ray, on_head_node
 from srcore.storage import copy_file, endpoint_env, file_exists, filesystem, is_uri, read_bytes, write_bytes
 from srcore.train import faults
 from srcore.train.preflight import check_cluster_fits, check_training_inputs, training_source
@@ -101,16 +101,30 @@ def _worker_lines_to(sink: TextIO) -> Iterator[None]:
         source = data.get("actor_name") or data.get("task_name") or "worker"
         sink.writelines(f"({source} pid={data.get('pid')}) {line}\n" for line in data.get("lines", []))
 
+    # The cluster's error messages (a node's raylet dying, with the last 20 lines of its log) skip the
+    # dispatcher: Ray's listener thread calls the module's print function, so that one is swapped too.
+    printer = getattr(ray_worker, "print_to_stdstream", None)
+
+    def errors_to_file(data: dict[str, Any], ignore_prefix: bool = False) -> None:
+        if data.get("pid") == "raylet":
+            sink.writelines(f"(raylet) {line}\n" for line in data.get("lines", []))
+        elif printer is not None:
+            printer(data, ignore_prefix=ignore_prefix)
+
     previous = list(dispatcher.handlers)
     for name, _ in previous:
         dispatcher.remove_handler(name)
     dispatcher.add_handler("srcore_ray_log", to_file)
+    if printer is not None:
+        ray_worker.print_to_stdstream = errors_to_file
     try:
         yield
     finally:
         dispatcher.remove_handler("srcore_ray_log")
         for name, handler in previous:
             dispatcher.add_handler(name, _without_stage_leftovers(handler))
+        if printer is not None:
+            ray_worker.print_to_stdstream = printer
 
 
 # Actors of a Ray Train run that may still speak after the stage has ended (a stopped or aborted run's
@@ -187,13 +201,16 @@ class _DriverChannel:
     """A Ray queue the workers fill (rank 0's progress, any rank's user error) and a driver thread
     drains: progress goes to ``on_progress``, the first user error is kept for ``raise_fatal``."""
 
-    def __init__(self, on_progress: ProgressCallback | None) -> None:
+    def __init__(self, on_progress: ProgressCallback | None, name: str = "run",
+                 max_failures: int = 0) -> None:
         from ray.util.queue import Queue
 
         # no CPU: the queue must not take one the training ranks were sized to use
-        self.queue = Queue(maxsize=1000, actor_options=on_driver_node())
+        self.queue = Queue(maxsize=1000, actor_options=on_head_node())
         self.on_progress = on_progress
         self.fatal: dict[str, Any] | None = None
+        self.name, self.max_failures = name, max_failures
+        self.starts = 0  # the ranks' starts in this call: a second one is Ray restarting them after a failure
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._pump, name="srcore-progress", daemon=True)
 
@@ -202,6 +219,10 @@ class _DriverChannel:
 
         if FATAL_KEY in event:
             self.fatal = self.fatal or event
+        elif event.get("kind") == "start":
+            self.starts += 1
+            if self.starts > 1:
+                self._restarted(event.get("resumed_from"))
         elif WARNING_KEY in event:
             log.warning("%s", event[WARNING_KEY])
         elif self.on_progress is not None:
@@ -210,8 +231,16 @@ class _DriverChannel:
             except Exception:  # the display must never take the run down
                 log.debug("progress display failed", exc_info=True)
 
+    def _restarted(self, step: int | None) -> None:
+        """One line when Ray Train starts the ranks again (a rank, or the node it ran on, was lost)."""
+        where = f"its checkpoint of step {step}" if step else "the start (no checkpoint yet)"
+        retries = "unlimited" if self.max_failures < 0 else str(self.max_failures)
+        log.warning("%s: a worker or its node was lost; training goes on from %s (restart %d of %s "
+                    "allowed by ray.max_failures; details in the run's %s)", self.name, where,
+                    self.starts - 1, retries, RAY_LOG)
+
     def _pump(self) -> None:
-        from ray.exceptions import RayError
+        from ray.exceptions import RayActorError, RayError
         from ray.util.queue import Empty
 
         while not self._done.is_set():
@@ -219,9 +248,12 @@ class _DriverChannel:
                 self._handle(self.queue.get(timeout=0.5))
             except Empty:
                 continue
-            except RayError:  # the queue is gone (the run was aborted): nothing more will come
+            except RayActorError:  # the queue is gone (the run was aborted): nothing more will come
                 log.debug("progress queue lost", exc_info=True)
                 return
+            except RayError:  # passing trouble (a node of the cluster dying meanwhile): ask again
+                log.debug("progress queue did not answer", exc_info=True)
+                self._done.wait(0.5)
 
     def __enter__(self) -> _DriverChannel:
         self._thread.start()
@@ -288,6 +320,7 @@ def _trainer(params: Params, stage: str, cfg: TrainParams, storage: str, run_dir
                            "stop": stop.flag},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
+            placement_strategy=cfg.ray.placement_strategy,
             resources_per_worker={"CPU": cfg.ray.cpus_per_worker,
                                   **({"GPU": cfg.ray.gpus_per_worker or 1} if cfg.ray.use_gpu else {})}),
         run_config=ray.train.RunConfig(
@@ -338,7 +371,7 @@ def run_stage(params: Params, stage: str, address: str | None = None, name: str 
         if address:
             check_cluster_fits(cfg, stage, _cluster_cpus(), f"the Ray cluster at {address}",
                                ray_data=params.loader.backend == "ray_data")
-        with _DriverChannel(on_progress) as channel, \
+        with _DriverChannel(on_progress, cfg.name, cfg.ray.max_failures) as channel, \
                 StopOnSignal(new_flag(), cfg.stop_grace_s, cfg.name) as stop:
             try:
                 result = _trainer(params, stage, cfg, storage, run_dir, channel.queue, stop).fit()

@@ -72,9 +72,9 @@ def new_flag() -> Any:
     """A stop-request actor on the connected Ray (its handle travels in the workers' config)."""
     import ray
 
-    from srcore.raycluster import on_driver_node
+    from srcore.raycluster import on_head_node
 
-    return ray.remote(_Flag).options(**on_driver_node()).remote()
+    return ray.remote(_Flag).options(**on_head_node()).remote()
 
 
 class StopOnSignal:
