@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from srcore.environment import env_defaults
 from srcore.errors import ConfigError
 from srcore.servers import call_within
 
@@ -197,28 +198,16 @@ def ensure_ray(address: str | None, num_cpus: int | None = None, setting: str = 
     # A single-node Ray binds to this host's external address unless told it is a lone node. The
     # flag is set for the start-up only: left in this process's environment it would mark any
     # cluster started later from here (``ray start`` subprocesses) as single-node too.
-    key = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-    before = os.environ.get(key)
-    os.environ.setdefault(key, "0")
-    try:
+    with env_defaults({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}):
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
                  logging_level=level)
-    finally:
-        if before is None:
-            os.environ.pop(key, None)
 
 
 def on_head_node() -> dict:
     """Ray actor options that place a small helper actor (the driver's progress queue, its stop
     request) on the cluster's head node: a worker node that dies takes its actors with it, and the
     ranks Ray Train starts again must still find them, while the head's loss ends the cluster anyway.
-    Not "the driver's node": on a host with several nodes Ray may attach the driver to a worker node."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    heads = [n["NodeID"] for n in ray.nodes() if n["Alive"] and "node:__internal_head__" in n["Resources"]]
-    if not heads:  # a cluster that does not say which node heads it: the driver's node, where possible
-        node = ray.get_runtime_context().get_node_id()
-        return {"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)}
-    # not soft: a soft affinity was seen to land the actor on a worker node all the same
-    return {"num_cpus": 0, "scheduling_strategy": NodeAffinitySchedulingStrategy(heads[0], soft=False)}
+    Not "the driver's node": on a host with several nodes Ray may attach the driver to a worker node,
+    and a soft affinity was seen to place the actor on another node all the same."""
+    # A sliver of the resource only the head holds (how Ray Serve pins its controller there).
+    return {"num_cpus": 0, "resources": {"node:__internal_head__": 0.001}}

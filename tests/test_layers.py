@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Lower number = lower room. Rooms on the same level may import each other.
 LAYERS: dict[str, int] = {
     "srcore.errors": 0, "srcore.io": 0, "srcore.storage": 0, "srcore.servers": 0, "srcore.config": 0,
-    "srcore.raycluster": 0,
+    "srcore.raycluster": 0, "srcore.environment": 0,
     "srcore.ops": 1, "srcore.kernels": 1,
     "srcore.data": 2, "srcore.metrics": 2,
     "srcore.models": 3,

@@ -216,6 +216,22 @@ def _quiet(printed: str) -> None:
     assert "INFO mlflow" not in printed and "system metrics" not in printed.lower(), printed[-3000:]
 
 
+def _train_command(workdir: Path, tmp_path: Path, ray_cluster, sets: dict
+                   ) -> tuple[list[str], dict[str, str]]:
+    """`srcore train --address` onto the session's cluster with TINY and ``sets`` (runs under
+    tmp_path/runs), and the environment to run it in (MLflow's console level left to the CLI)."""
+    sets = {**TINY, "prepare.out": str(workdir / "patches"),
+            "teacher.ray.storage_path": str(tmp_path / "runs"), **sets}
+    (tmp_path / "none.yaml").write_text("{}\n")
+    args = [sys.executable, "-m", "srcore.cli", "train", "--params", str(tmp_path / "none.yaml"),
+            "--address", ray_cluster.address]
+    for key, value in sets.items():
+        args += ["--set", f"{key}={value}".replace("'", '"')]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("MLFLOW_LOGGING_LEVEL", None)
+    return args, env
+
+
 def test_two_node_cluster_stopped_by_sigterm_then_resumed(workdir, tmp_path, ray_cluster):
     """`srcore train --address` from another process onto the session's two-node cluster: each of
     the two ranks asks for a whole node's CPUs, so they run on different nodes. SIGTERM after its
@@ -223,19 +239,9 @@ def test_two_node_cluster_stopped_by_sigterm_then_resumed(workdir, tmp_path, ray
     command again resumes there and finishes."""
     from conftest import RAY_CPUS_PER_NODE
 
-    sets = [f"{k}={v}" for k, v in {**TINY, "prepare.out": str(workdir / "patches"),
-                                    "teacher.ray.storage_path": str(tmp_path / "runs"),
-                                    "teacher.ray.num_workers": 2,
-                                    "teacher.ray.cpus_per_worker": RAY_CPUS_PER_NODE, "teacher.steps": 30,
-                                    "teacher.val_every": 15, "teacher.checkpoint_every_s": 1,
-                                    "teacher.name": "multinode"}.items()]
-    args = [sys.executable, "-m", "srcore.cli", "train", "--params", str(tmp_path / "none.yaml"),
-            "--address", ray_cluster.address]
-    (tmp_path / "none.yaml").write_text("{}\n")
-    for s in sets:
-        args += ["--set", s.replace("'", '"')]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("MLFLOW_LOGGING_LEVEL", None)
+    args, env = _train_command(workdir, tmp_path, ray_cluster, {
+        "teacher.ray.num_workers": 2, "teacher.ray.cpus_per_worker": RAY_CPUS_PER_NODE, "teacher.steps": 30,
+        "teacher.val_every": 15, "teacher.checkpoint_every_s": 1, "teacher.name": "multinode"})
     run_dir = tmp_path / "runs" / "multinode"
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -269,19 +275,10 @@ def test_a_worker_node_killed_mid_run_is_ridden_out(workdir, tmp_path, ray_clust
     killed: the node and the rank on it are gone. Ray Train starts both ranks again on the node left,
     from that checkpoint (the driver's helper actors live on the head, so they outlive the node); the
     run finishes, and the console says so in one line, with none of Ray's own output."""
-    sets = [f"{k}={v}" for k, v in {**TINY, "prepare.out": str(workdir / "patches"),
-                                    "teacher.ray.storage_path": str(tmp_path / "runs"),
-                                    "teacher.ray.num_workers": 2, "teacher.ray.cpus_per_worker": 1,
-                                    "teacher.ray.placement_strategy": "SPREAD", "teacher.ray.max_failures": 1,
-                                    "teacher.steps": 300, "teacher.val_every": 40, "teacher.log_every": 20,
-                                    "teacher.name": "nodelost"}.items()]
-    (tmp_path / "none.yaml").write_text("{}\n")
-    args = [sys.executable, "-m", "srcore.cli", "train", "--params", str(tmp_path / "none.yaml"),
-            "--address", ray_cluster.address]
-    for s in sets:
-        args += ["--set", s.replace("'", '"')]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("MLFLOW_LOGGING_LEVEL", None)
+    args, env = _train_command(workdir, tmp_path, ray_cluster, {
+        "teacher.ray.num_workers": 2, "teacher.ray.cpus_per_worker": 1,
+        "teacher.ray.placement_strategy": "SPREAD", "teacher.ray.max_failures": 1, "teacher.steps": 300,
+        "teacher.val_every": 40, "teacher.log_every": 20, "teacher.name": "nodelost"})
     run_dir = tmp_path / "runs" / "nodelost"
     started = time.monotonic()
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

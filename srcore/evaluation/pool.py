@@ -27,13 +27,14 @@ import multiprocessing
 import os
 import pickle
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
 from typing import Any
 
 import torch
+
+from srcore.environment import env_defaults
 
 __all__ = ["ModelPool", "running_pool", "shared_pool", "shutdown_pool"]
 
@@ -53,7 +54,7 @@ class ModelPool:
                                              initializer=_init_worker, initargs=(threads,))
         # The executor spawns a process per submit while none is idle (a fresh worker takes seconds
         # to come up): one call per worker here starts them all, with the environment above.
-        with _environ(_WORKER_ENV):
+        with env_defaults(_WORKER_ENV):
             for _ in range(workers):
                 self._executor.submit(os.getpid)
 
@@ -108,17 +109,6 @@ def shutdown_pool() -> None:
     pool, _pool = _pool, None
     if pool is not None:
         pool.shutdown()
-
-
-@contextmanager
-def _environ(values: dict[str, str]) -> Iterator[None]:
-    added = [k for k in values if k not in os.environ]
-    os.environ.update({k: values[k] for k in added})
-    try:
-        yield
-    finally:
-        for k in added:
-            os.environ.pop(k, None)
 
 
 # The model a worker holds, under the token of the call it came with.
