@@ -29,9 +29,17 @@ from srcore.environment import env_defaults
 from srcore.errors import ConfigError
 from srcore.servers import call_within
 
-__all__ = ["PROBE_TIMEOUT_S", "ClusterProbe", "check_address", "ensure_ray", "probe_cluster"]
+__all__ = ["IDLE_NODE_ENV", "PROBE_TIMEOUT_S", "ClusterProbe", "check_address", "ensure_ray", "probe_cluster"]
 
 PROBE_TIMEOUT_S = 15.0
+
+# What a Ray node costs while it waits, measured on a 2-core host: each idle worker process it keeps
+# for reuse (one per CPU of the node) about 1% of a core, and its log monitor, which lists the logs
+# folder at every pass (ten a second), about 1% and more as the folder fills. For nodes that live long
+# (the stack's): a worker idle for 10 s ends (a new one starts in about a second when work comes), and
+# the log monitor lists the folder twice a second. Set in the environment a node starts in.
+IDLE_NODE_ENV = {"RAY_num_workers_soft_limit": "0", "RAY_idle_worker_killing_time_threshold_ms": "10000",
+                 "RAY_LOG_MONITOR_MANY_FILES_THRESHOLD": "0"}
 _T = TypeVar("_T")
 _LOOPBACK = "127.0.0.1"
 
@@ -204,9 +212,10 @@ def ensure_ray(address: str | None, num_cpus: int | None = None, setting: str = 
 
 
 def on_head_node() -> dict:
-    """Ray actor options that place a small helper actor (the driver's progress queue, its stop
-    request) on the cluster's head node: a worker node that dies takes its actors with it, and the
-    ranks Ray Train starts again must still find them, while the head's loss ends the cluster anyway.
+    """Ray actor options that place a small helper actor (a training stage's channel between the
+    driver and the ranks) on the cluster's head node: a worker node that dies takes its actors with
+    it, and the ranks Ray Train starts again must still find them, while the head's loss ends the
+    cluster anyway.
     Not "the driver's node": on a host with several nodes Ray may attach the driver to a worker node,
     and a soft affinity was seen to place the actor on another node all the same."""
     # A sliver of the resource only the head holds (how Ray Serve pins its controller there).

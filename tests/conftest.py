@@ -5,12 +5,19 @@ session starts once: the Ray cluster and an MLflow server. Prefect runs on the s
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import pytest
-import torch
+# The suite runs three pytest workers on two cores (``make test``), beside servers and Ray nodes: an
+# OpenMP thread that waits for work (torch's and the numba kernels') spins on a core another process
+# needs. Passive waiting sleeps instead; it changes how threads wait, never a result. Set before torch
+# is imported (OpenMP reads it when it loads); every process the tests start inherits it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 # Ray Train's controller looks at its workers every 2 s by default, so each stage waits up to 2 s to
 # see its workers start and again to see them finish; the tests run some twenty tiny stages. Set

@@ -43,7 +43,9 @@ HEALTH_CHECK = {"RAY_health_check_period_ms": "1000"}
 @contextmanager
 def _environment(env: dict[str, str] | None) -> Iterator[None]:
     """``env`` set in this process (so the nodes started meanwhile inherit it), then restored."""
-    env = {**(env or {}), "RAY_USAGE_STATS_ENABLED": "0", **HEALTH_CHECK}
+    from srcore.raycluster import IDLE_NODE_ENV
+
+    env = {**IDLE_NODE_ENV, **(env or {}), "RAY_USAGE_STATS_ENABLED": "0", **HEALTH_CHECK}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

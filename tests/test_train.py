@@ -138,6 +138,20 @@ def test_user_error_inside_a_worker_is_not_retried(workdir, ray_local):
     assert attempts == ["rank 0 step 2"]  # one attempt although two retries were allowed
 
 
+def test_a_stage_on_the_torch_back_end_starts_no_ray_data_actor(workdir):
+    """Ray Train's per-stage processes, less the one that serves Ray Data shards when there are none;
+    Ray Train's other callbacks (its placement-group cleaner among them) stay."""
+    from srcore.train.runner import _trainer
+    from srcore.train.stop import StopOnSignal
+
+    p = params(workdir)
+    trainer = _trainer(p, "teacher", p.teacher, str(workdir / "runs"), str(workdir / "runs" / "x"), None,
+                       StopOnSignal(None, 1.0, "x"))
+    names = {type(cb).__name__ for cb in trainer._create_default_callbacks()}
+    assert "DatasetsCallback" not in names
+    assert {"PlacementGroupCleanerCallback", "BackendSetupCallback"} <= names, names
+
+
 def test_ray_data_backend_matches_shards_and_trains_two_ranks(workdir, ray_local):
     import pyarrow.parquet as pq
 

@@ -304,3 +304,27 @@ def test_ray_log_of_a_run_in_an_object_store_is_appended_there(tmp_path, monkeyp
     # a local run folder holds the file itself
     with runner._ray_log_in(str(tmp_path / "local"), spool) as (local, where):
         assert local == tmp_path / "local" / "ray.log" and where == str(local)
+
+
+def test_the_stage_channel_keeps_order_bounds_its_backlog_and_the_first_stop_reason():
+    """The one helper actor a stage starts (here as a plain object): events come out oldest first,
+    a full channel refuses and counts instead of growing, and a second stop request keeps the first
+    reason."""
+    import subprocess
+    import sys
+
+    from srcore.train.channel import RunChannel
+
+    ch = RunChannel(maxsize=3)
+    assert [ch.put({"step": i}) for i in range(5)] == [True, True, True, False, False]
+    assert ch.dropped == 2
+    assert ch.take(2) == [{"step": 0}, {"step": 1}] and ch.take() == [{"step": 2}] and ch.take() == []
+    assert ch.stop_requested() is None
+    ch.request_stop("SIGTERM")
+    ch.request_stop("SIGINT")
+    assert ch.stop_requested() == "SIGTERM"
+    # its process imports only this module: neither torch nor Ray Train
+    loaded = subprocess.run([sys.executable, "-c", "import sys, srcore.train.channel; "
+                             "print(sorted(m for m in ('torch', 'ray.train', 'numpy') if m in sys.modules))"],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"

@@ -24,6 +24,7 @@ from enum import StrEnum
 from importlib import metadata
 from pathlib import Path
 
+from srcore.raycluster import IDLE_NODE_ENV
 from srcore.stack.config import BUCKETS, RESULTS_URL, StackConfig, StackError
 from srcore.stack.process import (
     alive,
@@ -529,6 +530,7 @@ class RayCluster(Service):
         # The raylet gives its Python agents 15 s to report their ports: too short on a loaded 2-core host.
         env.setdefault("RAY_raylet_start_wait_time_s", "120")
         env.setdefault("RAY_agent_register_timeout_ms", "120000")
+        env = {**IDLE_NODE_ENV, **env}
         res = subprocess.run([_exe("ray"), *args], env=env, capture_output=True, text=True, timeout=300)
         with open(self.log_file, "a") as out:
             out.write(f"$ ray {' '.join(args)}\n{res.stdout}{res.stderr}\n")

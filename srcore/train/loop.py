@@ -566,12 +566,15 @@ def _send_progress(state: TrainState, metrics: dict[str, Any]) -> None:
 
 
 def _send(config: dict[str, Any], event: dict[str, Any]) -> None:
-    channel = config.get("progress")
+    """To the driver (``srcore.train.channel``); the actor holds it once this returns."""
+    channel = config.get("channel")
     if channel is None:
         return
+    import ray
+
     try:
-        channel.put_nowait(event)
-    except Exception:  # a full or vanished queue must never stop training
+        ray.get(channel.put.remote(event), timeout=10)
+    except Exception:  # a full, slow or vanished channel must never stop training
         log.debug("event to the driver dropped", exc_info=True)
 
 
@@ -610,8 +613,8 @@ def _train_epochs(state: TrainState, control: StepControl) -> bool:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point. ``config``: {"stage": "teacher"|"distill", "train": dict, "loader": dict,
     "shards": folder, "cwd": folder to resolve relative paths against, "run_dir": the run's folder,
-    "faults": FaultPlan fields, "progress": queue of events for the driver (progress, user errors),
-    "stop": the driver's stop-request actor (``srcore.train.stop``)}."""
+    "faults": FaultPlan fields, "channel": the stage's channel actor (``srcore.train.channel``: events
+    for the driver, its stop request)}."""
     import ray.train
     import ray.train.torch
 
@@ -626,7 +629,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         _connect_ranks(state)
         state.batches = _loader(state)
         uploads = state.uploads
-        control = StepControl(config.get("stop"), state.rank, state.world, state.device,
+        control = StepControl(config.get("channel"), state.rank, state.world, state.device,
                               state.cfg.checkpoint_every_s, failing=uploads and (lambda: uploads.failed),
                               uploaded=uploads and uploads.has_uploaded)
         stopped = _train_epochs(state, control)
@@ -640,7 +643,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def train_in_process(config: dict[str, Any], device: torch.device | str = "cpu") -> TrainState:
-    """Train ``config`` (the ``train_loop_per_worker`` dict, without ``progress``) in this process, one
+    """Train ``config`` (the ``train_loop_per_worker`` dict, without ``channel``) in this process, one
     rank, no Ray, no checkpoints and no validation: for studies that train many small models with the
     pipeline's very steps (``bench/distill_ablation.py``). Returns the final state (``state.export``
     is the model to evaluate)."""

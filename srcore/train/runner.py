@@ -33,12 +33,13 @@ from srcore.config import RUN_ONLY_FIELDS, Params, TrainParams
 from srcore.data.benchmarks import default_cache_dir
 from srcore.data.loaders import ray_dataset, shard_set
 from srcore.errors import CheckpointUploadFailed, SrcoreError
-from srcore.raycluster import ensure_ray, on_head_node
+from srcore.raycluster import ensure_ray
 from srcore.storage import copy_file, endpoint_env, file_exists, filesystem, is_uri, read_bytes, write_bytes
 from srcore.train import faults
+from srcore.train.channel import new_channel
 from srcore.train.preflight import check_cluster_fits, check_training_inputs, training_source
 from srcore.train.state import read_state
-from srcore.train.stop import StopOnSignal, TrainingInterrupted, new_flag
+from srcore.train.stop import StopOnSignal, TrainingInterrupted
 from srcore.train.uploads import local_run_folder
 
 log = logging.getLogger(__name__)
@@ -198,15 +199,13 @@ def _ray_output(run_dir: str, spool: Path, address: str | None, quiet: bool) -> 
 
 
 class _DriverChannel:
-    """A Ray queue the workers fill (rank 0's progress, any rank's user error) and a driver thread
-    drains: progress goes to ``on_progress``, the first user error is kept for ``raise_fatal``."""
+    """The stage's channel actor (``srcore.train.channel``), which the ranks fill (rank 0's progress,
+    any rank's user error) and a driver thread drains: progress goes to ``on_progress``, the first
+    user error is kept for ``raise_fatal``. The same actor holds the driver's stop request."""
 
     def __init__(self, on_progress: ProgressCallback | None, name: str = "run",
                  max_failures: int = 0) -> None:
-        from ray.util.queue import Queue
-
-        # no CPU: the queue must not take one the training ranks were sized to use
-        self.queue = Queue(maxsize=1000, actor_options=on_head_node())
+        self.actor = new_channel()
         self.on_progress = on_progress
         self.fatal: dict[str, Any] | None = None
         self.name, self.max_failures = name, max_failures
@@ -239,37 +238,45 @@ class _DriverChannel:
                     "allowed by ray.max_failures; details in the run's %s)", self.name, where,
                     self.starts - 1, retries, RAY_LOG)
 
+    def _take(self) -> list[dict[str, Any]]:
+        import ray
+
+        return ray.get(self.actor.take.remote(), timeout=30)
+
     def _pump(self) -> None:
         from ray.exceptions import RayActorError, RayError
-        from ray.util.queue import Empty
 
         while not self._done.is_set():
             try:
-                self._handle(self.queue.get(timeout=0.5))
-            except Empty:
-                continue
-            except RayActorError:  # the queue is gone (the run was aborted): nothing more will come
-                log.debug("progress queue lost", exc_info=True)
+                events = self._take()
+            except RayActorError:  # the actor is gone (the run was aborted): nothing more will come
+                log.debug("progress channel lost", exc_info=True)
                 return
             except RayError:  # passing trouble (a node of the cluster dying meanwhile): ask again
-                log.debug("progress queue did not answer", exc_info=True)
-                self._done.wait(0.5)
+                log.debug("progress channel did not answer", exc_info=True)
+                events = []
+            for event in events:
+                self._handle(event)
+            if not events:
+                self._done.wait(0.25)
 
     def __enter__(self) -> _DriverChannel:
         self._thread.start()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        import ray
         from ray.exceptions import RayError
 
         self._done.set()
         self._thread.join(timeout=5)
         try:
-            for event in self.queue.get_nowait_batch(self.queue.qsize()) if self.queue.qsize() else []:
-                self._handle(event)
-        except RayError:  # the queue is gone (the run was aborted): its last events with it
-            log.debug("progress queue lost", exc_info=True)
-        self.queue.shutdown()
+            while events := self._take():
+                for event in events:
+                    self._handle(event)
+        except RayError:  # the actor is gone (the run was aborted): its last events with it
+            log.debug("progress channel lost", exc_info=True)
+        ray.kill(self.actor)
 
     def raise_fatal(self) -> None:
         """A worker's one-line user error (see ``loop.FATAL_KEY``), raised again on the driver."""
@@ -283,7 +290,7 @@ class _DriverChannel:
         raise kind(self.fatal[FATAL_KEY])
 
 
-def _trainer(params: Params, stage: str, cfg: TrainParams, storage: str, run_dir: str, progress: Any,
+def _trainer(params: Params, stage: str, cfg: TrainParams, storage: str, run_dir: str, channel: Any,
              stop: StopOnSignal):
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -296,6 +303,18 @@ def _trainer(params: Params, stage: str, cfg: TrainParams, storage: str, run_dir
 
         def _register_sigint_handler(self, controller: Any) -> None:
             stop.install(controller)
+
+        def _create_default_callbacks(self) -> list:
+            # Without datasets, Ray Data's callback only starts an actor (a process importing Ray Data)
+            # that serves no shard: one process fewer a stage on the torch back-end.
+            callbacks = super()._create_default_callbacks()
+            if self.datasets:
+                return callbacks
+            try:
+                from ray.train.v2._internal.callbacks import DatasetsCallback
+            except ImportError:  # another Ray layout: keep its callbacks as they are
+                return callbacks
+            return [cb for cb in callbacks if not isinstance(cb, DatasetsCallback)]
 
     source = training_source(params)
     datasets, per_epoch = None, None
@@ -316,8 +335,7 @@ def _trainer(params: Params, stage: str, cfg: TrainParams, storage: str, run_dir
         train_loop_config={"stage": stage, "train": cfg.model_dump(mode="json"),
                            "loader": params.loader.model_dump(mode="json"),
                            "shards": source.as_config(), "batches_per_epoch": per_epoch, "cwd": os.getcwd(),
-                           "run_dir": run_dir, "faults": faults.from_env().as_dict(), "progress": progress,
-                           "stop": stop.flag},
+                           "run_dir": run_dir, "faults": faults.from_env().as_dict(), "channel": channel},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
             placement_strategy=cfg.ray.placement_strategy,
@@ -372,9 +390,9 @@ def run_stage(params: Params, stage: str, address: str | None = None, name: str 
             check_cluster_fits(cfg, stage, _cluster_cpus(), f"the Ray cluster at {address}",
                                ray_data=params.loader.backend == "ray_data")
         with _DriverChannel(on_progress, cfg.name, cfg.ray.max_failures) as channel, \
-                StopOnSignal(new_flag(), cfg.stop_grace_s, cfg.name) as stop:
+                StopOnSignal(channel.actor, cfg.stop_grace_s, cfg.name) as stop:
             try:
-                result = _trainer(params, stage, cfg, storage, run_dir, channel.queue, stop).fit()
+                result = _trainer(params, stage, cfg, storage, run_dir, channel.actor, stop).fit()
             except ray.exceptions.RayError:
                 stop.raise_if_aborted()
                 raise

@@ -1,9 +1,9 @@
 """Stopping a training run cleanly: at a step boundary, with a checkpoint of that step.
 
 Driver side, :class:`StopOnSignal` (around ``fit()``): the first SIGTERM or SIGINT is turned into a
-stop request held by a small Ray actor; a second signal, or the grace period (``stop_grace_s``)
-running out, aborts the run at once (:class:`TrainingAborted`). After a clean stop the driver
-raises :class:`TrainingInterrupted`, naming the step that was saved.
+stop request held by the stage's Ray actor (``srcore.train.channel``); a second signal, or the grace
+period (``stop_grace_s``) running out, aborts the run at once (:class:`TrainingAborted`). After a
+clean stop the driver raises :class:`TrainingInterrupted`, naming the step that was saved.
 
 Worker side, :class:`StepControl` (one per rank): after every step rank 0 looks at the request
 without waiting for it (a pending actor call, polled) and at the clock (``checkpoint_every_s``),
@@ -55,35 +55,13 @@ class Action(IntEnum):
     RECORD = 3  # hand rank 0's finished upload to Ray Train (a report without a new checkpoint)
 
 
-class _Flag:
-    """The stop request, shared between the driver and rank 0 (a Ray actor without CPUs)."""
-
-    def __init__(self) -> None:
-        self.reason: str | None = None
-
-    def set(self, reason: str) -> None:
-        self.reason = reason
-
-    def get(self) -> str | None:
-        return self.reason
-
-
-def new_flag() -> Any:
-    """A stop-request actor on the connected Ray (its handle travels in the workers' config)."""
-    import ray
-
-    from srcore.raycluster import on_head_node
-
-    return ray.remote(_Flag).options(**on_head_node()).remote()
-
-
 class StopOnSignal:
     """While active, SIGTERM/SIGINT request a clean stop (then abort on the second one or after
     ``grace_s`` seconds). Signal handlers can only be installed from the main thread; elsewhere
     (a Prefect task in a worker thread) the signals keep their previous handlers."""
 
-    def __init__(self, flag: Any, grace_s: float, run_name: str) -> None:
-        self.flag, self.grace_s, self.run_name = flag, grace_s, run_name
+    def __init__(self, channel: Any, grace_s: float, run_name: str) -> None:
+        self.channel, self.grace_s, self.run_name = channel, grace_s, run_name
         self.signum: int | None = None
         self.aborted: str | None = None  # why, once aborted
         self.controller: Any = None
@@ -104,7 +82,7 @@ class StopOnSignal:
         name = signal.Signals(signum).name
         if self.signum is None:
             self.signum = signum
-            self.flag.set.remote(name)
+            self.channel.request_stop.remote(name)
             log.warning("%s: %s received; stopping after the current step with a checkpoint (within %g s; "
                         "send it again to abort at once)", self.run_name, name, self.grace_s)
             self._timer = threading.Timer(self.grace_s, os.kill, (os.getpid(), signum))
@@ -146,10 +124,10 @@ class StopOnSignal:
 class StepControl:
     """Rank-side: after each step, the same :class:`Action` on every rank (see the module docstring)."""
 
-    def __init__(self, flag: Any, rank: int, world: int, device: torch.device,
+    def __init__(self, channel: Any, rank: int, world: int, device: torch.device,
                  checkpoint_every_s: float | None, failing: Callable[[], str | None] | None = None,
                  uploaded: Callable[[], bool] | None = None, record_every_s: float = 5.0) -> None:
-        self.flag, self.rank, self.world, self.device = flag, rank, world, device
+        self.channel, self.rank, self.world, self.device = channel, rank, world, device
         self.every = checkpoint_every_s
         self.failing = failing  # rank 0: why the run cannot go on (checkpoints that cannot be stored)
         # rank 0: a checkpoint finished uploading and waits to be recorded; tried at most every few
@@ -164,12 +142,12 @@ class StepControl:
         self.saved_at = time.monotonic()
 
     def _stop_requested(self) -> bool:
-        if self.flag is None:
+        if self.channel is None:
             return False
         import ray
 
         if self._pending is None:
-            self._pending = self.flag.get.remote()
+            self._pending = self.channel.stop_requested.remote()
         ready, _ = ray.wait([self._pending], timeout=0)
         if not ready:
             return False
