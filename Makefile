@@ -9,11 +9,13 @@ STAMP  := $(VENV)/.installed
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# torch comes first and pinned (the CPU build); the rest resolves around it.
+# torch comes first and pinned (the CPU build); the rest resolves around it. Then the numba kernels are
+# compiled once into their cache (srcore/models/kernel_cache.py), not by every process that first uses one.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(BIN)/pip install --quiet --disable-pip-version-check uv
 	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[dev]'
+	$(BIN)/python -m srcore.models.kernel_cache
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -304,3 +304,19 @@ def test_half_tolerance_catches_a_half_precision_accumulation(name):
     ref = selective_scan(*(t.double() for t in args), backend="reference")
     y, _ = _scan_reference(*(t.to(_HALF[name]) for t in args))  # the state kept in the half type
     assert ((y.double() - ref).abs().max() / ref.abs().max()).item() > HALF_TOLERANCE[name]
+
+
+def test_the_kernel_cache_warm_up_leaves_each_kernel_compiled_on_disk():
+    """``make install`` compiles the numba kernels once (srcore.models.kernel_cache): afterwards each
+    kernel has its cache index beside its source, which later processes load instead of compiling."""
+    from pathlib import Path
+
+    from srcore.kernels import resize_cpu, scan_cpu
+    from srcore.models.kernel_cache import warm_kernel_cache
+
+    assert warm_kernel_cache() >= 0
+    kernels = ((scan_cpu, "scan_forward"), (scan_cpu, "scan_backward"), (resize_cpu, "resize_axis1"))
+    for module, kernel in kernels:
+        cache = Path(module.__file__).parent / "__pycache__"
+        stem = Path(module.__file__).stem
+        assert list(cache.glob(f"{stem}.{kernel}-*.nbi")), (kernel, sorted(p.name for p in cache.iterdir()))
