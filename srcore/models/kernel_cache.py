@@ -1,5 +1,5 @@
-"""Compile the numba CPU kernels (the selective scan, forward and backward, and the resize) once,
-into numba's on-disk cache next to their sources.
+"""Compile the numba CPU kernels (the selective scan, forward and backward, the resize and the SSIM)
+once, into numba's on-disk cache next to their sources.
 
 Without it, every process that first touches a kernel before the cache exists compiles it itself
 (a DVMSR forward alone: 8.9 CPU-seconds cold against 2.6 cached, on two cores): on a fresh checkout
@@ -17,11 +17,15 @@ import numpy as np
 import torch
 
 from srcore.data.imresize import imresize_np
+from srcore.metrics.quality import ssim_y
 from srcore.models.presets import build
 
 __all__ = ["warm_kernel_cache"]
 
 # One small Mamba model reaches both scan kernels with the argument types every preset passes them.
+# numba compiles once per dtype and array layout: without autograd the gate goes into the forward
+# kernel, as a strided view of a batch (a distillation teacher, batched validation) or as a
+# contiguous array of one image; with autograd it is applied outside.
 _SIZE = 32
 
 
@@ -29,11 +33,14 @@ def warm_kernel_cache() -> float:
     """Run each kernel once at the dtypes the pipeline uses; returns the seconds it took."""
     start = time.perf_counter()
     model = build("dvmsr", 2, embed_dim=8, depths=[1])
-    x = torch.rand(1, 3, _SIZE, _SIZE, requires_grad=True)
+    x = torch.rand(2, 3, _SIZE, _SIZE, requires_grad=True)
     model(x).mean().backward()  # the scan's forward and backward
+    with torch.no_grad():
+        model(x)  # the forward with the gate, on a batch (one image has the layout of the line above)
     image = np.random.default_rng(0).random((_SIZE, _SIZE, 3))
     for pixels in (image, image.astype(np.float32), (image * 255).astype(np.uint8)):
         imresize_np(pixels, scale=0.5)
+    ssim_y(image, image[::-1].copy())  # the evaluation's SSIM
     return time.perf_counter() - start
 
 
