@@ -25,6 +25,9 @@ import torch  # noqa: E402
 # watcher (one more actor process a stage) watches for spot-instance notices a laptop never gets.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+# No usage statistics from test drivers either (the nodes already start without): with them on, the
+# first Ray Data execution of a cluster starts one more actor process to collect them.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -165,7 +168,9 @@ def pytest_sessionfinish(session, exitstatus):
 # the training module on another with servers of its own; the stack's module runs whole on a third.
 # Every other module runs whole on whichever worker is free, so a module-scoped fixture (a Triton
 # interpreter run, a served model) is built once. The long groups go first (``--no-loadscope-reorder``
-# keeps this order), one to each worker; the short modules then fill in around them.
+# keeps this order), one to each worker; the other modules then fill in around them, those with slow
+# tests (servers, clusters, timed outages) before the quick ones, so that no long module is left to
+# run alone at the end.
 
 SESSION_SERVERS = {"ray_cluster", "ray_local", "mlflow_server"}
 # Modules long enough to pay for servers of their own (a second Ray cluster and MLflow server, about
@@ -185,7 +190,9 @@ def pytest_collection_modifyitems(config, items):
             groups.setdefault(item.path, "session-servers-train" if own else "session-servers")
     for item in items:
         item.add_marker(pytest.mark.xdist_group(groups.get(item.path, item.path.stem)))
-    items.sort(key=lambda item: GROUP_ORDER.get(groups.get(item.path, ""), len(GROUP_ORDER)))  # stable
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: (GROUP_ORDER.get(groups.get(item.path, ""), len(GROUP_ORDER)),  # stable
+                                 item.path not in slow))
 
 
 def pytest_configure(config):

@@ -25,6 +25,11 @@ REPO = Path(__file__).resolve().parents[1]
 # Patch preparation reduced to what the tiny models train on (one scale, few large crops).
 PREPARE = {"scales": [4], "crop_size": 96, "step": 96, "workers": 1}
 KEEP_ENV = "SRCORE_KEEP_TEST_STACK"  # set to keep the stack's folder after the tests
+# The Prefect server's bookkeeping passes that no test waits on (late runs, pause expirations, the
+# cleanup reconciler: every 5 s by default, each a round trip to PostgreSQL) every 60 s instead, for
+# the stack's test life of several minutes on a shared two-core host.
+QUIET_PREFECT_SERVER = {f"PREFECT_SERVER_SERVICES_{service}_LOOP_SECONDS": "60"
+                        for service in ("LATE_RUNS", "PAUSE_EXPIRATIONS", "CLEANUP_RECONCILER")}
 GIT = ["git", "-c", "user.name=srcore-tests", "-c", "user.email=tests@srcore.invalid"]
 
 
@@ -93,7 +98,10 @@ def stack():
     project = project_checkout(root / "p", endpoint)
     cfg = StackConfig(root=root / "s", project_dir=project, port_base=base)
     try:
-        report = up(cfg)
+        with pytest.MonkeyPatch.context() as env:
+            for key, value in QUIET_PREFECT_SERVER.items():
+                env.setenv(key, value)
+            report = up(cfg)
         yield cfg, report
     finally:
         down(cfg)

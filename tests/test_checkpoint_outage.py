@@ -24,11 +24,11 @@ from srcore.train.state import read_state
 pytestmark = pytest.mark.slow
 
 BUCKET = "ckpt"
-# Steps of a few hundred ms (16 patches of 24x24 a batch), checkpoints every 20 steps: the first one
-# comes seconds after the store is stopped at step 1 or 2, whatever the delay of the progress events.
+# Steps of 100-300 ms (8 patches of 24x24 a batch), checkpoints every 20 steps: the first one comes
+# seconds after the store is stopped at step 1 or 2, whatever the delay of the progress events.
 # A prefix of its own each session: a run's local checkpoints are kept per run location on the nodes.
 PREFIX = f"runs-{uuid.uuid4().hex[:8]}"
-RUN = {"teacher.steps": 60, "teacher.val_every": 20, "teacher.log_every": 1, "loader.batch_size": 16,
+RUN = {"teacher.steps": 60, "teacher.val_every": 20, "teacher.log_every": 1, "loader.batch_size": 8,
        "loader.patch_size": 24, "teacher.ray.storage_path": f"s3://{BUCKET}/{PREFIX}"}
 
 

@@ -28,6 +28,8 @@ from srcore.servers import free_port, start_server, stop_server
 from srcore.tracking.buffer import SENDER_THREAD, quiet_thread
 from srcore.tracking.live import MONITOR_THREAD, StageRun, stage_run
 
+pytestmark = pytest.mark.slow  # a real MLflow server, killed and started again
+
 PUT_BOUND_S = 0.1  # what one progress callback may take, server or no server
 OUTAGE_S = 10.0
 
