@@ -339,7 +339,7 @@ def test_the_kernel_cache_warm_up_leaves_what_training_and_evaluation_run_compil
 
     from srcore.models.kernel_cache import warm_kernel_cache
 
-    assert warm_kernel_cache() >= 0
+    assert warm_kernel_cache(processes=1) >= 0  # in this process: the test's own cost stays small
     done = subprocess.run([sys.executable, "-c", _COLD_PROCESS], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     misses = json.loads(done.stdout.strip().splitlines()[-1])
