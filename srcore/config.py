@@ -162,7 +162,9 @@ class TrainParams(_Section):
         30.0, gt=0, description="on SIGTERM/SIGINT, seconds the ranks get to checkpoint their current step "
         "and stop before the run is aborted")
     log_every: int = Field(20, ge=1, description="steps between live metric points (MLflow, rank 0)")
-    val_dataset: str = "sample-val"
+    val_dataset: str = Field(
+        "sample-val", description="what validation scores: a benchmark name, embedded, sample-val, or a "
+        "folder of HR images (a path; every node that runs rank 0 must be able to read it)")
     seed: int = 0
     ray: RayParams = RayParams()
 

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 import srcore.evaluation.dataset
 import srcore.evaluation.pool
 from srcore.cli import app
+from srcore.errors import DataError
 from srcore.evaluation import ModelEntry, evaluate_dataset, expand_datasets, run_suite
 from srcore.evaluation.pool import running_pool, shared_pool, shutdown_pool
 from srcore.models import build, save_model
@@ -52,6 +53,28 @@ def test_few_images_are_scored_in_this_process(tmp_path, monkeypatch, no_pool):
     model = build("rlfn", 2, feature_channels=8, mid_channels=8, esa_channels=4)
     pooled = evaluate_dataset(model, "Mine", 2, root, workers=2)
     assert pooled.per_image == evaluate_dataset(model, "Mine", 2, root, workers=1).per_image
+
+
+def test_a_folder_of_hr_images_is_a_dataset_cached_and_saved_outside_it(tmp_path, monkeypatch):
+    """A dataset given by path (a run's own validation set): scored like the same images under a
+    name, its LR cache and saved images under a label of its own, nothing written into the folder;
+    a path that is no folder is refused by name."""
+    from srcore.data.benchmarks import dataset_label
+
+    monkeypatch.setenv("SRCORE_CACHE", str(tmp_path / "cache"))
+    root = _dataset(tmp_path / "named")
+    folder = root / "Mine" / "HR"
+    before = sorted(folder.rglob("*"))
+    model = build("rlfn", 2, feature_channels=8, mid_channels=8, esa_channels=4)
+    by_path = evaluate_dataset(model, str(folder), 2, workers=1, save_dir=tmp_path / "saved")
+    assert by_path.per_image == evaluate_dataset(model, "Mine", 2, root, workers=1).per_image
+    assert sorted(folder.rglob("*")) == before
+    label = dataset_label(str(folder))
+    assert label.startswith("HR-") and label != dataset_label(str(tmp_path / "elsewhere" / "HR"))
+    assert len(list((tmp_path / "cache" / label / "x2").glob("*.png"))) == 3
+    assert len(list((tmp_path / "saved" / label).glob("*_x2.png"))) == 3
+    with pytest.raises(DataError, match=str(tmp_path / "nowhere")):
+        evaluate_dataset(model, str(tmp_path / "nowhere"), 2, workers=1)
 
 
 @pytest.mark.slow  # starts two interpreters that import torch (spawn)

@@ -167,7 +167,7 @@ def test_fine_tuning_an_official_model_keeps_its_set5_psnr(tmp_path, monkeypatch
         "loader.patch_size": 32, "loader.batch_size": 4,
         "teacher.model": "rlfn", "teacher.init": official, "teacher.steps": 20, "teacher.lr": 1.0e-5,
         "teacher.milestones": [0.8], "teacher.ema_decay": None, "teacher.val_every": 20,
-        "teacher.val_dataset": "embedded", "teacher.ray.cpus_per_worker": 2,
+        "teacher.val_dataset": str(tmp_path / "sample" / "val" / "HR"), "teacher.ray.cpus_per_worker": 2,
         "teacher.ray.storage_path": str(tmp_path / "runs")})
     prepare(params.prepare)
     result = run_stage(params, "teacher")

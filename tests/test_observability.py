@@ -25,6 +25,7 @@ LIVE = {"teacher.steps": 12, "teacher.val_every": 12, "teacher.log_every": 2,
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("observe")
     _smooth_images(root / "raw", n=2)
+    _smooth_images(root / "val", n=2, size=48)
     from srcore.data.prepare import prepare
 
     prepare(load_params(None, {**TINY, "prepare.input": str(root / "raw"),
@@ -35,7 +36,8 @@ def workdir(tmp_path_factory):
 def _overrides(workdir: Path) -> dict:
     runs = str(workdir / "runs")
     return {**TINY, **LIVE, "prepare.out": str(workdir / "patches"), "teacher.ray.storage_path": runs,
-            "student.ray.storage_path": runs}
+            "student.ray.storage_path": runs, "teacher.val_dataset": str(workdir / "val"),
+            "student.val_dataset": str(workdir / "val")}
 
 
 def _cli_distill(teacher: str, workdir: Path):

@@ -35,9 +35,9 @@ TINY = {
 }
 
 
-def _smooth_images(folder: Path, n: int = 4) -> None:
+def _smooth_images(folder: Path, n: int = 4, size: int = 96) -> None:
     folder.mkdir(parents=True)
-    yy, xx = np.mgrid[0:96, 0:96]
+    yy, xx = np.mgrid[0:size, 0:size]
     for i in range(n):
         base = 128 + 80 * np.sin(xx / (5 + i)) * np.cos(yy / (7 + i))
         img = np.stack([base, np.roll(base, 9, 0), np.roll(base, 17, 1)], -1).clip(0, 255).astype(np.uint8)
@@ -45,8 +45,11 @@ def _smooth_images(folder: Path, n: int = 4) -> None:
 
 
 def prepared(root: Path) -> Path:
-    """``root`` with smooth images in raw/ and their TINY patches in patches/."""
+    """``root`` with smooth images in raw/ and their TINY patches in patches/, and two small HR
+    images in val/ to validate on (a fraction of the embedded set's pixels: a run validates at
+    every ``val_every``)."""
     _smooth_images(root / "raw")
+    _smooth_images(root / "val", n=2, size=48)
     from srcore.data.prepare import prepare
 
     prepare(load_params(None, {**TINY, "prepare.input": str(root / "raw"),
@@ -60,7 +63,9 @@ def workdir(tmp_path_factory):
 
 
 def params(workdir: Path, **extra):
+    val = str(workdir / "val")
     return load_params(None, {**TINY, "prepare.out": str(workdir / "patches"),
+                              "teacher.val_dataset": val, "student.val_dataset": val,
                               "teacher.ray.storage_path": str(workdir / "runs"),
                               "student.ray.storage_path": str(workdir / "runs"), **extra})
 
@@ -234,7 +239,7 @@ def _train_command(workdir: Path, tmp_path: Path, ray_cluster, sets: dict
                    ) -> tuple[list[str], dict[str, str]]:
     """`srcore train --address` onto the session's cluster with TINY and ``sets`` (runs under
     tmp_path/runs), and the environment to run it in (MLflow's console level left to the CLI)."""
-    sets = {**TINY, "prepare.out": str(workdir / "patches"),
+    sets = {**TINY, "prepare.out": str(workdir / "patches"), "teacher.val_dataset": str(workdir / "val"),
             "teacher.ray.storage_path": str(tmp_path / "runs"), **sets}
     (tmp_path / "none.yaml").write_text("{}\n")
     args = [sys.executable, "-m", "srcore.cli", "train", "--params", str(tmp_path / "none.yaml"),

@@ -4,7 +4,9 @@ Layout: ``<root>/<Name>/HR/*.png``. The root comes from the caller (``--data-roo
 ``SRCORE_DATA`` environment variable, else ``./data/benchmarks``. LR images are made with the
 project's MATLAB-compatible imresize and cached per (dataset, scale) under a key derived from the
 HR bytes, so an edited HR set never gets stale LR. The ``embedded`` dataset is built from images
-that scikit-image ships and needs no files at all.
+that scikit-image ships and needs no files at all. A dataset may also be given as a folder of HR
+images (a path, e.g. a training run's own small validation set); caches and saved images then go
+under a label made of its name and where it is, never into the folder itself.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from srcore.errors import DataError
 log = logging.getLogger(__name__)
 
 __all__ = ["DATASETS", "EMBEDDED_IMAGES", "BenchmarkImage", "BenchmarkSource", "benchmark_sources",
-           "embedded_hr", "iter_benchmark", "load_benchmark", "load_pair", "resolve_root"]
+           "dataset_label", "embedded_hr", "iter_benchmark", "load_benchmark", "load_pair", "resolve_root"]
 
 DATASETS = ("Set5", "Set14", "B100", "Urban100", "Manga109", "DIV2K-val")
 EMBEDDED_IMAGES = ("astronaut", "chelsea", "coffee", "rocket")
@@ -72,10 +74,27 @@ def sample_dir() -> Path:
     return Path(os.environ.get("SRCORE_SAMPLE", "data/raw/sample"))
 
 
+def _is_folder(name: str) -> bool:
+    """A dataset given as a path to its HR images rather than by name."""
+    return "/" in name or os.sep in name
+
+
+def dataset_label(name: str) -> str:
+    """``name`` as one path component, for caches and saved images: a named dataset's own name; a
+    folder's last part and a hash of where it is (two folders called ``val`` do not share a cache)."""
+    if not _is_folder(name):
+        return name
+    where = Path(name).expanduser().resolve()
+    return f"{where.name}-{hashlib.sha256(str(where).encode()).hexdigest()[:8]}"
+
+
 def dataset_folder(name: str, data_root: str | os.PathLike | None = None) -> Path:
-    """The HR folder of a named dataset (unknown names are looked up as ``<root>/<name>/HR``)."""
+    """The HR folder of a dataset: a folder given as a path, or a named one (unknown names are
+    looked up as ``<root>/<name>/HR``)."""
     if name == SAMPLE_VAL:
         return sample_dir() / "val" / "HR"
+    if _is_folder(name):
+        return Path(name).expanduser()
     root = resolve_root(data_root)
     canonical = {d.lower(): d for d in DATASETS}.get(name.lower(), name)
     folder = root / canonical / "HR"
@@ -89,6 +108,8 @@ def _hr_files(folder: Path, name: str) -> list[Path]:
     if not folder.is_dir():
         if name == SAMPLE_VAL:
             raise DataError(f"dataset {name}: {folder} not found; run `srcore data sample` first")
+        if _is_folder(name):
+            raise DataError(f"dataset folder {folder} not found; give a folder of HR images (PNG)")
         raise DataError(
             f"dataset {name}: folder {folder} not found; expected <root>/{name}/HR/*.png "
             "(pass --data-root or set SRCORE_DATA)")
@@ -100,7 +121,7 @@ def _hr_files(folder: Path, name: str) -> list[Path]:
 
 def _cached_lr(cache_dir: Path, dataset: str, scale: int, stem: str, hr: np.ndarray, key: str,
                make: Callable[[], np.ndarray]) -> np.ndarray:
-    path = cache_dir / dataset / f"x{scale}" / f"{stem}.{key[:20]}.png"
+    path = cache_dir / dataset_label(dataset) / f"x{scale}" / f"{stem}.{key[:20]}.png"
     if path.is_file():
         try:
             lr = read_rgb(path)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from srcore.data.benchmarks import BenchmarkSource, benchmark_sources, count_images, load_pair
+from srcore.data.benchmarks import BenchmarkSource, benchmark_sources, count_images, dataset_label, load_pair
 from srcore.data.image_io import write_png
 from srcore.errors import DataError
 from srcore.evaluation.pool import running_pool, shared_pool
@@ -74,7 +74,7 @@ def score_image(model: SRModel, source: BenchmarkSource, opts: EvalOptions) -> t
                         f"{item.hr.shape}")
     psnr, ssim = psnr_ssim_y(sr, item.hr, opts.scale)
     if opts.save_dir is not None:
-        write_png(Path(opts.save_dir) / source.dataset / f"{item.name}_x{opts.scale}.png", sr)
+        write_png(Path(opts.save_dir) / dataset_label(source.dataset) / f"{item.name}_x{opts.scale}.png", sr)
     return item.name, {"psnr_y": psnr, "ssim_y": ssim}
 
 
