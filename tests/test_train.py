@@ -238,7 +238,8 @@ def _quiet(printed: str) -> None:
 def _train_command(workdir: Path, tmp_path: Path, ray_cluster, sets: dict
                    ) -> tuple[list[str], dict[str, str]]:
     """`srcore train --address` onto the session's cluster with TINY and ``sets`` (runs under
-    tmp_path/runs), and the environment to run it in (MLflow's console level left to the CLI)."""
+    tmp_path/runs, tracked in tmp_path/mlflow.db), and the environment to run it in (MLflow's console
+    level left to the CLI)."""
     sets = {**TINY, "prepare.out": str(workdir / "patches"), "teacher.val_dataset": str(workdir / "val"),
             "teacher.ray.storage_path": str(tmp_path / "runs"), **sets}
     (tmp_path / "none.yaml").write_text("{}\n")
@@ -246,7 +247,9 @@ def _train_command(workdir: Path, tmp_path: Path, ray_cluster, sets: dict
             "--address", ray_cluster.address]
     for key, value in sets.items():
         args += ["--set", f"{key}={value}".replace("'", '"')]
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # its runs tracked in the test's folder, not in a store beside the checkout the suite runs from
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     env.pop("MLFLOW_LOGGING_LEVEL", None)
     return args, env
 
