@@ -90,6 +90,7 @@ def stack():
     Module scope, not session: the stack holds servers and two Ray nodes, which the rest of the
     suite should not share two cores with.
     """
+    from srcore.environment import env_defaults
     from srcore.stack import StackConfig, down, up
 
     root = Path(tempfile.mkdtemp(prefix="srs", dir="/tmp"))
@@ -98,9 +99,7 @@ def stack():
     project = project_checkout(root / "p", endpoint)
     cfg = StackConfig(root=root / "s", project_dir=project, port_base=base)
     try:
-        with pytest.MonkeyPatch.context() as env:
-            for key, value in QUIET_PREFECT_SERVER.items():
-                env.setenv(key, value)
+        with env_defaults(QUIET_PREFECT_SERVER):
             report = up(cfg)
         yield cfg, report
     finally:

@@ -248,8 +248,7 @@ def _train_command(workdir: Path, tmp_path: Path, ray_cluster, sets: dict
     for key, value in sets.items():
         args += ["--set", f"{key}={value}".replace("'", '"')]
     # its runs tracked in the test's folder, not in a store beside the checkout the suite runs from
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     env.pop("MLFLOW_LOGGING_LEVEL", None)
     return args, env
 

@@ -3,8 +3,8 @@
 
 One actor for both, and a module that imports nothing heavy: every actor is a process of its own
 that imports its class's module, so a stage pays for this one once, at the cost of ``import ray``.
-A rank's event is held by the actor once its call returns, so a user error sent just before a rank
-ends reaches the driver.
+Ranks send progress without waiting (one caller's calls arrive in order); a user error, sent just
+before a rank ends, is waited for until the actor holds it, so it reaches the driver.
 """
 
 from __future__ import annotations

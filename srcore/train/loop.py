@@ -565,15 +565,19 @@ def _send_progress(state: TrainState, metrics: dict[str, Any]) -> None:
         _send(state.config, {"stage": state.config["stage"], **metrics})
 
 
-def _send(config: dict[str, Any], event: dict[str, Any]) -> None:
-    """To the driver (``srcore.train.channel``); the actor holds it once this returns."""
+def _send(config: dict[str, Any], event: dict[str, Any], confirm: bool = False) -> None:
+    """To the driver (``srcore.train.channel``). Progress is sent without waiting: one rank's calls
+    reach the actor in the order they were made, and the step loop must not wait on a round trip.
+    ``confirm`` waits until the actor holds the event, for the last one a rank sends before it ends."""
     channel = config.get("channel")
     if channel is None:
         return
     import ray
 
     try:
-        ray.get(channel.put.remote(event), timeout=10)
+        sent = channel.put.remote(event)
+        if confirm:
+            ray.get(sent, timeout=10)
     except Exception:  # a full, slow or vanished channel must never stop training
         log.debug("event to the driver dropped", exc_info=True)
 
@@ -639,7 +643,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     except SrcoreError as exc:
         # Not retried: the same data and config would fail the same way on every attempt.
         log.error("%s", exc)
-        _send(config, {FATAL_KEY: str(exc), "fatal_type": type(exc).__name__})
+        _send(config, {FATAL_KEY: str(exc), "fatal_type": type(exc).__name__}, confirm=True)
 
 
 def train_in_process(config: dict[str, Any], device: torch.device | str = "cpu") -> TrainState:
